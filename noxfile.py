@@ -1,0 +1,46 @@
+"""Project tasks. `nox -s tests` is what CI runs (with lint and typecheck); extra arguments after
+`--` go to the underlying tool, e.g. `nox -s tests -- -k samplers -x`."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+CONSTRAINTS = ("-c", "constraints.txt")
+
+
+def install(session: nox.Session, extras: str) -> None:
+    session.install(*CONSTRAINTS, "-e", f".[{extras}]")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the test suite (pytest + hypothesis, doctests included) on every installed array
+    namespace: array_api_strict, numpy, torch (CPU build) and JAX, also under jit."""
+    install(session, "torch,jax,dev")
+    session.run("pytest", "-n", "2", *session.posargs, env={"HYPOTHESIS_PROFILE": "ci"})
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff: style, import order, and the rule that trigcore/ never imports numpy/torch/jax/sympy."""
+    session.install(*CONSTRAINTS, "ruff")
+    session.run("ruff", "check", ".", *session.posargs)
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy over trigcore/."""
+    install(session, "dev")
+    session.run("mypy", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """trigcore's overhead against the same formulas written directly in torch and jax.numpy
+    (results go in BENCHMARKS.md); pass `-- --quick` for a short run."""
+    install(session, "torch,jax,dev")
+    session.run("python", "benchmarks/overhead.py", *session.posargs)

@@ -1,0 +1,107 @@
+"""The `xp` fixture: every trigcore test runs once per installed array namespace.
+
+`xp` is a `Backend`: `.xp` is the namespace, `.asarray` moves numpy data in (float64 unless
+told otherwise), `.to_numpy` moves results out and `.call(fn, *args)` runs fn — under `jax.jit`
+for the "jax-jit" backend, with the array positional arguments traced.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    deadline=None,
+    max_examples=40,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+settings.register_profile(
+    "dev",
+    deadline=None,
+    max_examples=100,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+if importlib.util.find_spec("jax") is not None:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    xp: Any
+    jit: bool = False
+
+    def asarray(self, a: Any, dtype: str = "float64") -> Any:
+        a = np.asarray(a)
+        if a.dtype.kind == "f":
+            a = a.astype(dtype)
+        if self.name == "torch":
+            import torch
+
+            return torch.from_numpy(np.ascontiguousarray(a))
+        return self.xp.asarray(a)
+
+    def to_numpy(self, a: Any) -> np.ndarray:
+        if self.name == "torch":
+            return a.detach().cpu().numpy()
+        return np.from_dlpack(a) if self.name == "array_api_strict" else np.asarray(a)
+
+    def call(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        if not self.jit:
+            return fn(*args, **kwargs)
+        from array_api_compat import is_array_api_obj
+
+        traced = [i for i, a in enumerate(args) if is_array_api_obj(a)]
+
+        def inner(*arrays: Any) -> Any:
+            full = list(args)
+            for i, a in zip(traced, arrays):
+                full[i] = a
+            return fn(*full, **kwargs)
+
+        return jax.jit(inner)(*[args[i] for i in traced])
+
+
+def _backends() -> list[Any]:
+    found = []
+    if importlib.util.find_spec("array_api_strict"):
+        import array_api_strict
+
+        found.append(Backend("array_api_strict", array_api_strict))
+    found.append(Backend("numpy", np))
+    if importlib.util.find_spec("torch"):
+        import array_api_compat.torch as torch_xp
+
+        found.append(Backend("torch", torch_xp))
+    if importlib.util.find_spec("jax"):
+        import jax.numpy as jnp
+
+        found.append(Backend("jax", jnp))
+        found.append(Backend("jax-jit", jnp, jit=True))
+    return [pytest.param(b, id=b.name) for b in found]
+
+
+BACKENDS = _backends()
+
+
+@pytest.fixture(params=BACKENDS)
+def xp(request: pytest.FixtureRequest) -> Backend:
+    return request.param
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)

@@ -1,0 +1,1 @@
+"""Symbolic verification of the paper's derivations against trigcore's own code (SymPy via xp=)."""

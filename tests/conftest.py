@@ -51,7 +51,7 @@ class Backend:
         if self.name == "torch":
             import torch
 
-            return torch.from_numpy(np.ascontiguousarray(a))
+            return torch.from_numpy(np.array(a))  # a contiguous copy; keeps 0-d arrays 0-d
         return self.xp.asarray(a)
 
     def to_numpy(self, a: Any) -> np.ndarray:

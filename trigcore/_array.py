@@ -12,7 +12,7 @@ import math
 import numbers
 from typing import Any
 
-from array_api_compat import array_namespace, device, is_array_api_obj, is_lazy_array
+from array_api_compat import array_namespace, device, is_array_api_obj, is_jax_array, is_lazy_array
 
 Array = Any  # any array of an array-API namespace (or a symbol under a caller-supplied xp)
 
@@ -52,6 +52,10 @@ def is_concrete(a: Any) -> bool:
     """True for a value whose entries can be inspected now (not a JAX tracer or a symbol)."""
     if isinstance(a, numbers.Real):
         return True
+    if getattr(a, "is_meta", False):  # torch's meta tensors have shapes but no values
+        return False
+    if is_jax_array(a):  # array_api_compat calls every JAX array lazy; only tracers are
+        return not any(cls.__name__ == "Tracer" for cls in type(a).__mro__)
     return is_array(a) and not is_lazy_array(a)
 
 
@@ -73,6 +77,14 @@ def require_positive(name: str, value: Any, xp: Any = None) -> None:
         require_float(name, value, xp)
         if is_concrete(value) and not bool(xp.all(value > 0)):
             raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def as_float(a: Any, xp: Any) -> Any:
+    """An integer array (e.g. a step counter) cast to the namespace's default float dtype."""
+    if is_array(a) and not xp.isdtype(a.dtype, "real floating"):
+        default = xp.__array_namespace_info__().default_dtypes(device=device(a))["real floating"]
+        return xp.astype(a, default)
+    return a
 
 
 def like(value: Any, ref: Any, xp: Any) -> Any:

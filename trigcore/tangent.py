@@ -18,7 +18,17 @@ import math
 import numbers
 from typing import Any
 
-from ._array import Array, batch_axes, is_concrete, like, namespace, per_sample, prepare, require_positive
+from ._array import (
+    Array,
+    as_float,
+    batch_axes,
+    is_concrete,
+    like,
+    namespace,
+    per_sample,
+    prepare,
+    require_positive,
+)
 from .samplers import ddim_step
 
 
@@ -87,7 +97,7 @@ def warmup_ratio(step: Any, warmup_steps: int = 10000, *, xp: Any = None) -> Any
         return 1.0
     if xp is math:
         return min(1.0, step / warmup_steps)
-    return xp.clip(step / warmup_steps, max=1.0)
+    return xp.clip(as_float(step, xp) / warmup_steps, max=1.0)
 
 
 def discrete_reference(

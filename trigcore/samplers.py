@@ -32,7 +32,7 @@ METHODS = ("ddim", "dpm-solver-2m", "dpm-solver++2m", "heun")
 
 def ddim_step(x_s: Array, s: Any, t: Any, F_s: Array, sigma_d: Any, *, xp: Any = None) -> Array:
     """x_t = cos(s−t)·x_s − sin(s−t)·σ_d·F_s, the first-order (DDIM) step (Eq. 26)."""
-    xp, s = prepare({"x_s": x_s, "F_s": F_s}, t=s, sigma_d=sigma_d, xp=xp)
+    xp, s = prepare({"x_s": x_s, "F_s": F_s, "t": t}, t=s, sigma_d=sigma_d, xp=xp)
     h = s - per_sample("t", t, x_s, xp)
     return xp.cos(h) * x_s - xp.sin(h) * sigma_d * F_s
 
@@ -64,7 +64,7 @@ def dpm_solver_2m_step(
     x_t = ddim_step(x_s, s, t, F_s, sigma_d, xp=xp)
     if s_prev is None:
         return x_t
-    xp, s_b = prepare({"x_s": x_s, "F_s": F_s, "eps_prev": eps_prev}, t=s, xp=xp)
+    xp, s_b = prepare({"x_s": x_s, "F_s": F_s, "eps_prev": eps_prev, "s_prev": s_prev}, t=s, xp=xp)
     s_prev, t = per_sample("s_prev", s_prev, x_s, xp), per_sample("t", t, x_s, xp)
     eps_s = noise_pred(x_s, s, F_s, sigma_d, xp=xp)
     r = _ratio(s_b, s_prev, t, xp)
@@ -88,7 +88,7 @@ def dpmpp_2m_step(
     x_t = ddim_step(x_s, s, t, F_s, sigma_d, xp=xp)
     if s_prev is None:
         return x_t
-    xp, s_b = prepare({"x_s": x_s, "F_s": F_s, "D_prev": D_prev}, t=s, xp=xp)
+    xp, s_b = prepare({"x_s": x_s, "F_s": F_s, "D_prev": D_prev, "s_prev": s_prev}, t=s, xp=xp)
     s_prev, t = per_sample("s_prev", s_prev, x_s, xp), per_sample("t", t, x_s, xp)
     D_s = denoise(x_s, s, F_s, sigma_d, xp=xp)
     r = _ratio(s_b, s_prev, t, xp)
@@ -103,7 +103,7 @@ def heun_correction(
     EDM's Euler step in σ = σ_d tan t is exactly `ddim_step`, and its slope (x_σ − D)/σ is
     ε_θ/σ_d, so averaging the two slopes adds this term (infinite from s = π/2, as in EDM).
     """
-    xp, s = prepare({"x_euler": x_euler, "eps_s": eps_s, "eps_euler": eps_euler}, t=s, xp=xp)
+    xp, s = prepare({"x_euler": x_euler, "eps_s": eps_s, "eps_euler": eps_euler, "t": t}, t=s, xp=xp)
     t = per_sample("t", t, x_euler, xp)
     return x_euler + xp.sin(s - t) / (2 * xp.cos(s)) * (eps_s - eps_euler)
 
@@ -145,6 +145,20 @@ def _model(F_fn: Callable, sigma_d: Any, xp: Any) -> Callable:
         return out
 
     return F
+
+
+def _draw(noises: Sequence[Array] | Array, i: int) -> Array:
+    """The i-th noise draw; an array of draws needs `[i, ...]`, the standard's multi-axis index."""
+    return noises[i, ...] if is_array(noises) else noises[i]  # type: ignore[call-overload]
+
+
+def _check_noise(name: str, noise: Any, z: Array) -> None:
+    """A noise draw must share z's namespace, be floating point and have z's shape."""
+    if not is_array(noise):
+        return  # a symbol under a caller-supplied xp
+    prepare({"z": z, name: noise})
+    if tuple(noise.shape) != tuple(z.shape):
+        raise ValueError(f"{name} has shape {tuple(noise.shape)} but z has shape {tuple(z.shape)}")
 
 
 def sample_ode(
@@ -224,9 +238,11 @@ def sample_consistency(
             f"{ts.shape[0]} timesteps need {ts.shape[0] - 1} noise draws (one per time after "
             f"the first), got {count}"
         )
+    for i in range(count):  # checked here, before any model call, not midway through sampling
+        _check_noise(f"noises[{i}]", _draw(noises, i), z)
     F = _model(F_fn, sigma_d, xp)
     x0 = denoise(z, ts[0], F(z, ts[0]), sigma_d, xp=xp)
     for i in range(1, ts.shape[0]):
-        x = noisy(x0, noises[i - 1], ts[i], xp=xp)
+        x = noisy(x0, _draw(noises, i - 1), ts[i], xp=xp)
         x0 = denoise(x, ts[i], F(x, ts[i]), sigma_d, xp=xp)
     return x0

@@ -101,13 +101,13 @@ def discrete_proposal(
     """
     require_positive("sigma_d", sigma_d)
     require_positive("P_std", P_std)
-    sigmas = _karras(num + 1, sigma_min, sigma_max, rho)[::-1]
-    grid = [0.0] + [math.atan(s / sigma_d) for s in sigmas[1:]]
+    sigmas = _karras(num + 1, sigma_min, sigma_max, rho)[::-1][1:]  # σ_1 < … < σ_num; σ_0 ↦ t_0 = 0
+    grid = [0.0] + [math.atan(s / sigma_d) for s in sigmas]
 
-    def cdf(sigma: float) -> float:  # Φ of the log-normal proposal; the array API has no erf
-        return 0.0 if sigma == 0 else 0.5 * math.erfc(-(math.log(sigma) - P_mean) / (P_std * math.sqrt(2)))
+    def cdf(sigma: float) -> float:  # Φ((ln σ − P_mean)/P_std), in Python: the array API has no erf
+        return 0.5 * math.erfc(-(math.log(sigma) - P_mean) / (P_std * math.sqrt(2)))
 
-    edges = [cdf(0.0)] + [cdf(s) for s in sigmas[1:]]
+    edges = [0.0] + [cdf(s) for s in sigmas]
     mass = [b - a for a, b in zip(edges[:-1], edges[1:])]
     total = sum(mass)
     if not total > 0:

@@ -47,6 +47,16 @@ def _check(q: Array, k: Array, v: Array, tangents: dict[str, Array], scale: Any,
             f"q and k need the same feature size and k and v the same length, got shapes "
             f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
         )
+    for a, b in zip(q.shape[-3::-1], k.shape[-3::-1]):
+        if a != b and 1 not in (a, b):
+            raise ValueError(
+                f"the leading (batch, head) dims of q and k must broadcast, got shapes "
+                f"{tuple(q.shape)} and {tuple(k.shape)}"
+            )
+    if tuple(v.shape[:-2]) != tuple(k.shape[:-2]):
+        raise ValueError(f"k and v need the same leading dims, got {tuple(k.shape)} and {tuple(v.shape)}")
+    if k.shape[-2] < 1:
+        raise ValueError("attention needs at least one key")
     for (name, tangent), primal in zip(tangents.items(), (q, k, v)):
         if tuple(tangent.shape) != tuple(primal.shape):
             raise ValueError(
@@ -134,6 +144,5 @@ def flash_attention_jvp(
         t_x = _scores(tq, kb, scale, xp) + _scores(q, tkb, scale, xp)
         block = block_state(x, t_x, v[..., keys, :], tv[..., keys, :], xp=xp)
         state = block if state is None else merge_states(state, block, xp=xp)
-    if state is None:
-        raise ValueError("attention needs at least one key")
+    assert state is not None  # _check guarantees a key
     return finalize_state(state)

@@ -18,7 +18,7 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
-from ._array import Array, is_array, prepare
+from ._array import Array, is_array, is_concrete, prepare
 
 
 def gamma_to_sigma_rel(gamma: Any) -> Any:
@@ -38,6 +38,11 @@ def sigma_rel_to_gamma(sigma_rel: Any) -> Any:
     which lies above it, so the iterates decrease monotonically onto it (numbers or arrays)."""
     if isinstance(sigma_rel, numbers.Real) and not 0 < float(sigma_rel) < SIGMA_REL_MAX:
         raise ValueError(f"sigma_rel must lie in (0, {SIGMA_REL_MAX:.4f}), got {sigma_rel}")
+    if is_array(sigma_rel):
+        xp, _ = prepare({"sigma_rel": sigma_rel})
+        # outside the range Newton converges to a root below −1, which is no EMA at all
+        if is_concrete(sigma_rel) and not bool(xp.all((sigma_rel > 0) & (sigma_rel < SIGMA_REL_MAX))):
+            raise ValueError(f"every sigma_rel must lie in (0, {SIGMA_REL_MAX:.4f}), got {sigma_rel}")
     s = sigma_rel**-2
     gamma = sigma_rel**-1
     for _ in range(60):  # quadratic convergence; a fixed count keeps it traceable under jit
@@ -99,7 +104,8 @@ def posthoc_coefficients(
     Snapshot i is a power-function EMA of width sigma_rel_in[i] taken at time t_in[i] (steps
     or images, in one unit); each output is the σ_rel_out average at t_out. X minimises the
     L² distance between the averaging profiles, X = A⁺B with A_ik = ⟨p_i, p_k⟩ and
-    B_ij = ⟨p_i, p_out_j⟩ for the profiles p(τ) = (γ+1)τ^γ/t^{γ+1} on [0, t].
+    B_ij = ⟨p_i, p_out_j⟩ for the profiles p(τ) = (γ+1)τ^γ/t^{γ+1} on [0, t]. A is poorly
+    conditioned, so pass dtype=float64 where the namespace has it (torch defaults to float32).
     """
     ti, to = _floats("t_in", t_in), _floats("t_out", t_out)
     si = _floats("sigma_rel_in", sigma_rel_in, SIGMA_REL_MAX)

@@ -45,8 +45,8 @@ def positional(
 def fourier(c: Array, freqs: Array, phases: Array, *, xp: Any = None) -> Array:
     """√2·cos(c·freqs + phases), the magnitude-preserving Fourier features of EDM2 (unit mean
     square for uniform phases); freqs and phases in radians, shape (B, len(freqs))."""
+    xp, _ = prepare({"c": c, "freqs": freqs, "phases": phases}, xp=xp)  # one namespace for all three
     xp = _times(c, xp)
-    prepare({"c": c, "freqs": freqs, "phases": phases}, xp=xp)
     if freqs.ndim != 1 or tuple(phases.shape) != tuple(freqs.shape):
         raise ValueError(
             "freqs and phases must be 1-d of one length, got shapes "

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._array import namespace
+from ._array import as_float, namespace
 
 
 def edm2_lr(
@@ -20,7 +20,7 @@ def edm2_lr(
     Constant until t_ref, then inverse-square-root decay; step is a number or an array (e.g.
     a traced optimiser step). t_ref = 0 disables the decay.
     """
-    if not ref_lr > 0 or t_ref < 0 or rampup_steps < 0:
+    if not (ref_lr > 0 and t_ref >= 0 and rampup_steps >= 0):  # NaN fails too
         raise ValueError(
             f"need ref_lr > 0, t_ref >= 0 and rampup_steps >= 0, got {ref_lr}, {t_ref}, {rampup_steps}"
         )
@@ -30,6 +30,8 @@ def edm2_lr(
         if t_ref > 0:
             lr /= math.sqrt(max(step / t_ref, 1))
         return lr * min(step / rampup_steps, 1) if rampup_steps > 0 else lr
+    step = as_float(step, xp)
+    lr = xp.full_like(step, ref_lr)  # an array of step's shape even with no decay and no ramp-up
     if t_ref > 0:
         lr = lr / xp.sqrt(xp.clip(step / t_ref, min=1.0))
     return lr * xp.clip(step / rampup_steps, max=1.0) if rampup_steps > 0 else lr

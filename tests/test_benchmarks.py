@@ -1,0 +1,27 @@
+"""The overhead benchmark compares trigcore against hand-written torch and jax.numpy formulas; its
+timings mean something only if both sides compute the same numbers. This runs it in --quick mode
+on tiny arrays, where `overhead.check` raises unless every trigcore call and its direct formula
+agree (allclose, same shape and dtype). Timings are not checked."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import overhead  # noqa: E402
+
+
+def test_benchmark_quick_run_matches_direct_formulas(tmp_path: Path) -> None:
+    backends = [b for b in overhead.BACKENDS if importlib.util.find_spec(b) is not None]
+    if not backends:
+        pytest.skip("neither torch nor jax is installed")
+    out = tmp_path / "table.md"
+    argv = ["--quick", "--shape", "3,2,4,4", "--steps", "3", "--warmup", "1", "--seconds", "0"]
+    argv += ["--min-rounds", "2", "--max-rounds", "2", "--backends", ",".join(backends), "--out", str(out)]
+    assert overhead.main(argv) == 0
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 1 + len(overhead.FUNCTIONS) * len(backends)  # header + one row per case

@@ -270,10 +270,26 @@ def _bind_jax(fn: Callable, args: tuple, block: Callable) -> Callable[[], Any]:
     return lambda: block(fn(*args))
 
 
+def _bind_cuda(fn: Callable, args: tuple, synchronize: Callable) -> Callable[[], Any]:
+    """A timed call on a GPU waits for its kernels, as `block_until_ready` does for JAX."""
+
+    def call() -> Any:
+        out = fn(*args)
+        synchronize()
+        return out
+
+    return call
+
+
 def make_cases(
-    backend: str, shape: Sequence[int], steps: int, functions: Sequence[str] = FUNCTIONS
+    backend: str,
+    shape: Sequence[int],
+    steps: int,
+    functions: Sequence[str] = FUNCTIONS,
+    device: str = "cpu",
 ) -> list[Case]:
-    """The benchmark cases of one backend on float32 inputs of `shape` (4-d: batch first)."""
+    """The benchmark cases of one backend on float32 inputs of `shape` (4-d: batch first); torch
+    tensors go to `device` (JAX uses its default device)."""
     if len(shape) != 4:
         raise ValueError(f"shape must be 4-d (batch, channels, height, width), got {tuple(shape)}")
     data = make_inputs(shape)
@@ -282,13 +298,20 @@ def make_cases(
     if backend == "torch":
         import torch
 
-        arrays = {k: torch.from_numpy(v) for k, v in data.items()}
+        arrays = {k: torch.from_numpy(v).to(device) for k, v in data.items()}
         calls = _calls(torch, lambda x, t: torch.tanh(x), times)
         for name in functions:
             direct, trig, names = calls[name]
             args = tuple(arrays[k] for k in names)
             d, tr = _bind(direct, args), _bind(trig, args)
-            cases.append(Case(name, backend, d, tr, d, tr))
+            if device.startswith("cuda"):
+                timed = (
+                    _bind_cuda(direct, args, torch.cuda.synchronize),
+                    _bind_cuda(trig, args, torch.cuda.synchronize),
+                )
+            else:
+                timed = (d, tr)
+            cases.append(Case(name, backend, d, tr, *timed))
     elif backend == "jax":
         import jax
         import jax.numpy as jnp
@@ -448,7 +471,7 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine(backends: Sequence[str]) -> list[str]:
+def machine(backends: Sequence[str], device: str = "cpu") -> list[str]:
     lines = [
         f"CPU: {_cpu_model()}, {os.cpu_count()} logical cores"
         + (f" ({len(os.sched_getaffinity(0))} usable)" if hasattr(os, "sched_getaffinity") else ""),
@@ -464,6 +487,8 @@ def machine(backends: Sequence[str]) -> list[str]:
             f"torch {torch.__version__}, torch.get_num_threads() = {torch.get_num_threads()}"
             + (f" (OMP_NUM_THREADS={threads})" if threads else "")
         )
+        if device.startswith("cuda"):
+            lines.append(f"torch device: {torch.cuda.get_device_name(torch.device(device))}")
     if "jax" in backends:
         import jax
 
@@ -508,6 +533,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--breakdown", action="store_true", help="time trigcore's argument handling on torch (µs) and exit"
     )
+    p.add_argument("--device", default="cpu", help="torch device for the arrays, e.g. cuda (default cpu)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads(N) (default: as the environment sets)")
     args = p.parse_args(argv)
     quick = args.quick
@@ -545,11 +571,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.profile:
         for backend in args.backends:
-            (case,) = make_cases(backend, args.shape, args.steps, [args.profile])
+            (case,) = make_cases(backend, args.shape, args.steps, [args.profile], args.device)
             print(f"## cProfile: {case.function} on {backend}, shape {args.shape}\n")
             print(profile(case))
         return 0
-    header = [f"Command: `{command}`", *machine(args.backends)]
+    header = [f"Command: `{command}`", *machine(args.backends, args.device)]
     header.append(
         f"Arrays: float32 {'×'.join(map(str, args.shape))}, per-sample t; sample_ode: {args.steps} steps, "
         f"F = tanh(x); warmup {args.warmup}, rounds fill ~{args.seconds:g} s per row "
@@ -558,7 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n".join(f"- {line}" for line in header), flush=True)
     timings = []
     for backend in args.backends:
-        for case in make_cases(backend, args.shape, args.steps, args.functions):
+        for case in make_cases(backend, args.shape, args.steps, args.functions, args.device):
             check(case)
             tm = measure(
                 case,

@@ -38,6 +38,10 @@ if importlib.util.find_spec("jax") is not None:
     jax.config.update("jax_enable_x64", True)
 
 
+# TRIGCORE_TEST_DEVICE=cuda runs the torch tests on a GPU (JAX uses its default device anyway)
+TORCH_DEVICE = os.environ.get("TRIGCORE_TEST_DEVICE", "cpu")
+
+
 @dataclass(frozen=True)
 class Backend:
     name: str
@@ -51,7 +55,7 @@ class Backend:
         if self.name == "torch":
             import torch
 
-            return torch.from_numpy(np.array(a))  # a contiguous copy; keeps 0-d arrays 0-d
+            return torch.from_numpy(np.array(a)).to(TORCH_DEVICE)  # a copy; keeps 0-d arrays 0-d
         return self.xp.asarray(a)
 
     def to_numpy(self, a: Any) -> np.ndarray:

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+from array_api_compat import device
 
 from trigcore import attention, convert, ema, embedding, flow, lr, samplers, schedule, tangent, weighting
 
@@ -76,9 +77,11 @@ def test_every_function_keeps_float32(xp):
         data = np.asarray(values) if values is not None else np.random.default_rng(0).uniform(0.1, 1.2, shape)
         return xp.asarray(data, dtype="float32")
 
+    where = device(a((1,)))
     for name, fn, args in cases(a):
         for out in outputs(xp.call(fn, *args)):
             assert out.dtype == xp.xp.float32, name
+            assert device(out) == where, name
             assert np.all(np.isfinite(xp.to_numpy(out))), name
 
 

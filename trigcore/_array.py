@@ -17,6 +17,11 @@ from array_api_compat import array_namespace, device, is_array_api_obj, is_jax_a
 Array = Any  # any array of an array-API namespace (or a symbol under a caller-supplied xp)
 
 
+# An array type always maps to the same namespace; remembering it keeps the per-call cost of
+# argument handling to a few microseconds.
+_NAMESPACE_OF_TYPE: dict[type, Any] = {}
+
+
 def namespace(*args: Any, xp: Any = None) -> Any:
     """The array namespace of the array arguments, or `xp` when given.
 
@@ -26,6 +31,9 @@ def namespace(*args: Any, xp: Any = None) -> Any:
     if xp is not None:
         return xp
     args = tuple(a for a in args if a is not None)
+    kinds = {type(a) for a in args if not isinstance(a, numbers.Real)}
+    if len(kinds) == 1 and (kind := next(iter(kinds))) in _NAMESPACE_OF_TYPE:
+        return _NAMESPACE_OF_TYPE[kind]  # the common case, one array type: no re-inspection
     arrays = [a for a in args if is_array_api_obj(a)]
     if not arrays:
         if args and all(isinstance(a, numbers.Real) for a in args):
@@ -35,13 +43,16 @@ def namespace(*args: Any, xp: Any = None) -> Any:
             f"(got {', '.join(type(a).__name__ for a in args) or 'nothing'})"
         )
     try:
-        return array_namespace(*arrays)
+        found = array_namespace(*arrays)
     except TypeError as err:
-        kinds = sorted({f"{type(a).__module__}.{type(a).__name__}" for a in arrays})
+        names = sorted({f"{type(a).__module__}.{type(a).__name__}" for a in arrays})
         raise TypeError(
-            f"arrays from different namespaces were mixed ({', '.join(kinds)}); "
+            f"arrays from different namespaces were mixed ({', '.join(names)}); "
             "convert them to one array library first"
         ) from err
+    if len(kinds) == 1 and len(arrays) == sum(not isinstance(a, numbers.Real) for a in args):
+        _NAMESPACE_OF_TYPE[type(arrays[0])] = found
+    return found
 
 
 def is_array(a: Any) -> bool:
@@ -94,12 +105,14 @@ def like(value: Any, ref: Any, xp: Any) -> Any:
     return value
 
 
-def per_sample(name: str, t: Any, x: Any, xp: Any) -> Any:
+def per_sample(name: str, t: Any, x: Any, xp: Any, keep_numbers: bool = False) -> Any:
     """Broadcast t (a number, a 0-d array or one entry per sample) over the trailing dims of x.
 
     Returns a value that combines with x elementwise: a 0-d array, or shape (B, 1, ..., 1).
+    With keep_numbers a Python number stays one (fine for a factor, not for xp.cos).
     """
-    t = like(t, x, xp)
+    if not keep_numbers:
+        t = like(t, x, xp)
     if not is_array(t):
         return t
     require_float(name, t, xp)

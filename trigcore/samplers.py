@@ -111,7 +111,7 @@ def heun_correction(
 def cfg(F_cond: Array, F_uncond: Array, scale: Any, *, xp: Any = None) -> Array:
     """Classifier-free guidance F_u + s·(F_c − F_u); `scale` is a number or one per sample."""
     xp, _ = prepare({"F_cond": F_cond, "F_uncond": F_uncond}, xp=xp)
-    scale = per_sample("scale", scale, F_cond, xp)
+    scale = per_sample("scale", scale, F_cond, xp, keep_numbers=True)
     return F_uncond + scale * (F_cond - F_uncond)
 
 

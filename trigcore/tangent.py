@@ -65,7 +65,7 @@ def tangent_target(
         sigma_d=sigma_d,
         xp=xp,
     )
-    r = per_sample("r", r, x_t, xp)
+    r = per_sample("r", r, x_t, xp, keep_numbers=True)
     cos, sin = xp.cos(t), xp.sin(t)
     return -(cos**2) * (sigma_d * F_minus - dxdt) - r * (cos * sin * x_t + jvp_out)
 
@@ -135,7 +135,7 @@ def discrete_tangent(
     if is_concrete(t) and is_concrete(t_prime) and not _all(xp, like(t_prime, x_t, xp) < like(t, x_t, xp)):
         raise ValueError(f"t_prime must be < t for the discrete tangent, got t={t}, t_prime={t_prime}")
     tp = per_sample("t_prime", t_prime, x_t, xp)
-    r = per_sample("r", r, x_t, xp)
+    r = per_sample("r", r, x_t, xp, keep_numbers=True)
     dt = t_b - tp
     delta = -xp.cos(tp) * (sigma_d * F_minus - sigma_d * F_teacher) - r * xp.sin(tp) * (
         x_t + (sigma_d * xp.cos(dt) * F_minus - sigma_d * F_minus_prime) / xp.sin(dt)

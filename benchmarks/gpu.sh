@@ -8,10 +8,11 @@ mkdir -p "$out"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # several test workers share the GPU
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
 python3 -c "import torch, jax; print('torch', torch.__version__, torch.cuda.get_device_name(0)); print('jax', jax.__version__, jax.devices())" | tee -a "$out/gpu.txt"
-TRIGCORE_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider -n 4 \
+TRIGCORE_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -n 4 -o addopts="" \
     tests/test_contract.py tests/test_flow.py tests/test_tangent.py tests/test_samplers.py tests/test_attention.py \
     2>&1 | tee "$out/tests.log" | tail -n 5
 for shape in 64,4,64,64 256,4,128,128; do
-    python3 benchmarks/overhead.py --device cuda --shape "$shape" --seconds 2 --out "$out/overhead_$shape.md" \
-        2>&1 | tee "$out/overhead_$shape.log" | tail -n 14
+    name=overhead_${shape//,/x}
+    python3 benchmarks/overhead.py --device cuda --shape "$shape" --seconds 2 --out "$out/$name.md" \
+        2>&1 | tee "$out/$name.log" | tail -n 18
 done

@@ -98,6 +98,18 @@ def as_float(a: Any, xp: Any) -> Any:
     return a
 
 
+def ops(xp: Any, *values: Any) -> Any:
+    """Where to take elementwise functions of `values`: `math` when every one is a Python number
+    (the cos and sin of a scalar time then cost no device kernel or transfer), else xp."""
+    return math if all(isinstance(v, numbers.Real) for v in values) else xp
+
+
+def cos_sin(t: Any, xp: Any) -> tuple[Any, Any]:
+    """(cos t, sin t), on the host for a Python number t."""
+    m = ops(xp, t)
+    return m.cos(t), m.sin(t)
+
+
 def like(value: Any, ref: Any, xp: Any) -> Any:
     """A Python number as a 0-d array of ref's dtype and device; anything else unchanged."""
     if isinstance(value, numbers.Real) and is_array(ref):
@@ -105,14 +117,14 @@ def like(value: Any, ref: Any, xp: Any) -> Any:
     return value
 
 
-def per_sample(name: str, t: Any, x: Any, xp: Any, keep_numbers: bool = False) -> Any:
+def per_sample(name: str, t: Any, x: Any, xp: Any) -> Any:
     """Broadcast t (a number, a 0-d array or one entry per sample) over the trailing dims of x.
 
-    Returns a value that combines with x elementwise: a 0-d array, or shape (B, 1, ..., 1).
-    With keep_numbers a Python number stays one (fine for a factor, not for xp.cos).
+    Returns a value that combines with x elementwise: a Python float (take its cos and sin with
+    `ops`), a 0-d array, or an array of shape (B, 1, ..., 1).
     """
-    if not keep_numbers:
-        t = like(t, x, xp)
+    if isinstance(t, numbers.Real):
+        return float(t)
     if not is_array(t):
         return t
     require_float(name, t, xp)

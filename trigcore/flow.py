@@ -15,19 +15,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._array import Array, namespace, prepare, require_float
+from ._array import Array, cos_sin, namespace, prepare, require_float
 
 
 def noisy(x0: Array, z: Array, t: Any, *, xp: Any = None) -> Array:
     """x_t = cos t·x0 + sin t·z (§3); at t = π/2 this is the prior sample z."""
     xp, t = prepare({"x0": x0, "z": z}, t=t, xp=xp)
-    return xp.cos(t) * x0 + xp.sin(t) * z
+    cos, sin = cos_sin(t, xp)
+    return cos * x0 + sin * z
 
 
 def velocity(x0: Array, z: Array, t: Any, *, xp: Any = None) -> Array:
     """v_t = dx_t/dt = cos t·z − sin t·x0, the diffusion training target (Eq. 4)."""
     xp, t = prepare({"x0": x0, "z": z}, t=t, xp=xp)
-    return xp.cos(t) * z - xp.sin(t) * x0
+    cos, sin = cos_sin(t, xp)
+    return cos * z - sin * x0
 
 
 def denoise(x_t: Array, t: Any, F: Array, sigma_d: Any, *, xp: Any = None) -> Array:
@@ -36,7 +38,8 @@ def denoise(x_t: Array, t: Any, F: Array, sigma_d: Any, *, xp: Any = None) -> Ar
     f(x, 0) = x for any F, the CM boundary condition.
     """
     xp, t = prepare({"x_t": x_t, "F": F}, t=t, sigma_d=sigma_d, xp=xp)
-    return xp.cos(t) * x_t - xp.sin(t) * sigma_d * F
+    cos, sin = cos_sin(t, xp)
+    return cos * x_t - sin * sigma_d * F
 
 
 def F_from_denoiser(x_t: Array, t: Any, D: Array, sigma_d: Any, *, xp: Any = None) -> Array:
@@ -45,7 +48,8 @@ def F_from_denoiser(x_t: Array, t: Any, D: Array, sigma_d: Any, *, xp: Any = Non
     Wraps an x0-predicting teacher (an EDM denoiser, an exact posterior mean) as a TrigFlow F.
     """
     xp, t = prepare({"x_t": x_t, "D": D}, t=t, sigma_d=sigma_d, xp=xp)
-    return (xp.cos(t) * x_t - D) / (sigma_d * xp.sin(t))
+    cos, sin = cos_sin(t, xp)
+    return (cos * x_t - D) / (sigma_d * sin)
 
 
 def pf_ode(F: Array, sigma_d: Any, *, xp: Any = None) -> Array:
@@ -57,13 +61,15 @@ def pf_ode(F: Array, sigma_d: Any, *, xp: Any = None) -> Array:
 def noise_pred(x_t: Array, t: Any, F: Array, sigma_d: Any, *, xp: Any = None) -> Array:
     """ε_θ = sin t·x_t + cos t·σ_d·F, the prediction of z (Eq. 27); x_t = cos t·D + sin t·ε."""
     xp, t = prepare({"x_t": x_t, "F": F}, t=t, sigma_d=sigma_d, xp=xp)
-    return xp.sin(t) * x_t + xp.cos(t) * sigma_d * F
+    cos, sin = cos_sin(t, xp)
+    return sin * x_t + cos * sigma_d * F
 
 
 def score(x_t: Array, t: Any, F: Array, sigma_d: Any, *, xp: Any = None) -> Array:
     """∇ log p_t(x_t) = −(cos t·σ_d·F + sin t·x_t)/(σ_d² sin t) (App. C.1). Undefined at t = 0."""
     xp, t = prepare({"x_t": x_t, "F": F}, t=t, sigma_d=sigma_d, xp=xp)
-    return -(xp.cos(t) * sigma_d * F + xp.sin(t) * x_t) / (sigma_d**2 * xp.sin(t))
+    cos, sin = cos_sin(t, xp)
+    return -(cos * sigma_d * F + sin * x_t) / (sigma_d**2 * sin)
 
 
 def snr(t: Any, *, xp: Any = None) -> Array:

@@ -24,7 +24,7 @@ from typing import Any
 
 from array_api_compat import device
 
-from ._array import Array, is_array, is_concrete, per_sample, prepare
+from ._array import Array, cos_sin, is_array, is_concrete, ops, per_sample, prepare
 from .flow import denoise, noise_pred, noisy
 
 METHODS = ("ddim", "dpm-solver-2m", "dpm-solver++2m", "heun")
@@ -34,12 +34,14 @@ def ddim_step(x_s: Array, s: Any, t: Any, F_s: Array, sigma_d: Any, *, xp: Any =
     """x_t = cos(s−t)·x_s − sin(s−t)·σ_d·F_s, the first-order (DDIM) step (Eq. 26)."""
     xp, s = prepare({"x_s": x_s, "F_s": F_s, "t": t}, t=s, sigma_d=sigma_d, xp=xp)
     h = s - per_sample("t", t, x_s, xp)
-    return xp.cos(h) * x_s - xp.sin(h) * sigma_d * F_s
+    cos, sin = cos_sin(h, xp)
+    return cos * x_s - sin * sigma_d * F_s
 
 
 def _log_tan(t: Any, xp: Any) -> Any:
     # λ = −log(σ_d tan t) up to a constant; |·| absorbs a float π/2 rounded just past the pole
-    return xp.log(xp.abs(xp.tan(t)))
+    m = ops(xp, t)
+    return m.log(abs(m.tan(t)))
 
 
 def _ratio(s: Any, s_prev: Any, t: Any, xp: Any) -> Any:
@@ -68,7 +70,7 @@ def dpm_solver_2m_step(
     s_prev, t = per_sample("s_prev", s_prev, x_s, xp), per_sample("t", t, x_s, xp)
     eps_s = noise_pred(x_s, s, F_s, sigma_d, xp=xp)
     r = _ratio(s_b, s_prev, t, xp)
-    return x_t - xp.sin(s_b - t) / (2 * r * xp.cos(s_b)) * (eps_prev - eps_s)
+    return x_t - cos_sin(s_b - t, xp)[1] / (2 * r * cos_sin(s_b, xp)[0]) * (eps_prev - eps_s)
 
 
 def dpmpp_2m_step(
@@ -92,7 +94,7 @@ def dpmpp_2m_step(
     s_prev, t = per_sample("s_prev", s_prev, x_s, xp), per_sample("t", t, x_s, xp)
     D_s = denoise(x_s, s, F_s, sigma_d, xp=xp)
     r = _ratio(s_b, s_prev, t, xp)
-    return x_t + xp.sin(s_b - t) / (2 * r * xp.sin(s_b)) * (D_prev - D_s)
+    return x_t + cos_sin(s_b - t, xp)[1] / (2 * r * cos_sin(s_b, xp)[1]) * (D_prev - D_s)
 
 
 def heun_correction(
@@ -105,41 +107,51 @@ def heun_correction(
     """
     xp, s = prepare({"x_euler": x_euler, "eps_s": eps_s, "eps_euler": eps_euler, "t": t}, t=s, xp=xp)
     t = per_sample("t", t, x_euler, xp)
-    return x_euler + xp.sin(s - t) / (2 * xp.cos(s)) * (eps_s - eps_euler)
+    return x_euler + cos_sin(s - t, xp)[1] / (2 * cos_sin(s, xp)[0]) * (eps_s - eps_euler)
 
 
 def cfg(F_cond: Array, F_uncond: Array, scale: Any, *, xp: Any = None) -> Array:
     """Classifier-free guidance F_u + s·(F_c − F_u); `scale` is a number or one per sample."""
     xp, _ = prepare({"F_cond": F_cond, "F_uncond": F_uncond}, xp=xp)
-    scale = per_sample("scale", scale, F_cond, xp, keep_numbers=True)
+    scale = per_sample("scale", scale, F_cond, xp)
     return F_uncond + scale * (F_cond - F_uncond)
 
 
-def _timesteps(timesteps: Any, x: Array, xp: Any, min_len: int) -> Array:
-    """Timesteps as a 1-d array of x's dtype and device, checked to decrease inside [0, π/2]."""
-    if not is_array(timesteps):
-        timesteps = xp.asarray([float(v) for v in timesteps], dtype=x.dtype, device=device(x))
-    else:
+def _timesteps(timesteps: Any, x: Array, xp: Any, min_len: int) -> list[Any]:
+    """Timesteps checked to decrease inside [0, π/2], as a list: Python floats when their values
+    are known (the per-step coefficients are then computed on the host), else 0-d arrays of x's
+    dtype (traced under jit)."""
+    if is_array(timesteps):
         prepare({"x": x, "timesteps": timesteps}, xp=None)
-        timesteps = xp.astype(timesteps, x.dtype)
-    if timesteps.ndim != 1 or timesteps.shape[0] < min_len:
-        raise ValueError(
-            f"timesteps must be a 1-d sequence of at least {min_len} times, "
-            f"got shape {tuple(timesteps.shape)}"
-        )
-    if is_concrete(timesteps):
-        if timesteps.shape[0] > 1 and not bool(xp.all(timesteps[1:] < timesteps[:-1])):
-            raise ValueError(f"timesteps must strictly decrease, got {timesteps}")
-        if not bool(xp.all((timesteps >= 0) & (timesteps <= math.pi / 2 + 1e-6))):
-            raise ValueError(f"timesteps must lie in [0, π/2], got {timesteps}")
-    return timesteps
+        if timesteps.ndim != 1:
+            raise ValueError(f"timesteps must be 1-d, got shape {tuple(timesteps.shape)}")
+        count = timesteps.shape[0]
+        values = [timesteps[i] for i in range(count)]
+        if not is_concrete(timesteps):
+            values = [xp.astype(v, x.dtype) for v in values]
+    else:
+        values = list(timesteps)
+    if len(values) < min_len:
+        raise ValueError(f"timesteps must hold at least {min_len} times, got {len(values)}")
+    if all(is_concrete(v) for v in values):
+        values = [float(v) for v in values]
+        if any(b >= a for a, b in zip(values[:-1], values[1:])):
+            raise ValueError(f"timesteps must strictly decrease, got {values}")
+        if not all(0 <= v <= math.pi / 2 + 1e-6 for v in values):
+            raise ValueError(f"timesteps must lie in [0, π/2], got {values}")
+    return values
 
 
 def _model(F_fn: Callable, sigma_d: Any, xp: Any) -> Callable:
     """F at (x, t) for a batch: calls F_fn(x/σ_d, t) with one time per sample, checks the shape."""
 
-    def F(x: Array, t: Array) -> Array:
-        out = F_fn(x / sigma_d, xp.broadcast_to(t, (x.shape[0],)))
+    def F(x: Array, t: Any) -> Array:
+        batch = (x.shape[0],)
+        if is_array(t):
+            t = xp.broadcast_to(t, batch)
+        else:
+            t = xp.full(batch, t, dtype=x.dtype, device=device(x))
+        out = F_fn(x / sigma_d, t)
         if tuple(out.shape) != tuple(x.shape):
             raise ValueError(f"F_fn returned shape {tuple(out.shape)} for input shape {tuple(x.shape)}")
         return out
@@ -183,13 +195,13 @@ def sample_ode(
     if x_T.ndim < 1:
         raise ValueError("x_T must have a leading batch dimension")
     ts = _timesteps(timesteps, x_T, xp, min_len=2)
-    if method != "ddim" and is_concrete(ts) and float(ts[0]) >= math.pi / 2 - 1e-7:
+    if method != "ddim" and isinstance(ts[0], float) and ts[0] >= math.pi / 2 - 1e-7:
         raise ValueError(
             f"method {method!r} cannot start at t = π/2 (σ = σ_d tan t is infinite there); "
             "start at schedule.t_max(sigma_d) or use method='ddim'"
         )
     F = _model(F_fn, sigma_d, xp)
-    x, previous, steps = x_T, None, ts.shape[0] - 1
+    x, previous, steps = x_T, None, len(ts) - 1
     for i in range(steps):
         s, t = ts[i], ts[i + 1]
         F_s = F(x, s)
@@ -233,16 +245,15 @@ def sample_consistency(
         raise ValueError("z must have a leading batch dimension")
     ts = _timesteps(timesteps, z, xp, min_len=1)
     count = noises.shape[0] if is_array(noises) else len(noises)  # type: ignore[union-attr]
-    if count != ts.shape[0] - 1:
+    if count != len(ts) - 1:
         raise ValueError(
-            f"{ts.shape[0]} timesteps need {ts.shape[0] - 1} noise draws (one per time after "
-            f"the first), got {count}"
+            f"{len(ts)} timesteps need {len(ts) - 1} noise draws (one per time after the first), got {count}"
         )
     for i in range(count):  # checked here, before any model call, not midway through sampling
         _check_noise(f"noises[{i}]", _draw(noises, i), z)
     F = _model(F_fn, sigma_d, xp)
     x0 = denoise(z, ts[0], F(z, ts[0]), sigma_d, xp=xp)
-    for i in range(1, ts.shape[0]):
+    for i in range(1, len(ts)):
         x = noisy(x0, _draw(noises, i - 1), ts[i], xp=xp)
         x0 = denoise(x, ts[i], F(x, ts[i]), sigma_d, xp=xp)
     return x0

@@ -22,6 +22,7 @@ from ._array import (
     Array,
     as_float,
     batch_axes,
+    cos_sin,
     is_concrete,
     like,
     namespace,
@@ -39,8 +40,9 @@ def jvp_tangents(x_t: Array, t: Any, dxdt: Array, sigma_d: Any, *, xp: Any = Non
     omits the σ_d). The t tangent keeps t's own shape: a 0-d array or one entry per sample.
     """
     xp, t_b = prepare({"x_t": x_t, "dxdt": dxdt}, t=t, sigma_d=sigma_d, xp=xp)
-    t = like(t, x_t, xp)
-    return xp.cos(t_b) * xp.sin(t_b) * dxdt, xp.cos(t) * xp.sin(t) * sigma_d
+    cos, sin = cos_sin(t_b, xp)
+    t = like(t, x_t, xp)  # the network's t input, hence its tangent, is an array
+    return cos * sin * dxdt, xp.cos(t) * xp.sin(t) * sigma_d
 
 
 def tangent_target(
@@ -65,8 +67,8 @@ def tangent_target(
         sigma_d=sigma_d,
         xp=xp,
     )
-    r = per_sample("r", r, x_t, xp, keep_numbers=True)
-    cos, sin = xp.cos(t), xp.sin(t)
+    r = per_sample("r", r, x_t, xp)
+    cos, sin = cos_sin(t, xp)
     return -(cos**2) * (sigma_d * F_minus - dxdt) - r * (cos * sin * x_t + jvp_out)
 
 
@@ -135,12 +137,13 @@ def discrete_tangent(
     if is_concrete(t) and is_concrete(t_prime) and not _all(xp, like(t_prime, x_t, xp) < like(t, x_t, xp)):
         raise ValueError(f"t_prime must be < t for the discrete tangent, got t={t}, t_prime={t_prime}")
     tp = per_sample("t_prime", t_prime, x_t, xp)
-    r = per_sample("r", r, x_t, xp, keep_numbers=True)
+    r = per_sample("r", r, x_t, xp)
     dt = t_b - tp
-    delta = -xp.cos(tp) * (sigma_d * F_minus - sigma_d * F_teacher) - r * xp.sin(tp) * (
-        x_t + (sigma_d * xp.cos(dt) * F_minus - sigma_d * F_minus_prime) / xp.sin(dt)
+    (cos_p, sin_p), (cos_dt, sin_dt) = cos_sin(tp, xp), cos_sin(dt, xp)
+    delta = -cos_p * (sigma_d * F_minus - sigma_d * F_teacher) - r * sin_p * (
+        x_t + (sigma_d * cos_dt * F_minus - sigma_d * F_minus_prime) / sin_dt
     )
-    return xp.cos(t_b) * delta
+    return cos_sin(t_b, xp)[0] * delta
 
 
 def _all(xp: Any, condition: Any) -> bool:

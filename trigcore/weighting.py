@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._array import Array, batch_axes, is_array, like, prepare
+from ._array import Array, batch_axes, is_array, ops, prepare
 from .flow import velocity
 
 
@@ -35,10 +35,10 @@ def adaptive_loss(residual: Array, logvar: Any, *, xp: Any = None) -> Array:
     """
     xp, _ = prepare({"residual": residual, "logvar": logvar}, xp=xp)
     if not is_array(residual):  # a scalar residual (e.g. a symbol) is one sample of D = 1
-        return xp.exp(logvar) * residual**2 - logvar
+        return ops(xp, logvar).exp(logvar) * residual**2 - logvar
     if residual.ndim < 1:
         raise ValueError("residual must have a leading batch dimension")
-    batch, logvar = residual.shape[0], like(logvar, residual, xp)
+    batch = residual.shape[0]
     if is_array(logvar) and logvar.ndim > 0:
         if math.prod(logvar.shape) != batch:
             raise ValueError(
@@ -47,7 +47,7 @@ def adaptive_loss(residual: Array, logvar: Any, *, xp: Any = None) -> Array:
         logvar = xp.reshape(logvar, (batch,))
     size = math.prod(residual.shape[1:])
     sq = xp.sum(residual * residual, axis=batch_axes(residual)) if residual.ndim > 1 else residual**2
-    return xp.exp(logvar) / size * sq - logvar
+    return ops(xp, logvar).exp(logvar) / size * sq - logvar
 
 
 def scm_loss(F: Array, F_minus: Array, g: Array, logvar: Any, *, xp: Any = None) -> Array:

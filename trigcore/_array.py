@@ -20,6 +20,7 @@ Array = Any  # any array of an array-API namespace (or a symbol under a caller-s
 # An array type always maps to the same namespace; remembering it keeps the per-call cost of
 # argument handling to a few microseconds.
 _NAMESPACE_OF_TYPE: dict[type, Any] = {}
+_ARRAY_TYPES: set[type] = set()
 
 
 def namespace(*args: Any, xp: Any = None) -> Any:
@@ -34,7 +35,7 @@ def namespace(*args: Any, xp: Any = None) -> Any:
     kinds = {type(a) for a in args if not isinstance(a, numbers.Real)}
     if len(kinds) == 1 and (kind := next(iter(kinds))) in _NAMESPACE_OF_TYPE:
         return _NAMESPACE_OF_TYPE[kind]  # the common case, one array type: no re-inspection
-    arrays = [a for a in args if is_array_api_obj(a)]
+    arrays = [a for a in args if is_array(a)]
     if not arrays:
         if args and all(isinstance(a, numbers.Real) for a in args):
             return math
@@ -56,7 +57,13 @@ def namespace(*args: Any, xp: Any = None) -> Any:
 
 
 def is_array(a: Any) -> bool:
-    return bool(is_array_api_obj(a))
+    kind = type(a)
+    if kind in _ARRAY_TYPES:
+        return True
+    if is_array_api_obj(a):
+        _ARRAY_TYPES.add(kind)
+        return True
+    return False
 
 
 def is_concrete(a: Any) -> bool:

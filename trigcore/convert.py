@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._array import Array, ops, per_sample, prepare, require_positive
+from ._array import Array, cos_sin, ops, per_sample, prepare, require_positive
 
 
 def t_from_sigma(sigma: Any, sigma_d: Any, *, xp: Any = None) -> Array:
@@ -30,13 +30,15 @@ def edm_to_trigflow(x_sigma: Array, sigma: Any, sigma_d: Any, *, xp: Any = None)
     """(x_t, t) from EDM's (x_σ, σ): t = arctan(σ/σ_d), x_t = cos t·x_σ (Eq. 30)."""
     xp, _ = prepare({"x_sigma": x_sigma, "sigma": sigma}, sigma_d=sigma_d, xp=xp)
     t = t_from_sigma(sigma, sigma_d, xp=ops(xp, sigma))
-    return ops(xp, t).cos(per_sample("sigma", t, x_sigma, xp)) * x_sigma, t
+    cos, _ = cos_sin(per_sample("sigma", t, x_sigma, xp), xp)
+    return cos * x_sigma, t
 
 
 def trigflow_to_edm(x_t: Array, t: Any, sigma_d: Any, *, xp: Any = None) -> tuple:
     """(x_σ, σ) from TrigFlow's (x_t, t): σ = σ_d tan t, x_σ = x_t/cos t (Eq. 30)."""
     xp, t_b = prepare({"x_t": x_t}, t=t, sigma_d=sigma_d, xp=xp)
-    return x_t / ops(xp, t_b).cos(t_b), sigma_from_t(t, sigma_d, xp=ops(xp, t))
+    cos, _ = cos_sin(t_b, xp)
+    return x_t / cos, sigma_from_t(t, sigma_d, xp=ops(xp, t))
 
 
 def edm_preconditioning(sigma: Any, sigma_d: Any, *, xp: Any = None) -> tuple:

@@ -70,7 +70,8 @@ def dpm_solver_2m_step(
     s_prev, t = per_sample("s_prev", s_prev, x_s, xp), per_sample("t", t, x_s, xp)
     eps_s = noise_pred(x_s, s, F_s, sigma_d, xp=xp)
     r = _ratio(s_b, s_prev, t, xp)
-    return x_t - cos_sin(s_b - t, xp)[1] / (2 * r * cos_sin(s_b, xp)[0]) * (eps_prev - eps_s)
+    (cos_s, _), (_, sin_h) = cos_sin(s_b, xp), cos_sin(s_b - t, xp)
+    return x_t - sin_h / (2 * r * cos_s) * (eps_prev - eps_s)
 
 
 def dpmpp_2m_step(
@@ -94,7 +95,8 @@ def dpmpp_2m_step(
     s_prev, t = per_sample("s_prev", s_prev, x_s, xp), per_sample("t", t, x_s, xp)
     D_s = denoise(x_s, s, F_s, sigma_d, xp=xp)
     r = _ratio(s_b, s_prev, t, xp)
-    return x_t + cos_sin(s_b - t, xp)[1] / (2 * r * cos_sin(s_b, xp)[1]) * (D_prev - D_s)
+    (_, sin_s), (_, sin_h) = cos_sin(s_b, xp), cos_sin(s_b - t, xp)
+    return x_t + sin_h / (2 * r * sin_s) * (D_prev - D_s)
 
 
 def heun_correction(
@@ -107,7 +109,8 @@ def heun_correction(
     """
     xp, s = prepare({"x_euler": x_euler, "eps_s": eps_s, "eps_euler": eps_euler, "t": t}, t=s, xp=xp)
     t = per_sample("t", t, x_euler, xp)
-    return x_euler + cos_sin(s - t, xp)[1] / (2 * cos_sin(s, xp)[0]) * (eps_s - eps_euler)
+    (cos_s, _), (_, sin_h) = cos_sin(s, xp), cos_sin(s - t, xp)
+    return x_euler + sin_h / (2 * cos_s) * (eps_s - eps_euler)
 
 
 def cfg(F_cond: Array, F_uncond: Array, scale: Any, *, xp: Any = None) -> Array:

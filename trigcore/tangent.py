@@ -129,22 +129,25 @@ def discrete_tangent(
     (`discrete_reference`) and F_pretrain the teacher at (x_t, t). As t′ → t, Δ → df⁻/dt.
     """
     xp, t_b = prepare(
-        {"x_t": x_t, "F_minus": F_minus, "F_minus_prime": F_minus_prime, "F_teacher": F_teacher},
+        {
+            "x_t": x_t,
+            "F_minus": F_minus,
+            "F_minus_prime": F_minus_prime,
+            "F_teacher": F_teacher,
+            "t_prime": t_prime,
+        },
         t=t,
         sigma_d=sigma_d,
         xp=xp,
     )
-    if is_concrete(t) and is_concrete(t_prime) and not _all(xp, like(t_prime, x_t, xp) < like(t, x_t, xp)):
-        raise ValueError(f"t_prime must be < t for the discrete tangent, got t={t}, t_prime={t_prime}")
     tp = per_sample("t_prime", t_prime, x_t, xp)
-    r = per_sample("r", r, x_t, xp)
     dt = t_b - tp
+    if is_concrete(dt) and not (dt > 0 if isinstance(dt, float) else bool(xp.all(dt > 0))):
+        raise ValueError(f"t_prime must be < t for the discrete tangent, got t={t}, t_prime={t_prime}")
+    r = per_sample("r", r, x_t, xp)
     (cos_p, sin_p), (cos_dt, sin_dt) = cos_sin(tp, xp), cos_sin(dt, xp)
     delta = -cos_p * (sigma_d * F_minus - sigma_d * F_teacher) - r * sin_p * (
         x_t + (sigma_d * cos_dt * F_minus - sigma_d * F_minus_prime) / sin_dt
     )
-    return cos_sin(t_b, xp)[0] * delta
-
-
-def _all(xp: Any, condition: Any) -> bool:
-    return bool(condition) if isinstance(condition, bool) else bool(xp.all(condition))
+    cos_t, _ = cos_sin(t_b, xp)
+    return cos_t * delta

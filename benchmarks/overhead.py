@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from array_api_compat import device as array_device
 
 try:
     import trigcore
@@ -183,19 +184,22 @@ def direct_ddim_step(m: Any, x_s: Any, s: Any, t: Any, F_s: Any, sigma_d: float)
 
 
 def direct_sample_ode(m: Any, F_fn: Callable, x: Any, times: list[float], sigma_d: float, method: str) -> Any:
-    """DDIM (Eq. 26) or EDM's Heun sampler in TrigFlow, as in `samplers.sample_ode`."""
-    ts = m.asarray(times, dtype=x.dtype)
+    """DDIM (Eq. 26) or EDM's Heun sampler in TrigFlow, as in `samplers.sample_ode`, written the
+    way a careful hand-written loop would be: the step's coefficients as Python floats."""
     batch, steps = x.shape[0], len(times) - 1
+
+    def t_batch(t: float) -> Any:  # the network's per-sample time input
+        return m.full((batch,), t, dtype=x.dtype, device=array_device(x))
+
     for i in range(steps):
-        s, t = ts[i], ts[i + 1]
-        F_s = F_fn(x / sigma_d, m.broadcast_to(s, (batch,)))
-        h = s - t
-        x_next = m.cos(h) * x - m.sin(h) * sigma_d * F_s
+        s, t = times[i], times[i + 1]
+        F_s = F_fn(x / sigma_d, t_batch(s))
+        x_next = math.cos(s - t) * x - math.sin(s - t) * sigma_d * F_s
         if method == "heun" and i < steps - 1:
-            eps_s = m.sin(s) * x + m.cos(s) * sigma_d * F_s
-            F_e = F_fn(x_next / sigma_d, m.broadcast_to(t, (batch,)))
-            eps_e = m.sin(t) * x_next + m.cos(t) * sigma_d * F_e
-            x_next = x_next + m.sin(s - t) / (2 * m.cos(s)) * (eps_s - eps_e)
+            eps_s = math.sin(s) * x + math.cos(s) * sigma_d * F_s
+            F_e = F_fn(x_next / sigma_d, t_batch(t))
+            eps_e = math.sin(t) * x_next + math.cos(t) * sigma_d * F_e
+            x_next = x_next + math.sin(s - t) / (2 * math.cos(s)) * (eps_s - eps_e)
         x = x_next
     return x
 

@@ -98,3 +98,21 @@ def test_every_function_keeps_the_device():
     x = torch.empty(2, 3, device="meta")
     assert samplers.sample_ode(F_fn, x, [math.pi / 3, 0.2, 0.0], SD).device.type == "meta"
     assert samplers.sample_consistency(F_fn, x, [1.5, 1.1], SD, [x]).device.type == "meta"
+
+
+def test_every_public_function_takes_a_keyword_only_xp():
+    """The contract: a caller (e.g. the SymPy verification) can always name the namespace."""
+    import inspect
+
+    import trigcore
+
+    missing = []
+    for module_name in trigcore.__all__:
+        module = getattr(trigcore, module_name)
+        for name, fn in vars(module).items():
+            if name.startswith("_") or not inspect.isfunction(fn) or fn.__module__ != module.__name__:
+                continue
+            xp = inspect.signature(fn).parameters.get("xp")
+            if xp is None or xp.kind is not inspect.Parameter.KEYWORD_ONLY:
+                missing.append(f"{module_name}.{name}")
+    assert not missing, missing

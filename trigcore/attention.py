@@ -114,8 +114,8 @@ def merge_states(a: FlashState, b: FlashState, *, xp: Any = None) -> FlashState:
     return FlashState(m, *(ca * sa + cb * sb for sa, sb in zip(a[1:], b[1:])))
 
 
-def finalize_state(state: FlashState) -> tuple[Array, Array]:
-    """(y, t_y) = (f/ℓ, g/ℓ − (μ/ℓ)·y + f_t/ℓ)."""
+def finalize_state(state: FlashState, *, xp: Any = None) -> tuple[Array, Array]:
+    """(y, t_y) = (f/ℓ, g/ℓ − (μ/ℓ)·y + f_t/ℓ); plain arithmetic (`xp` accepted for uniformity)."""
     y = state.f / state.ell
     return y, state.g / state.ell - (state.mu / state.ell) * y + state.f_t / state.ell
 

@@ -21,9 +21,10 @@ from typing import Any
 from ._array import Array, is_array, is_concrete, prepare
 
 
-def gamma_to_sigma_rel(gamma: Any) -> Any:
+def gamma_to_sigma_rel(gamma: Any, *, xp: Any = None) -> Any:
     """σ_rel = √((γ+1)/((γ+2)²(γ+3))) for exponent γ > −1 (numbers or arrays)."""
-    return ((gamma + 1) / ((gamma + 2) ** 2 * (gamma + 3))) ** 0.5
+    variance = (gamma + 1) / ((gamma + 2) ** 2 * (gamma + 3))
+    return variance**0.5 if xp is None else xp.sqrt(variance)
 
 
 # σ_rel(γ) rises from 0 at γ = −1 to its peak at γ² + 3γ + 1 = 0 and then decays; below the
@@ -32,14 +33,14 @@ GAMMA_AT_PEAK = (math.sqrt(5) - 3) / 2
 SIGMA_REL_MAX = gamma_to_sigma_rel(GAMMA_AT_PEAK)
 
 
-def sigma_rel_to_gamma(sigma_rel: Any) -> Any:
+def sigma_rel_to_gamma(sigma_rel: Any, *, xp: Any = None) -> Any:
     """The exponent γ of relative width σ_rel: the largest root of
     γ³ + 7γ² + (16 − σ_rel⁻²)γ + (12 − σ_rel⁻²) = 0, found by Newton's method from γ = 1/σ_rel,
     which lies above it, so the iterates decrease monotonically onto it (numbers or arrays)."""
     if isinstance(sigma_rel, numbers.Real) and not 0 < float(sigma_rel) < SIGMA_REL_MAX:
         raise ValueError(f"sigma_rel must lie in (0, {SIGMA_REL_MAX:.4f}), got {sigma_rel}")
     if is_array(sigma_rel):
-        xp, _ = prepare({"sigma_rel": sigma_rel})
+        xp, _ = prepare({"sigma_rel": sigma_rel}, xp=xp)
         # outside the range Newton converges to a root below −1, which is no EMA at all
         if is_concrete(sigma_rel) and not bool(xp.all((sigma_rel > 0) & (sigma_rel < SIGMA_REL_MAX))):
             raise ValueError(f"every sigma_rel must lie in (0, {SIGMA_REL_MAX:.4f}), got {sigma_rel}")
@@ -51,11 +52,11 @@ def sigma_rel_to_gamma(sigma_rel: Any) -> Any:
     return gamma
 
 
-def power_beta(step: Any, sigma_rel: Any) -> Any:
+def power_beta(step: Any, sigma_rel: Any, *, xp: Any = None) -> Any:
     """β_t = (1 − 1/t)^{γ+1} for the t-th update (t ≥ 1, so β_1 = 0 copies the weights)."""
     if isinstance(step, numbers.Real) and step < 1:
         raise ValueError(f"step counts updates from 1, got {step}")
-    return (1 - 1 / step) ** (sigma_rel_to_gamma(sigma_rel) + 1)
+    return (1 - 1 / step) ** (sigma_rel_to_gamma(sigma_rel, xp=xp) + 1)
 
 
 def halflife_beta(
@@ -63,8 +64,12 @@ def halflife_beta(
     halflife_images: float,
     images_seen: float | None = None,
     rampup_ratio: float | None = 0.05,
+    *,
+    xp: Any = None,
 ) -> float:
-    """EDM's β = 0.5^(batch/half-life), the half-life capped at rampup_ratio·images_seen early on."""
+    """EDM's β = 0.5^(batch/half-life), the half-life capped at rampup_ratio·images_seen early on.
+
+    A configuration constant: plain Python numbers in and out (`xp` is accepted for uniformity)."""
     if batch_size < 1 or not halflife_images > 0:
         raise ValueError(f"need batch_size >= 1 and halflife_images > 0, got {batch_size}, {halflife_images}")
     if images_seen is not None and rampup_ratio is not None:

@@ -142,8 +142,10 @@ def test_power_beta(sigma_rel):
 
 @pytest.mark.parametrize("bad", [0, -1, 0.5])
 def test_power_beta_rejects_steps_below_one(bad):
-    with pytest.raises(ValueError, match="step"):
+    with pytest.raises(ValueError, match="step counts updates from 1"):
         power_beta(bad, 0.05)
+    with pytest.raises(ValueError, match="step counts updates from 1"):
+        power_beta(np.array([3.0, float(bad)]), 0.05)
 
 
 @pytest.mark.parametrize("sigma_rel", [0.05, 0.10, 0.25])

@@ -107,3 +107,11 @@ def test_bad_config_raises(ref_lr, t_ref, rampup):
 def test_step_without_namespace_raises():
     with pytest.raises(TypeError, match="namespace"):
         edm2_lr("10", 1e-2)
+
+
+def test_negative_steps_are_rejected(xp):
+    with pytest.raises(ValueError, match="step counts optimiser steps from 0"):
+        edm2_lr(-1, 1e-2)
+    if xp.name != "jax-jit":  # a traced step cannot be inspected
+        with pytest.raises(ValueError, match="step counts optimiser steps from 0"):
+            edm2_lr(xp.asarray(np.array([3.0, -2.0])), 1e-2)

@@ -77,6 +77,11 @@ def is_concrete(a: Any) -> bool:
     return is_array(a) and not is_lazy_array(a)
 
 
+def holds(condition: Any, xp: Any) -> bool:
+    """Whether an elementwise condition holds everywhere (a Python bool for numbers)."""
+    return bool(condition) if isinstance(condition, bool) else bool(xp.all(condition))
+
+
 def require_float(name: str, a: Any, xp: Any) -> None:
     """Reject integer, boolean and complex arrays where real floating-point data is needed."""
     if is_array(a) and not xp.isdtype(a.dtype, "real floating"):

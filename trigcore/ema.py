@@ -18,7 +18,7 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
-from ._array import Array, is_array, is_concrete, prepare
+from ._array import Array, holds, is_array, is_concrete, namespace, prepare
 
 
 def gamma_to_sigma_rel(gamma: Any, *, xp: Any = None) -> Any:
@@ -54,7 +54,7 @@ def sigma_rel_to_gamma(sigma_rel: Any, *, xp: Any = None) -> Any:
 
 def power_beta(step: Any, sigma_rel: Any, *, xp: Any = None) -> Any:
     """β_t = (1 − 1/t)^{γ+1} for the t-th update (t ≥ 1, so β_1 = 0 copies the weights)."""
-    if isinstance(step, numbers.Real) and step < 1:
+    if is_concrete(step) and not holds(step >= 1, namespace(step, xp=xp)):
         raise ValueError(f"step counts updates from 1, got {step}")
     return (1 - 1 / step) ** (sigma_rel_to_gamma(sigma_rel, xp=xp) + 1)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._array import as_float, namespace
+from ._array import as_float, holds, is_concrete, namespace
 
 
 def edm2_lr(
@@ -25,6 +25,8 @@ def edm2_lr(
             f"need ref_lr > 0, t_ref >= 0 and rampup_steps >= 0, got {ref_lr}, {t_ref}, {rampup_steps}"
         )
     xp = namespace(step, xp=xp)
+    if is_concrete(step) and not holds(step >= 0, xp):
+        raise ValueError(f"step counts optimiser steps from 0, got {step}")
     lr = ref_lr
     if xp is math:
         if t_ref > 0:

@@ -23,6 +23,7 @@ from ._array import (
     as_float,
     batch_axes,
     cos_sin,
+    holds,
     is_concrete,
     like,
     namespace,
@@ -142,7 +143,7 @@ def discrete_tangent(
     )
     tp = per_sample("t_prime", t_prime, x_t, xp)
     dt = t_b - tp
-    if is_concrete(dt) and not (dt > 0 if isinstance(dt, float) else bool(xp.all(dt > 0))):
+    if is_concrete(dt) and not holds(dt > 0, xp):
         raise ValueError(f"t_prime must be < t for the discrete tangent, got t={t}, t_prime={t_prime}")
     r = per_sample("r", r, x_t, xp)
     (cos_p, sin_p), (cos_dt, sin_dt) = cos_sin(tp, xp), cos_sin(dt, xp)

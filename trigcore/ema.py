@@ -42,7 +42,7 @@ def sigma_rel_to_gamma(sigma_rel: Any, *, xp: Any = None) -> Any:
     if is_array(sigma_rel):
         xp, _ = prepare({"sigma_rel": sigma_rel}, xp=xp)
         # outside the range Newton converges to a root below −1, which is no EMA at all
-        if is_concrete(sigma_rel) and not bool(xp.all((sigma_rel > 0) & (sigma_rel < SIGMA_REL_MAX))):
+        if is_concrete(sigma_rel) and not holds((sigma_rel > 0) & (sigma_rel < SIGMA_REL_MAX), xp):
             raise ValueError(f"every sigma_rel must lie in (0, {SIGMA_REL_MAX:.4f}), got {sigma_rel}")
     s = sigma_rel**-2
     gamma = sigma_rel**-1

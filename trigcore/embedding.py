@@ -20,11 +20,9 @@ from array_api_compat import device
 from ._array import Array, prepare
 
 
-def _times(c: Array, xp: Any) -> Any:
-    xp, _ = prepare({"c": c}, xp=xp)
+def _require_batch(c: Array) -> None:
     if c.ndim != 1:
         raise ValueError(f"c must be a 1-d array with one entry per sample, got shape {tuple(c.shape)}")
-    return xp
 
 
 def positional(
@@ -32,7 +30,8 @@ def positional(
 ) -> Array:
     """[cos(c·ω_j), sin(c·ω_j)] with ω_j = max_period^(−j/n), j < n = dim/2 (n − 1 with
     endpoint), the transformer/DDPM++ positional embedding: shape (B, dim)."""
-    xp = _times(c, xp)
+    xp, _ = prepare({"c": c}, xp=xp)
+    _require_batch(c)
     if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < 2 or dim % 2:
         raise ValueError(f"dim must be an even integer >= 2, got {dim!r}")
     half = dim // 2
@@ -45,8 +44,8 @@ def positional(
 def fourier(c: Array, freqs: Array, phases: Array, *, xp: Any = None) -> Array:
     """√2·cos(c·freqs + phases), the magnitude-preserving Fourier features of EDM2 (unit mean
     square for uniform phases); freqs and phases in radians, shape (B, len(freqs))."""
-    xp, _ = prepare({"c": c, "freqs": freqs, "phases": phases}, xp=xp)  # one namespace for all three
-    xp = _times(c, xp)
+    xp, _ = prepare({"c": c, "freqs": freqs, "phases": phases}, xp=xp)
+    _require_batch(c)
     if freqs.ndim != 1 or tuple(phases.shape) != tuple(freqs.shape):
         raise ValueError(
             "freqs and phases must be 1-d of one length, got shapes "

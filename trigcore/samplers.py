@@ -46,7 +46,8 @@ def _log_tan(t: Any, xp: Any) -> Any:
 
 def _ratio(s: Any, s_prev: Any, t: Any, xp: Any) -> Any:
     """r_s = (log tan s − log tan s′)/(log tan s − log tan t), negative for s′ > s > t."""
-    return (_log_tan(s, xp) - _log_tan(s_prev, xp)) / (_log_tan(s, xp) - _log_tan(t, xp))
+    log_tan_s = _log_tan(s, xp)
+    return (log_tan_s - _log_tan(s_prev, xp)) / (log_tan_s - _log_tan(t, xp))
 
 
 def dpm_solver_2m_step(

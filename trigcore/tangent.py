@@ -40,10 +40,10 @@ def jvp_tangents(x_t: Array, t: Any, dxdt: Array, sigma_d: Any, *, xp: Any = Non
     The JVP of F along them is σ_d·cos t·sin t·dF/dt (§5.1; the paper's displayed left side
     omits the σ_d). The t tangent keeps t's own shape: a 0-d array or one entry per sample.
     """
-    xp, t_b = prepare({"x_t": x_t, "dxdt": dxdt}, t=t, sigma_d=sigma_d, xp=xp)
-    cos, sin = cos_sin(t_b, xp)
+    xp, _ = prepare({"x_t": x_t, "dxdt": dxdt}, t=t, sigma_d=sigma_d, xp=xp)
     t = like(t, x_t, xp)  # the network's t input, hence its tangent, is an array
-    return cos * sin * dxdt, xp.cos(t) * xp.sin(t) * sigma_d
+    cos_sin_t = xp.cos(t) * xp.sin(t)
+    return per_sample("t", cos_sin_t, x_t, xp) * dxdt, cos_sin_t * sigma_d
 
 
 def tangent_target(

@@ -1,0 +1,383 @@
+"""The paper's claims, each proved on trigcore's code and then checked numerically.
+
+Each claim calls trigcore's functions with `xp=sympy_xp` on symbols, states the paper's formula
+beside it (with the equation it comes from) and requires the difference to simplify to zero; it
+then lambdifies the symbolic result and compares it with torch and JAX running the same trigcore
+functions, with autodiff where the claim is about a derivative (`numeric.agree`).
+
+Networks are either `generic_network` (a quadratic with free coefficients: the symbolic proofs)
+or the concrete `numeric.network` (the numerical checks). Samples are (1, 2) arrays of symbols.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import sympy as sp
+
+from trigcore import attention, convert, embedding, flow, samplers, tangent, weighting
+
+from . import sympy_xp as X
+from .numeric import agree, network
+from .proof import (
+    claim,
+    directional,
+    elementwise,
+    entries,
+    generic_network,
+    require,
+    require_different,
+    require_equal,
+    require_zero,
+    total_derivative,
+)
+
+t, s, sigma_d = sp.symbols("t s sigma_d", positive=True)
+x, v, x0, z = (X.symbols(name, (1, 2), real=True) for name in ("x", "v", "x0", "z"))
+r = sp.Symbol("r", real=True)
+
+# where the numerical checks draw their points
+T_RANGE = (0.05, math.pi / 2 - 0.05)
+SIGMA_D_RANGE = (0.2, 3.0)
+X_RANGE = (-3.0, 3.0)
+
+
+def concrete(u: np.ndarray, tau: object) -> np.ndarray:
+    """numeric.network evaluated symbolically."""
+    return network(u, tau, X)
+
+
+def at(expr: object, **values: object) -> object:
+    """expr with symbols replaced by values (by name), entry by entry."""
+    return elementwise(lambda e: e.subs({sp.Symbol(k, positive=True): v for k, v in values.items()}), expr)
+
+
+def ones(backend, like):  # noqa: ANN001, ANN201 - a backend array of ones shaped like `like`
+    return backend.xp.ones_like(like)
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. §3: the CM parameterisation meets the boundary condition, and x_{π/2} is pure noise
+
+
+@claim("f(x, 0) = x for any F; x_t at t = π/2 is the prior sample z", "§3, Eq. 5")
+def boundary_condition() -> None:
+    F = generic_network("F", 2)
+    # f_θ(x_t, t) = cos t·x_t − sin t·σ_d F_θ(x_t/σ_d, t)  (Eq. 5), whatever F_θ is
+    f = flow.denoise(x, t, F(x / sigma_d, t), sigma_d, xp=X)
+    require_equal("flow.denoise as t → 0", elementwise(lambda e: e.subs(t, 0), f), x)
+    require_equal("flow.denoise called at t = 0", flow.denoise(x, 0, F(x / sigma_d, 0), sigma_d, xp=X), x)
+    # x_t = cos t·x0 + sin t·z: at t = π/2 only the noise z ~ N(0, σ_d² I) is left (§3)
+    require_equal("flow.noisy at t = π/2", flow.noisy(x0, z, sp.pi / 2, xp=X), z)
+    # so the one-step generator is f(z, π/2) = −σ_d F(z/σ_d, π/2)  (App. C.2)
+    require_equal(
+        "flow.denoise at t = π/2",
+        flow.denoise(z, sp.pi / 2, F(z / sigma_d, sp.pi / 2), sigma_d, xp=X),
+        -sigma_d * F(z / sigma_d, sp.pi / 2),
+    )
+    agree(
+        "flow.denoise at t = 0 is the identity",
+        x,
+        {"x": (x, X_RANGE), "sigma_d": (sigma_d, SIGMA_D_RANGE)},
+        lambda b, a: flow.denoise(
+            a["x"], 0.0, network(a["x"] / a["sigma_d"], b.asarray(0.0), b.xp), a["sigma_d"]
+        ),
+        rtol=0,
+        atol=0,
+    )
+    agree(
+        "flow.noisy at t = π/2 is z",
+        z,
+        {"x0": (x0, X_RANGE), "z": (z, X_RANGE)},
+        lambda b, a: flow.noisy(a["x0"], a["z"], math.pi / 2),
+        atol=1e-15,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Eq. 6: the tangent of the CM
+
+
+def _eq6_sides(F) -> tuple:  # noqa: ANN001
+    """d/dt of flow.denoise along dx/dt = v, and Eq. 6 written out."""
+    Fx = F(x / sigma_d, t)
+    dfdt = total_derivative(flow.denoise(x, t, Fx, sigma_d, xp=X), x, v, t)
+    dFdt = total_derivative(Fx, x, v, t)
+    # df/dt = −cos t·(σ_d F − dx/dt) − sin t·(x_t + σ_d dF/dt)  (Eq. 6)
+    eq6 = -sp.cos(t) * (sigma_d * Fx - v) - sp.sin(t) * (x + sigma_d * dFdt)
+    return dfdt, eq6
+
+
+@claim("d/dt of flow.denoise along dx_t/dt is the tangent of Eq. 6", "Eq. 6")
+def tangent_eq6() -> None:
+    dfdt, eq6 = _eq6_sides(generic_network("F", 2))
+    require_equal("total derivative of flow.denoise − Eq. 6", dfdt, eq6)
+    dfdt, _ = _eq6_sides(concrete)
+    agree(
+        "df/dt by forward-mode autodiff of flow.denoise",
+        dfdt,
+        {"x": (x, X_RANGE), "v": (v, X_RANGE), "t": (t, T_RANGE), "sigma_d": (sigma_d, SIGMA_D_RANGE)},
+        lambda b, a: b.jvp(
+            lambda x_, t_: flow.denoise(x_, t_, network(x_ / a["sigma_d"], t_, b.xp), a["sigma_d"]),
+            (a["x"], a["t"]),
+            (a["v"], ones(b, a["t"])),
+        )[1],
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. §5.1: the rearranged JVP
+
+
+def _jvp_sides(F) -> tuple:  # noqa: ANN001
+    """The JVP of F at (x/σ_d, t) along tangent.jvp_tangents, and dF/dt along dx/dt = v."""
+    tx, tt = tangent.jvp_tangents(x, t, v, sigma_d, xp=X)
+    jvp = directional(F, (x / sigma_d, t), (tx, tt))
+    return jvp, total_derivative(F(x / sigma_d, t), x, v, t)
+
+
+@claim("JVP along tangent.jvp_tangents = σ_d·cos t·sin t·dF/dt (the printed left side omits σ_d)", "§5.1")
+def jvp_rearrangement() -> None:
+    jvp, dFdt = _jvp_sides(generic_network("F", 2))
+    # (∇_{x/σ_d} F)·(cos t sin t·dx/dt) + ∂_t F·(cos t sin t·σ_d) = σ_d·cos t sin t·dF/dt
+    require_equal("JVP − σ_d cos t sin t dF/dt", jvp, sigma_d * sp.cos(t) * sp.sin(t) * dFdt)
+    # the display's left side, cos t sin t·dF/dt, is σ_d times too small: a slip in the print
+    require_different("the JVP against the printed cos t sin t·dF/dt", jvp, sp.cos(t) * sp.sin(t) * dFdt)
+    _, dFdt = _jvp_sides(concrete)
+
+    def computed(b, a):  # noqa: ANN001, ANN202
+        tx, tt = tangent.jvp_tangents(a["x"], a["t"], a["v"], a["sigma_d"])
+        return b.jvp(lambda u, tau: network(u, tau, b.xp), (a["x"] / a["sigma_d"], a["t"]), (tx, tt))[1]
+
+    agree(
+        "autodiff JVP along tangent.jvp_tangents",
+        sigma_d * sp.cos(t) * sp.sin(t) * dFdt,
+        {"x": (x, X_RANGE), "v": (v, X_RANGE), "t": (t, T_RANGE), "sigma_d": (sigma_d, SIGMA_D_RANGE)},
+        computed,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Algorithm 1: the training target g and its warmup
+
+
+@claim("Alg. 1's g (tangent.tangent_target) = cos t·df/dt; warmup r scales only the second term", "Alg. 1, Eq. 8")
+def tangent_target() -> None:
+    F = generic_network("F", 2)
+    Fx = F(x / sigma_d, t)
+    jvp, dFdt = _jvp_sides(F)
+    dfdt, _ = _eq6_sides(F)
+    g = tangent.tangent_target(x, t, Fx, v, jvp, sigma_d, r, xp=X)
+    g_at = lambda value: elementwise(lambda e: e.subs(r, value), g)  # noqa: E731
+    require_equal("g(r = 1) − cos t·df/dt", g_at(1), sp.cos(t) * dfdt)
+    # Eq. 8's target is −y for y = −w(t)σ_d sin t·df/dt with the prior weight w = 1/(σ_d tan t)
+    w = weighting.prior_weight(t, sigma_d, xp=X)
+    require_equal("g(r = 1) − prior weight·σ_d sin t·df/dt", g_at(1), w * sigma_d * sp.sin(t) * dfdt)
+    # warmup: g = cos t·[−cos t(σ_d F − dx/dt)] + r·cos t·[−sin t(x_t + σ_d dF/dt)]  (§4.2)
+    require_equal("g(r = 0) − cos t × first term of Eq. 6", g_at(0), -sp.cos(t) ** 2 * (sigma_d * Fx - v))
+    require_equal(
+        "∂g/∂r − cos t × second term of Eq. 6",
+        elementwise(lambda e: sp.diff(e, r), g),
+        -sp.cos(t) * sp.sin(t) * (x + sigma_d * dFdt),
+    )
+    require_zero("∂²g/∂r²", elementwise(lambda e: sp.diff(e, r, 2), g))
+    _, dFdt = _jvp_sides(concrete)
+    Fx = concrete(x / sigma_d, t)
+    expected = sp.cos(t) * (-sp.cos(t) * (sigma_d * Fx - v) - r * sp.sin(t) * (x + sigma_d * dFdt))
+
+    def computed(b, a):  # noqa: ANN001, ANN202
+        tx, tt = tangent.jvp_tangents(a["x"], a["t"], a["v"], a["sigma_d"])
+        F_minus, jvp_out = b.jvp(
+            lambda u, tau: network(u, tau, b.xp), (a["x"] / a["sigma_d"], a["t"]), (tx, tt)
+        )
+        return tangent.tangent_target(a["x"], a["t"], F_minus, a["v"], jvp_out, a["sigma_d"], a["r"])
+
+    agree(
+        "tangent.tangent_target with an autodiff JVP",
+        expected,
+        {
+            "x": (x, X_RANGE),
+            "v": (v, X_RANGE),
+            "t": (t, T_RANGE),
+            "sigma_d": (sigma_d, SIGMA_D_RANGE),
+            "r": (r, (0.0, 1.0)),
+        },
+        computed,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. App. D: inner products as MSEs, and the optimum of the adaptive weight
+
+theta = sp.symbols("theta:2", real=True)
+w = sp.Symbol("w", real=True)
+
+
+def _gradient(expr: object) -> list:
+    return [sp.diff(expr, th) for th in theta]
+
+
+@claim("∇E[F_θᵀy] = ½∇E‖F_θ − F_θ⁻ + y‖² (stop-gradient); adaptive optimum e^w*/D·E‖·‖² = 1", "§4.2, App. D")
+def adaptive_weighting() -> None:
+    F = np.array([[sp.Function(f"F{i}")(*theta) for i in range(2)]], dtype=object)  # F_θ
+    F_minus = X.symbols("Fm", (1, 2), real=True)  # F_θ⁻: a constant for ∇_θ
+    stop = lambda e: e.subs(dict(zip(entries(F_minus), entries(F))))  # noqa: E731  (then F_θ⁻ = F_θ)
+    y, df = X.symbols("y", (1, 2), real=True), X.symbols("df", (1, 2), real=True)
+    dim = 2
+    # ∇_θ of e^w/D·‖F_θ − F_θ⁻ + y‖² − w is 2e^w/D·∇_θ F_θᵀy: the MSE has the inner product's gradient
+    loss = weighting.adaptive_loss(F - F_minus + y, w, xp=X)[0]
+    inner = sum(entries(F * y))
+    require_equal(
+        "∇ adaptive_loss − 2e^w/D ∇ F_θᵀy",
+        [stop(g) for g in _gradient(loss)],
+        [2 * sp.exp(w) / dim * g for g in _gradient(inner)],
+    )
+    # Eq. 8: the sCM loss with target g = cos t·df/dt has the gradient of Eq. 2 in the form of §4.2,
+    # ∇_θ E[−w(t)σ_d sin t·F_θᵀ df/dt], with w(t) the prior weight 1/(σ_d tan t)
+    scm = weighting.scm_loss(F, F_minus, sp.cos(t) * df, w, xp=X)[0]
+    eq2 = -weighting.prior_weight(t, sigma_d, xp=X) * sigma_d * sp.sin(t) * sum(entries(F * df))
+    require_equal(
+        "∇ scm_loss − 2e^w/D ∇(−w(t)σ_d sin t F_θᵀ df/dt)",
+        [stop(g) for g in _gradient(scm)],
+        [2 * sp.exp(w) / dim * g for g in _gradient(eq2)],
+    )
+    # the diffusion loss (Eq. 4) has App. D's gradient ∇_θ σ_d F_θᵀ(σ_d F_θ⁻ − v_t)
+    diffusion = weighting.diffusion_loss(F, x0, z, t, sigma_d, w, xp=X)[0]
+    v_t = sp.cos(t) * z - sp.sin(t) * x0
+    target = sigma_d * sum(entries(F * (sigma_d * F_minus - v_t)))
+    require_equal(
+        "∇ diffusion_loss − 2e^w/D ∇ σ_d F_θᵀ(σ_d F_θ⁻ − v_t)",
+        _gradient(diffusion),
+        [2 * sp.exp(w) / dim * stop(g) for g in _gradient(target)],
+    )
+    # App. D: ∂/∂w of E[e^w/D·‖res‖² − w] vanishes where e^w*/D·E‖res‖² = 1 (a minimum), with E
+    # the mean over a batch drawn at one t
+    res = X.symbols("res", (3, 2), real=True)
+    mean_loss = sum(entries(weighting.adaptive_loss(res, w, xp=X))) / 3
+    (w_star,) = sp.solve(sp.diff(mean_loss, w), w)
+    mean_sq = sum(e**2 for e in entries(res)) / 3
+    require_equal("e^w*/D·E‖res‖² − 1", sp.exp(w_star) / dim * mean_sq, 1)
+    require_equal("∂²/∂w² at w*", sp.diff(mean_loss, w, 2).subs(w, w_star), 1)
+
+    u = X.symbols("u", (1, 2), real=True)
+    th_sym = np.array(theta, dtype=object)
+
+    def F_of(th, u_, xp):  # noqa: ANN001, ANN202 - a two-parameter network F_θ(u)
+        return xp.tanh(u_ * th[0] + th[1]) * xp.cos(th[1] * u_)
+
+    expected = [2 * sp.exp(w) / dim * g for g in _gradient(sum(entries(F_of(th_sym, u, X) * y)))]
+    agree(
+        "autodiff ∇_θ scm_loss with F_θ⁻ detached",
+        expected,
+        {"theta": (th_sym, (-2.0, 2.0)), "u": (u, X_RANGE), "y": (y, X_RANGE), "w": (w, (-2.0, 2.0))},
+        lambda b, a: b.grad(
+            lambda th: weighting.scm_loss(
+                F_of(th, a["u"], b.xp), b.stop_gradient(F_of(th, a["u"], b.xp)), -a["y"], a["w"]
+            )[0]
+        )(a["theta"]),
+    )
+
+    def optimum_slope(b, a):  # noqa: ANN001, ANN202 - ∂/∂w of the batch-mean loss at w*
+        w_opt = b.xp.log(dim / b.xp.mean(b.xp.sum(a["res"] ** 2, axis=1)))
+        return b.grad(lambda w_: b.xp.mean(weighting.adaptive_loss(a["res"], w_)))(w_opt)
+
+    agree("autodiff ∂/∂w of the adaptive loss at w*", sp.Integer(0), {"res": (res, (0.1, 3.0))}, optimum_slope)
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. App. B.2, Eq. 30: EDM in TrigFlow; the unit-variance derivation of B.1 (Eqs. 10–14)
+
+sigma = sp.Symbol("sigma", positive=True)
+x_sigma = X.symbols("xs", (1, 2), real=True)
+
+
+def _edm_denoiser(F, x_sigma, sigma, sigma_d, xp):  # noqa: ANN001, ANN202
+    """EDM's D = c_skip·x_σ + c_out·F_EDM(c_in·x_σ, ·), with F_EDM = −F (the sign of c_out that
+    B.1 picks) and the network's time input t = arctan(σ/σ_d)."""
+    c_skip, c_out, c_in, _ = convert.edm_preconditioning(sigma, sigma_d, xp=xp)
+    t_ = convert.t_from_sigma(sigma, sigma_d, xp=xp)
+    return c_skip * x_sigma - c_out * F(c_in * x_sigma, t_)
+
+
+@claim("EDM ↔ TrigFlow: same denoiser and PF-ODE; EDM's c_skip minimises c_out (unit variance)", "B.2 Eq. 30; B.1")
+def edm_trigflow() -> None:
+    F = generic_network("F", 2)
+    # Eq. 30: t = arctan(σ/σ_d), x_t = cos t·x_σ
+    t_ = convert.t_from_sigma(sigma, sigma_d, xp=X)
+    require_equal("tan(t_from_sigma) − σ/σ_d", sp.tan(t_), sigma / sigma_d)
+    x_t, t_2 = convert.edm_to_trigflow(x_sigma, sigma, sigma_d, xp=X)
+    require_equal("edm_to_trigflow − (cos t·x_σ, t)", [*entries(x_t), t_2], [*entries(sp.cos(t_) * x_sigma), t_])
+    back, sigma_back = convert.trigflow_to_edm(x_t, t_, sigma_d, xp=X)
+    require_equal("trigflow_to_edm ∘ edm_to_trigflow", [*entries(back), sigma_back], [*entries(x_sigma), sigma])
+    c_skip, c_out, c_in, c_noise = convert.edm_preconditioning(sigma, sigma_d, xp=X)
+    require_equal("EDM's network input c_in·x_σ − x_t/σ_d", c_in * x_sigma, x_t / sigma_d)
+    require_equal(
+        "EDM's c_skip·x_σ + c_out·F_EDM − flow.denoise",
+        _edm_denoiser(F, x_sigma, sigma, sigma_d, X),
+        flow.denoise(x_t, t_, F(x_t / sigma_d, t_), sigma_d, xp=X),
+    )
+    # EDM's PF-ODE dx_σ/dσ = (x_σ − D)/σ, carried to x_t = cos t·x_σ, σ = σ_d tan t, is Eq. 3
+    x_s, sigma_t = convert.trigflow_to_edm(x, t, sigma_d, xp=X)
+    D = flow.denoise(x, t, F(x / sigma_d, t), sigma_d, xp=X)
+    dxt_dt = -sp.sin(t) * x_s + sp.cos(t) * (x_s - D) / sigma_t * sp.diff(sigma_t, t)
+    require_equal("d(cos t·x_σ)/dt along EDM's ODE − flow.pf_ode", dxt_dt, flow.pf_ode(F(x / sigma_d, t), sigma_d, xp=X))
+    # unit variance (Eqs. 12–13): Var x_σ = σ_d² + σ²; the target (x0 − c_skip x_σ)/c_out of F_EDM
+    # has unit variance; c_skip is where the c_out that this requires is smallest (Eq. 14)
+    require_equal("c_in²·Var x_σ", c_in**2 * (sigma_d**2 + sigma**2), 1)
+    c = sp.Symbol("c", real=True)
+    needed_c_out_sq = (1 - c) ** 2 * sigma_d**2 + c**2 * sigma**2  # Var(x0 − c·x_σ)
+    require_equal("Var of F_EDM's target", needed_c_out_sq.subs(c, c_skip) / c_out**2, 1)
+    require_zero("∂c_out²/∂c_skip at EDM's c_skip", sp.diff(needed_c_out_sq, c).subs(c, c_skip))
+    require(
+        "∂²c_out²/∂c_skip² > 0", sp.simplify(sp.diff(needed_c_out_sq, c, 2) - 2 * (sigma_d**2 + sigma**2)) == 0
+    )
+    require_equal("EDM's c_noise = ¼ ln σ", c_noise, sp.log(sigma) / 4)
+    # B.1 step 1 for x = αx0 + σ'z, z ~ N(0, σ_d² I), the x0-prediction loss of Eq. 9: the optimum is
+    # c_skip = α/(α² + σ'²), c_out = σ_d σ'/√(α² + σ'²): TrigFlow's (cos t, σ_d sin t) and EDM's
+    a, sg = sp.symbols("alpha sigma'", positive=True)
+    var = sigma_d**2 * ((1 - c * a) ** 2 + c**2 * sg**2)
+    (c_opt,) = sp.solve(sp.diff(var, c), c)
+    c_out_opt = sp.simplify(sp.sqrt(var.subs(c, c_opt)))
+    require_equal("c_skip*", c_opt, a / (a**2 + sg**2))
+    require_equal("c_out*", c_out_opt, sigma_d * sg / sp.sqrt(a**2 + sg**2))
+    Fs = X.symbols("F", (1, 2), real=True)
+    trig = {a: sp.cos(t), sg: sp.sin(t)}
+    require_equal(
+        "flow.denoise − (c_skip* x − c_out* σ_d-scaled F) at α = cos t, σ' = sin t",
+        flow.denoise(x, t, Fs, sigma_d, xp=X),
+        c_opt.subs(trig) * x - c_out_opt.subs(trig) * Fs,
+    )
+    edm = {a: 1, sg: sigma / sigma_d}
+    require_equal("EDM's (c_skip, c_out) − the optimum at α = 1, σ' = σ/σ_d", [c_skip, c_out], [c_opt.subs(edm), c_out_opt.subs(edm)])
+    # the print: Eq. 14's c_skip = σ'/(α² + σ'²) gives sin t at α = cos t, not Eq. 23's cos t (Eqs.
+    # 11, 13–16 exchange α and σ'); Eq. 13 without σ_d² on its second term has another minimiser
+    require_different("printed Eq. 14 at α = cos t − cos t", (sg / (a**2 + sg**2)).subs(trig), sp.cos(t))
+    (printed_min,) = sp.solve(sp.diff(sigma_d**2 * c**2 * a**2 + (c * sg - 1) ** 2, c), c)
+    require_different("minimiser of printed Eq. 13 − printed Eq. 14", printed_min, sg / (a**2 + sg**2))
+
+    expected = flow.denoise(x_t, t_, concrete(x_t / sigma_d, t_), sigma_d, xp=X)
+    edm_inputs = {"xs": (x_sigma, X_RANGE), "sigma": (sigma, (0.01, 80.0)), "sigma_d": (sigma_d, SIGMA_D_RANGE)}
+    agree(
+        "EDM's preconditioned denoiser = flow.denoise after edm_to_trigflow",
+        expected,
+        edm_inputs,
+        lambda b, a: _edm_denoiser(lambda u, tau: network(u, tau, b.xp), a["xs"], a["sigma"], a["sigma_d"], b.xp),
+    )
+
+    def edm_ode_in_trigflow(b, a):  # noqa: ANN001, ANN202 - dx_t/dt = (dx_t/dσ)/(dt/dσ) by autodiff
+        net = lambda u, tau: network(u, tau, b.xp)  # noqa: E731
+        slope = (a["xs"] - _edm_denoiser(net, a["xs"], a["sigma"], a["sigma_d"], b.xp)) / a["sigma"]
+
+        def along(sig):  # noqa: ANN001, ANN202 - (x_t, t) along EDM's ODE through (x_σ, σ)
+            return convert.edm_to_trigflow(a["xs"] + (sig - a["sigma"]) * slope, sig, a["sigma_d"])
+
+        _, (dxt, dt) = b.jvp(along, (a["sigma"],), (b.xp.ones_like(a["sigma"]),))
+        return dxt / dt
+
+    agree(
+        "EDM's PF-ODE through autodiff = σ_d F",
+        flow.pf_ode(concrete(x_t / sigma_d, t_), sigma_d, xp=X),
+        edm_inputs,
+        edm_ode_in_trigflow,
+    )

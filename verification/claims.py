@@ -381,3 +381,153 @@ def edm_trigflow() -> None:
         edm_inputs,
         edm_ode_in_trigflow,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Eq. 29, B.2: any (α, σ) schedule, flow matching included, maps onto TrigFlow; Eq. 34's SNR
+
+tau = sp.Symbol("tau", positive=True)
+
+
+def _general_pf_ode(alpha, sig, xg, score):  # noqa: ANN001, ANN202
+    """dx/dτ = f x − ½g²·∇log p_τ for x = αx0 + σε, with f = α'/α and g² = (σ²)' − 2fσ²."""
+    f = sp.diff(alpha, tau) / alpha
+    g2 = sp.diff(sig**2, tau) - 2 * f * sig**2
+    return f * xg - g2 / 2 * score
+
+
+@claim("Eq. 29 maps any (α, σ) PF-ODE, flow matching's too, onto Eq. 3; Eq. 34's SNR is scale-free", "Eq. 29, 31, 34")
+def general_schedules() -> None:
+    alpha, sig = sp.Function("alpha", positive=True)(tau), sp.Function("sigma", positive=True)(tau)
+    xg, score = X.symbols("xg", (1, 2), real=True), X.symbols("S", (1, 2), real=True)
+    x_t, t_ = convert.general_to_trigflow(xg, alpha, sig, sigma_d, xp=X)
+    scale = x_t[0, 0] / xg[0, 0]
+    # x_t = scale·(αx0 + σε) = cos t·x0 + sin t·(σ_d ε): TrigFlow's marginal at t
+    require_equal("scale·α − cos t", scale * alpha, sp.cos(t_))
+    require_equal("scale·σ − σ_d sin t", scale * sig, sigma_d * sp.sin(t_))
+    # the score at x_t is ∇log p_τ(x)/scale; F follows from flow.score (App. C.1)
+    Fs = X.symbols("F", (1, 2), real=True)
+    residual = flow.score(x_t, t_, Fs, sigma_d, xp=X) - score / scale
+    F = np.array([[sp.solve(e, f)[0] for e, f in zip(entries(residual), entries(Fs))]], dtype=object)
+    # d x_t/dτ along the (α, σ) PF-ODE equals TrigFlow's PF-ODE σ_d F times dt/dτ
+    dxt = total_derivative(x_t, xg, _general_pf_ode(alpha, sig, xg, score), tau)
+    require_equal("dx_t/dτ − σ_d F·dt/dτ", dxt, flow.pf_ode(F, sigma_d, xp=X) * sp.diff(t_, tau))
+    # TrigFlow itself (α = cos τ, σ = σ_d sin τ) maps to itself; its velocity is flow matching's
+    # conditional target v = α'x0 + σ'z (Eq. 31)
+    same, t_same = convert.general_to_trigflow(xg, sp.cos(tau), sigma_d * sp.sin(tau), sigma_d, xp=X)
+    require_equal("TrigFlow's own schedule maps to itself", [*entries(same), sp.tan(t_same)], [*entries(xg), sp.tan(tau)])
+    require_equal(
+        "d/dt flow.noisy − flow.velocity",
+        elementwise(lambda e: sp.diff(e, t), flow.noisy(x0, z, t, xp=X)),
+        flow.velocity(x0, z, t, xp=X),
+    )
+    # Eq. 34: SNR = α²σ_d²/σ² = 1/tan² t; scaling data and noise by c > 0 (σ_d → cσ_d, σ → cσ)
+    # leaves t, the network input x_t/σ_d and this SNR unchanged, while α²/σ² changes
+    require_equal("flow.snr − α²σ_d²/σ²", flow.snr(t_, xp=X), alpha**2 * sigma_d**2 / sig**2)
+    c = sp.Symbol("c", positive=True)
+    x_c, t_c = convert.general_to_trigflow(c * xg, alpha, c * sig, c * sigma_d, xp=X)
+    require_equal("t and x_t/σ_d after rescaling", [t_c, *entries(x_c / (c * sigma_d))], [t_, *entries(x_t / sigma_d)])
+    require_equal("flow.snr after rescaling", flow.snr(t_c, xp=X), flow.snr(t_, xp=X))
+    require_different("α²/σ² after rescaling", alpha**2 / (c * sig) ** 2, alpha**2 / sig**2)
+
+    # numerically: flow matching (α = 1 − τ, σ = τ) on Gaussian data N(0, σ_d² I), whose score
+    # and TrigFlow denoiser are exact: ∇log p_τ(x) = −x/((1−τ)²σ_d² + τ²), E[x0 | x_t] = cos t·x_t
+    x_t_fm, t_fm = convert.general_to_trigflow(xg, 1 - tau, tau, sigma_d, xp=X)
+    F_exact = flow.F_from_denoiser(x_t_fm, t_fm, sp.cos(t_fm) * x_t_fm, sigma_d, xp=X)
+
+    def along_pf_ode(b, a):  # noqa: ANN001, ANN202 - (dx_t/dτ)/(dt/dτ) by autodiff
+        tau_, xg_, sd = a["tau"], a["xg"], a["sigma_d"]
+        f = -1 / (1 - tau_)
+        g2 = 2 * tau_ - 2 * f * tau_**2
+        dxdtau = f * xg_ + g2 / 2 * xg_ / ((1 - tau_) ** 2 * sd**2 + tau_**2)
+
+        def mapped(tau2):  # noqa: ANN001, ANN202
+            return convert.general_to_trigflow(xg_ + (tau2 - tau_) * dxdtau, 1 - tau2, tau2, sd)
+
+        _, (dxt, dt) = b.jvp(mapped, (tau_,), (b.xp.ones_like(tau_),))
+        return dxt / dt
+
+    agree(
+        "flow-matching PF-ODE through autodiff = σ_d F",
+        flow.pf_ode(F_exact, sigma_d, xp=X),
+        {"xg": (xg, X_RANGE), "tau": (tau, (0.05, 0.95)), "sigma_d": (sigma_d, SIGMA_D_RANGE)},
+        along_pf_ode,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. B.1: DDIM (Eq. 26) is exact for a constant denoiser; the 2M steps (Eqs. 27–28) are second order
+
+lam, h = sp.Symbol("lambda", real=True), sp.Symbol("h", positive=True)
+
+
+def _time(l):  # noqa: ANN001, ANN202 - t with λ = log(cos t/sin t) = −log tan t
+    return sp.atan(sp.exp(-l))
+
+
+@claim("DDIM (Eq. 26) is exact for constant D; DPM-Solver(++) 2M (Eqs. 27–28) have local error O(h³)", "Eqs. 26–28")
+def solver_orders() -> None:
+    D = X.symbols("D", (1, 2), real=True)
+    x_s = X.symbols("x_s", (1, 2), real=True)
+    # a constant denoiser D: F = F_from_denoiser(x, t, D) and the PF-ODE dx/dt = σ_d F (Eq. 3)
+    F_s = flow.F_from_denoiser(x_s, s, D, sigma_d, xp=X)
+    x_of_t = samplers.ddim_step(x_s, s, t, F_s, sigma_d, xp=X)
+    ode_rhs = flow.pf_ode(flow.F_from_denoiser(x_of_t, t, D, sigma_d, xp=X), sigma_d, xp=X)
+    require_equal("d/dt ddim_step − σ_d F along it", elementwise(lambda e: sp.diff(e, t), x_of_t), ode_rhs)
+    require_equal("ddim_step at t = s", elementwise(lambda e: e.subs(t, s), x_of_t), x_s)
+    # as printed, Eq. 26 has x_t on its right side; the exact solution does not satisfy that
+    require_different(
+        "x_t against printed Eq. 26's right side", x_of_t, sp.cos(s - t) * x_of_t - sp.sin(s - t) * sigma_d * F_s
+    )
+    # local error: D(λ) smooth along the exact path, λ_s = λ, λ_t = λ + h, λ_{s′} = λ − ρh (ρ > 0)
+    # x_t = (sin t/sin s)·x_s + sin t ∫ e^λ D dλ  (B.1, Eq. 19 with α = cos, σ = sin)
+    rho, L = sp.Symbol("rho", positive=True), sp.Symbol("L", real=True)
+    d0, d1, d2, d3 = sp.symbols("d0:4", real=True)
+    path = lambda l: d0 + d1 * (l - lam) + d2 * (l - lam) ** 2 / 2 + d3 * (l - lam) ** 3 / 6  # noqa: E731
+    x0s = sp.Symbol("x_s", real=True)
+    s_, t_, sp_ = _time(lam), _time(lam + h), _time(lam - rho * h)
+
+    def exact(l):  # noqa: ANN001, ANN202
+        return sp.sin(_time(l)) / sp.sin(s_) * x0s + sp.sin(_time(l)) * sp.integrate(sp.exp(L) * path(L), (L, lam, l))
+
+    F_s1 = flow.F_from_denoiser(x0s, s_, path(lam), sigma_d, xp=X)
+    ddim = samplers.ddim_step(x0s, s_, t_, F_s1, sigma_d, xp=X)
+    dpmpp = samplers.dpmpp_2m_step(x0s, s_, t_, F_s1, sigma_d, s_prev=sp_, D_prev=path(lam - rho * h), xp=X)
+    x_prev = exact(lam - rho * h)
+    eps_prev = (x_prev - sp.cos(sp_) * path(lam - rho * h)) / sp.sin(sp_)  # ε at s′: x = cos·D + sin·ε
+    dpm = samplers.dpm_solver_2m_step(x0s, s_, t_, F_s1, sigma_d, s_prev=sp_, eps_prev=eps_prev, xp=X)
+    for name, step, order in (("ddim_step", ddim, 1), ("dpmpp_2m_step", dpmpp, 2), ("dpm_solver_2m_step", dpm, 2)):
+        error = sp.expand(sp.series(sp.simplify(exact(lam + h) - step), h, 0, order + 2).removeO())
+        require_zero(f"{name}: the local error's terms below h^{order + 1}", [error.coeff(h, k) for k in range(order + 1)])
+        require_different(f"{name}: the h^{order + 1} term", error.coeff(h, order + 1), 0)
+
+    agree(
+        "autodiff d/dt of samplers.ddim_step = σ_d F for constant D",
+        ode_rhs,
+        {"x_s": (x_s, X_RANGE), "D": (D, X_RANGE), "s": (s, T_RANGE), "t": (t, T_RANGE), "sigma_d": (sigma_d, SIGMA_D_RANGE)},
+        lambda b, a: b.jvp(
+            lambda t2: samplers.ddim_step(
+                a["x_s"], a["s"], t2, flow.F_from_denoiser(a["x_s"], a["s"], a["D"], a["sigma_d"]), a["sigma_d"]
+            ),
+            (a["t"],),
+            (b.xp.ones_like(a["t"]),),
+        )[1],
+    )
+    agree(
+        "samplers.dpmpp_2m_step on arrays = its symbolic form",
+        dpmpp,
+        {"x_s": (x0s, X_RANGE), "lambda": (lam, (-2.0, 2.0)), "h": (h, (0.01, 0.5)), "rho": (rho, (0.3, 2.0)),
+         "d0": (d0, X_RANGE), "d1": (d1, X_RANGE), "d2": (d2, X_RANGE), "d3": (d3, X_RANGE), "sigma_d": (sigma_d, SIGMA_D_RANGE)},
+        lambda b, a: samplers.dpmpp_2m_step(
+            a["x_s"],
+            b.xp.atan(b.xp.exp(-a["lambda"])),
+            b.xp.atan(b.xp.exp(-a["lambda"] - a["h"])),
+            flow.F_from_denoiser(a["x_s"], b.xp.atan(b.xp.exp(-a["lambda"])), a["d0"], a["sigma_d"]),
+            a["sigma_d"],
+            s_prev=b.xp.atan(b.xp.exp(-a["lambda"] + a["rho"] * a["h"])),
+            D_prev=a["d0"]
+            - a["d1"] * (a["rho"] * a["h"])
+            + a["d2"] * (a["rho"] * a["h"]) ** 2 / 2
+            - a["d3"] * (a["rho"] * a["h"]) ** 3 / 6,
+        ),
+    )

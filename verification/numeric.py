@@ -107,6 +107,9 @@ def agree(
     shapes = {n: np.shape(np.asarray(inputs[n][0], dtype=object)) for n in names}
     flat = [s for n in names for s in entries(inputs[n][0])]
     target = np.asarray(expr, dtype=object)
+    unbound = set().union(*(sp.sympify(e).free_symbols for e in entries(target))) - set(flat)
+    if unbound:
+        raise ProofError(f"{what}: no range given for {sorted(map(str, unbound))}")
     strategy = st.fixed_dictionaries(
         {
             n: st.lists(

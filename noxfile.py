@@ -1,11 +1,11 @@
-"""Project tasks. `nox -s tests` is what CI runs (with lint and typecheck); extra arguments after
+"""Project tasks. `nox -s lint typecheck tests verify` is what CI runs; extra arguments after
 `--` go to the underlying tool, e.g. `nox -s tests -- -k samplers -x`."""
 
 from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.sessions = ["lint", "typecheck", "tests", "verify"]
 nox.options.reuse_existing_virtualenvs = True
 
 CONSTRAINTS = ("-c", "constraints.txt")
@@ -21,6 +21,16 @@ def tests(session: nox.Session) -> None:
     namespace: array_api_strict, numpy, torch (CPU build) and JAX, also under jit."""
     install(session, "torch,jax,dev")
     session.run("pytest", "-n", "2", *session.posargs, env={"HYPOTHESIS_PROFILE": "ci"})
+
+
+@nox.session
+def verify(session: nox.Session) -> None:
+    """Prove the paper's derivations on trigcore's own code (SymPy through xp=), then check each
+    result numerically against torch and JAX autodiff; prints claim | paper | status | seconds.
+    `-- -x` stops at the first failure, `-- -k TEXT` selects claims, `-- --examples N` sets the
+    hypothesis points per numerical check."""
+    install(session, "torch,jax,dev")
+    session.run("python", "-m", "verification", *session.posargs)
 
 
 @nox.session

@@ -15,7 +15,9 @@ import time
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m verification", description=__doc__.splitlines()[0])
     parser.add_argument("-x", "--exitfirst", action="store_true", help="stop at the first failing claim")
-    parser.add_argument("-k", dest="keyword", default="", help="run only claims whose title or ref contains this")
+    parser.add_argument(
+        "-k", dest="keyword", default="", help="run only claims whose title or ref contains this"
+    )
     parser.add_argument("--examples", type=int, default=None, help="hypothesis points per numerical check")
     args = parser.parse_args(argv)
     if args.examples is not None:
@@ -46,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
             status = "proved"
         except Exception as err:  # a crash in the code under proof fails its claim too
             status, failures = "FAILED", [*failures, (c, err if isinstance(err, ProofError) else repr(err))]
-        print(f"{number:>2}  {c.title:<{width}}  {c.ref:<{ref_width}}  {status:<6}  {time.perf_counter() - began:7.1f}")
+        seconds = time.perf_counter() - began
+        print(f"{number:>2}  {c.title:<{width}}  {c.ref:<{ref_width}}  {status:<6}  {seconds:7.1f}")
         sys.stdout.flush()
         if failures and args.exitfirst:
             break
@@ -54,9 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     for c, err in failures:
         print(f"FAILED {c.title} ({c.ref}):\n  {err}")
     total = time.perf_counter() - start
-    print(f"{len(selected) - len(failures)} of {len(selected)} claims proved in {total:.0f} s" + (
-        "" if not failures or not args.exitfirst else " (stopped at the first failure)"
-    ))
+    print(
+        f"{len(selected) - len(failures)} of {len(selected)} claims proved in {total:.0f} s"
+        + ("" if not failures or not args.exitfirst else " (stopped at the first failure)")
+    )
     return 1 if failures else 0
 
 

@@ -16,7 +16,7 @@ import math
 import numpy as np
 import sympy as sp
 
-from trigcore import attention, convert, embedding, flow, samplers, tangent, weighting
+from trigcore import attention, convert, flow, samplers, tangent, weighting
 
 from . import sympy_xp as X
 from .numeric import agree, network
@@ -162,7 +162,9 @@ def jvp_rearrangement() -> None:
 # 4. Algorithm 1: the training target g and its warmup
 
 
-@claim("Alg. 1's g (tangent.tangent_target) = cos t·df/dt; warmup r scales only the second term", "Alg. 1, Eq. 8")
+@claim(
+    "Alg. 1's g (tangent.tangent_target) = cos t·df/dt; warmup r scales only the second term", "Alg. 1, Eq. 8"
+)
 def tangent_target() -> None:
     F = generic_network("F", 2)
     Fx = F(x / sigma_d, t)
@@ -175,7 +177,7 @@ def tangent_target() -> None:
     w = weighting.prior_weight(t, sigma_d, xp=X)
     require_equal("g(r = 1) − prior weight·σ_d sin t·df/dt", g_at(1), w * sigma_d * sp.sin(t) * dfdt)
     # warmup: g = cos t·[−cos t(σ_d F − dx/dt)] + r·cos t·[−sin t(x_t + σ_d dF/dt)]  (§4.2)
-    require_equal("g(r = 0) − cos t × first term of Eq. 6", g_at(0), -sp.cos(t) ** 2 * (sigma_d * Fx - v))
+    require_equal("g(r = 0) − cos t × first term of Eq. 6", g_at(0), -(sp.cos(t) ** 2) * (sigma_d * Fx - v))
     require_equal(
         "∂g/∂r − cos t × second term of Eq. 6",
         elementwise(lambda e: sp.diff(e, r), g),
@@ -282,7 +284,9 @@ def adaptive_weighting() -> None:
         w_opt = b.xp.log(dim / b.xp.mean(b.xp.sum(a["res"] ** 2, axis=1)))
         return b.grad(lambda w_: b.xp.mean(weighting.adaptive_loss(a["res"], w_)))(w_opt)
 
-    agree("autodiff ∂/∂w of the adaptive loss at w*", sp.Integer(0), {"res": (res, (0.1, 3.0))}, optimum_slope)
+    agree(
+        "autodiff ∂/∂w of the adaptive loss at w*", sp.Integer(0), {"res": (res, (0.1, 3.0))}, optimum_slope
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,16 +304,23 @@ def _edm_denoiser(F, x_sigma, sigma, sigma_d, xp):  # noqa: ANN001, ANN202
     return c_skip * x_sigma - c_out * F(c_in * x_sigma, t_)
 
 
-@claim("EDM ↔ TrigFlow: same denoiser and PF-ODE; EDM's c_skip minimises c_out (unit variance)", "B.2 Eq. 30; B.1")
+@claim(
+    "EDM ↔ TrigFlow: same denoiser and PF-ODE; EDM's c_skip minimises c_out (unit variance)",
+    "B.2 Eq. 30; B.1",
+)
 def edm_trigflow() -> None:
     F = generic_network("F", 2)
     # Eq. 30: t = arctan(σ/σ_d), x_t = cos t·x_σ
     t_ = convert.t_from_sigma(sigma, sigma_d, xp=X)
     require_equal("tan(t_from_sigma) − σ/σ_d", sp.tan(t_), sigma / sigma_d)
     x_t, t_2 = convert.edm_to_trigflow(x_sigma, sigma, sigma_d, xp=X)
-    require_equal("edm_to_trigflow − (cos t·x_σ, t)", [*entries(x_t), t_2], [*entries(sp.cos(t_) * x_sigma), t_])
+    require_equal(
+        "edm_to_trigflow − (cos t·x_σ, t)", [*entries(x_t), t_2], [*entries(sp.cos(t_) * x_sigma), t_]
+    )
     back, sigma_back = convert.trigflow_to_edm(x_t, t_, sigma_d, xp=X)
-    require_equal("trigflow_to_edm ∘ edm_to_trigflow", [*entries(back), sigma_back], [*entries(x_sigma), sigma])
+    require_equal(
+        "trigflow_to_edm ∘ edm_to_trigflow", [*entries(back), sigma_back], [*entries(x_sigma), sigma]
+    )
     c_skip, c_out, c_in, c_noise = convert.edm_preconditioning(sigma, sigma_d, xp=X)
     require_equal("EDM's network input c_in·x_σ − x_t/σ_d", c_in * x_sigma, x_t / sigma_d)
     require_equal(
@@ -321,7 +332,9 @@ def edm_trigflow() -> None:
     x_s, sigma_t = convert.trigflow_to_edm(x, t, sigma_d, xp=X)
     D = flow.denoise(x, t, F(x / sigma_d, t), sigma_d, xp=X)
     dxt_dt = -sp.sin(t) * x_s + sp.cos(t) * (x_s - D) / sigma_t * sp.diff(sigma_t, t)
-    require_equal("d(cos t·x_σ)/dt along EDM's ODE − flow.pf_ode", dxt_dt, flow.pf_ode(F(x / sigma_d, t), sigma_d, xp=X))
+    require_equal(
+        "d(cos t·x_σ)/dt along EDM's ODE − flow.pf_ode", dxt_dt, flow.pf_ode(F(x / sigma_d, t), sigma_d, xp=X)
+    )
     # unit variance (Eqs. 12–13): Var x_σ = σ_d² + σ²; the target (x0 − c_skip x_σ)/c_out of F_EDM
     # has unit variance; c_skip is where the c_out that this requires is smallest (Eq. 14)
     require_equal("c_in²·Var x_σ", c_in**2 * (sigma_d**2 + sigma**2), 1)
@@ -330,7 +343,8 @@ def edm_trigflow() -> None:
     require_equal("Var of F_EDM's target", needed_c_out_sq.subs(c, c_skip) / c_out**2, 1)
     require_zero("∂c_out²/∂c_skip at EDM's c_skip", sp.diff(needed_c_out_sq, c).subs(c, c_skip))
     require(
-        "∂²c_out²/∂c_skip² > 0", sp.simplify(sp.diff(needed_c_out_sq, c, 2) - 2 * (sigma_d**2 + sigma**2)) == 0
+        "∂²c_out²/∂c_skip² > 0",
+        sp.simplify(sp.diff(needed_c_out_sq, c, 2) - 2 * (sigma_d**2 + sigma**2)) == 0,
     )
     require_equal("EDM's c_noise = ¼ ln σ", c_noise, sp.log(sigma) / 4)
     # B.1 step 1 for x = αx0 + σ'z, z ~ N(0, σ_d² I), the x0-prediction loss of Eq. 9: the optimum is
@@ -349,7 +363,11 @@ def edm_trigflow() -> None:
         c_opt.subs(trig) * x - c_out_opt.subs(trig) * Fs,
     )
     edm = {a: 1, sg: sigma / sigma_d}
-    require_equal("EDM's (c_skip, c_out) − the optimum at α = 1, σ' = σ/σ_d", [c_skip, c_out], [c_opt.subs(edm), c_out_opt.subs(edm)])
+    require_equal(
+        "EDM's (c_skip, c_out) − the optimum at α = 1, σ' = σ/σ_d",
+        [c_skip, c_out],
+        [c_opt.subs(edm), c_out_opt.subs(edm)],
+    )
     # the print: Eq. 14's c_skip = σ'/(α² + σ'²) gives sin t at α = cos t, not Eq. 23's cos t (Eqs.
     # 11, 13–16 exchange α and σ'); Eq. 13 without σ_d² on its second term has another minimiser
     require_different("printed Eq. 14 at α = cos t − cos t", (sg / (a**2 + sg**2)).subs(trig), sp.cos(t))
@@ -357,12 +375,18 @@ def edm_trigflow() -> None:
     require_different("minimiser of printed Eq. 13 − printed Eq. 14", printed_min, sg / (a**2 + sg**2))
 
     expected = flow.denoise(x_t, t_, concrete(x_t / sigma_d, t_), sigma_d, xp=X)
-    edm_inputs = {"xs": (x_sigma, X_RANGE), "sigma": (sigma, (0.01, 80.0)), "sigma_d": (sigma_d, SIGMA_D_RANGE)}
+    edm_inputs = {
+        "xs": (x_sigma, X_RANGE),
+        "sigma": (sigma, (0.01, 80.0)),
+        "sigma_d": (sigma_d, SIGMA_D_RANGE),
+    }
     agree(
         "EDM's preconditioned denoiser = flow.denoise after edm_to_trigflow",
         expected,
         edm_inputs,
-        lambda b, a: _edm_denoiser(lambda u, tau: network(u, tau, b.xp), a["xs"], a["sigma"], a["sigma_d"], b.xp),
+        lambda b, a: _edm_denoiser(
+            lambda u, tau: network(u, tau, b.xp), a["xs"], a["sigma"], a["sigma_d"], b.xp
+        ),
     )
 
     def edm_ode_in_trigflow(b, a):  # noqa: ANN001, ANN202 - dx_t/dt = (dx_t/dσ)/(dt/dσ) by autodiff
@@ -396,7 +420,10 @@ def _general_pf_ode(alpha, sig, xg, score):  # noqa: ANN001, ANN202
     return f * xg - g2 / 2 * score
 
 
-@claim("Eq. 29 maps any (α, σ) PF-ODE, flow matching's too, onto Eq. 3; Eq. 34's SNR is scale-free", "Eq. 29, 31, 34")
+@claim(
+    "Eq. 29 maps any (α, σ) PF-ODE, flow matching's too, onto Eq. 3; Eq. 34's SNR is scale-free",
+    "Eq. 29, 31, 34",
+)
 def general_schedules() -> None:
     alpha, sig = sp.Function("alpha", positive=True)(tau), sp.Function("sigma", positive=True)(tau)
     xg, score = X.symbols("xg", (1, 2), real=True), X.symbols("S", (1, 2), real=True)
@@ -415,7 +442,11 @@ def general_schedules() -> None:
     # TrigFlow itself (α = cos τ, σ = σ_d sin τ) maps to itself; its velocity is flow matching's
     # conditional target v = α'x0 + σ'z (Eq. 31)
     same, t_same = convert.general_to_trigflow(xg, sp.cos(tau), sigma_d * sp.sin(tau), sigma_d, xp=X)
-    require_equal("TrigFlow's own schedule maps to itself", [*entries(same), sp.tan(t_same)], [*entries(xg), sp.tan(tau)])
+    require_equal(
+        "TrigFlow's own schedule maps to itself",
+        [*entries(same), sp.tan(t_same)],
+        [*entries(xg), sp.tan(tau)],
+    )
     require_equal(
         "d/dt flow.noisy − flow.velocity",
         elementwise(lambda e: sp.diff(e, t), flow.noisy(x0, z, t, xp=X)),
@@ -426,7 +457,9 @@ def general_schedules() -> None:
     require_equal("flow.snr − α²σ_d²/σ²", flow.snr(t_, xp=X), alpha**2 * sigma_d**2 / sig**2)
     c = sp.Symbol("c", positive=True)
     x_c, t_c = convert.general_to_trigflow(c * xg, alpha, c * sig, c * sigma_d, xp=X)
-    require_equal("t and x_t/σ_d after rescaling", [t_c, *entries(x_c / (c * sigma_d))], [t_, *entries(x_t / sigma_d)])
+    require_equal(
+        "t and x_t/σ_d after rescaling", [t_c, *entries(x_c / (c * sigma_d))], [t_, *entries(x_t / sigma_d)]
+    )
     require_equal("flow.snr after rescaling", flow.snr(t_c, xp=X), flow.snr(t_, xp=X))
     require_different("α²/σ² after rescaling", alpha**2 / (c * sig) ** 2, alpha**2 / sig**2)
 
@@ -465,7 +498,10 @@ def _time(l):  # noqa: ANN001, ANN202 - t with λ = log(cos t/sin t) = −log ta
     return sp.atan(sp.exp(-l))
 
 
-@claim("DDIM (Eq. 26) is exact for constant D; DPM-Solver(++) 2M (Eqs. 27–28) have local error O(h³)", "Eqs. 26–28")
+@claim(
+    "DDIM (Eq. 26) is exact for constant D; DPM-Solver(++) 2M (Eqs. 27–28) have local error O(h³)",
+    "Eqs. 26–28",
+)
 def solver_orders() -> None:
     D = X.symbols("D", (1, 2), real=True)
     x_s = X.symbols("x_s", (1, 2), real=True)
@@ -477,7 +513,9 @@ def solver_orders() -> None:
     require_equal("ddim_step at t = s", elementwise(lambda e: e.subs(t, s), x_of_t), x_s)
     # as printed, Eq. 26 has x_t on its right side; the exact solution does not satisfy that
     require_different(
-        "x_t against printed Eq. 26's right side", x_of_t, sp.cos(s - t) * x_of_t - sp.sin(s - t) * sigma_d * F_s
+        "x_t against printed Eq. 26's right side",
+        x_of_t,
+        sp.cos(s - t) * x_of_t - sp.sin(s - t) * sigma_d * F_s,
     )
     # local error: D(λ) smooth along the exact path, λ_s = λ, λ_t = λ + h, λ_{s′} = λ − ρh (ρ > 0)
     # x_t = (sin t/sin s)·x_s + sin t ∫ e^λ D dλ  (B.1, Eq. 19 with α = cos, σ = sin)
@@ -488,7 +526,9 @@ def solver_orders() -> None:
     s_, t_, sp_ = _time(lam), _time(lam + h), _time(lam - rho * h)
 
     def exact(l):  # noqa: ANN001, ANN202
-        return sp.sin(_time(l)) / sp.sin(s_) * x0s + sp.sin(_time(l)) * sp.integrate(sp.exp(L) * path(L), (L, lam, l))
+        return sp.sin(_time(l)) / sp.sin(s_) * x0s + sp.sin(_time(l)) * sp.integrate(
+            sp.exp(L) * path(L), (L, lam, l)
+        )
 
     F_s1 = flow.F_from_denoiser(x0s, s_, path(lam), sigma_d, xp=X)
     ddim = samplers.ddim_step(x0s, s_, t_, F_s1, sigma_d, xp=X)
@@ -496,18 +536,35 @@ def solver_orders() -> None:
     x_prev = exact(lam - rho * h)
     eps_prev = (x_prev - sp.cos(sp_) * path(lam - rho * h)) / sp.sin(sp_)  # ε at s′: x = cos·D + sin·ε
     dpm = samplers.dpm_solver_2m_step(x0s, s_, t_, F_s1, sigma_d, s_prev=sp_, eps_prev=eps_prev, xp=X)
-    for name, step, order in (("ddim_step", ddim, 1), ("dpmpp_2m_step", dpmpp, 2), ("dpm_solver_2m_step", dpm, 2)):
+    for name, step, order in (
+        ("ddim_step", ddim, 1),
+        ("dpmpp_2m_step", dpmpp, 2),
+        ("dpm_solver_2m_step", dpm, 2),
+    ):
         error = sp.expand(sp.series(sp.simplify(exact(lam + h) - step), h, 0, order + 2).removeO())
-        require_zero(f"{name}: the local error's terms below h^{order + 1}", [error.coeff(h, k) for k in range(order + 1)])
+        require_zero(
+            f"{name}: the local error's terms below h^{order + 1}",
+            [error.coeff(h, k) for k in range(order + 1)],
+        )
         require_different(f"{name}: the h^{order + 1} term", error.coeff(h, order + 1), 0)
 
     agree(
         "autodiff d/dt of samplers.ddim_step = σ_d F for constant D",
         ode_rhs,
-        {"x_s": (x_s, X_RANGE), "D": (D, X_RANGE), "s": (s, T_RANGE), "t": (t, T_RANGE), "sigma_d": (sigma_d, SIGMA_D_RANGE)},
+        {
+            "x_s": (x_s, X_RANGE),
+            "D": (D, X_RANGE),
+            "s": (s, T_RANGE),
+            "t": (t, T_RANGE),
+            "sigma_d": (sigma_d, SIGMA_D_RANGE),
+        },
         lambda b, a: b.jvp(
             lambda t2: samplers.ddim_step(
-                a["x_s"], a["s"], t2, flow.F_from_denoiser(a["x_s"], a["s"], a["D"], a["sigma_d"]), a["sigma_d"]
+                a["x_s"],
+                a["s"],
+                t2,
+                flow.F_from_denoiser(a["x_s"], a["s"], a["D"], a["sigma_d"]),
+                a["sigma_d"],
             ),
             (a["t"],),
             (b.xp.ones_like(a["t"]),),
@@ -516,8 +573,17 @@ def solver_orders() -> None:
     agree(
         "samplers.dpmpp_2m_step on arrays = its symbolic form",
         dpmpp,
-        {"x_s": (x0s, X_RANGE), "lambda": (lam, (-2.0, 2.0)), "h": (h, (0.01, 0.5)), "rho": (rho, (0.3, 2.0)),
-         "d0": (d0, X_RANGE), "d1": (d1, X_RANGE), "d2": (d2, X_RANGE), "d3": (d3, X_RANGE), "sigma_d": (sigma_d, SIGMA_D_RANGE)},
+        {
+            "x_s": (x0s, X_RANGE),
+            "lambda": (lam, (-2.0, 2.0)),
+            "h": (h, (0.01, 0.5)),
+            "rho": (rho, (0.3, 2.0)),
+            "d0": (d0, X_RANGE),
+            "d1": (d1, X_RANGE),
+            "d2": (d2, X_RANGE),
+            "d3": (d3, X_RANGE),
+            "sigma_d": (sigma_d, SIGMA_D_RANGE),
+        },
         lambda b, a: samplers.dpmpp_2m_step(
             a["x_s"],
             b.xp.atan(b.xp.exp(-a["lambda"])),
@@ -530,4 +596,255 @@ def solver_orders() -> None:
             + a["d2"] * (a["rho"] * a["h"]) ** 2 / 2
             - a["d3"] * (a["rho"] * a["h"]) ** 3 / 6,
         ),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. §4.1: EDM's time transform c_noise = log(σ_d tan t) makes the t-derivative blow up
+
+
+@claim(
+    "c_noise = log(σ_d tan t) gives sin t·∂_t c_noise = 1/cos t → ∞ at π/2; c_noise = t stays bounded",
+    "§4.1, Eq. 7",
+)
+def time_transform() -> None:
+    # EDM's c_noise = ¼ ln σ at σ = σ_d tan t; the paper's log(σ_d tan t) is 4 times it
+    c_noise = 4 * convert.edm_preconditioning(convert.sigma_from_t(t, sigma_d, xp=X), sigma_d, xp=X)[3]
+    require_equal("4·EDM c_noise − log(σ_d tan t)", c_noise, sp.log(sigma_d * sp.tan(t)))
+    rate = sp.sin(t) * sp.diff(c_noise, t)
+    require_equal("sin t·∂_t c_noise − 1/cos t", rate, 1 / sp.cos(t))
+    require("sin t·∂_t c_noise → ∞ as t → π/2", sp.limit(rate, t, sp.pi / 2, "-") == sp.oo)
+    # the identity transform: sin t·∂_t t = sin t, at most 1 on [0, π/2]
+    require(
+        "max of sin t·∂_t t on [0, π/2] is 1",
+        sp.maximum(sp.sin(t) * sp.diff(t, t), t, sp.Interval(0, sp.pi / 2)) == 1,
+    )
+
+    def rate_by_autodiff(b, a):  # noqa: ANN001, ANN202
+        def c_noise_of(t_):  # noqa: ANN001, ANN202
+            return 4 * convert.edm_preconditioning(convert.sigma_from_t(t_, a["sigma_d"]), a["sigma_d"])[3]
+
+        return b.xp.sin(a["t"]) * b.jvp(c_noise_of, (a["t"],), (b.xp.ones_like(a["t"]),))[1]
+
+    agree(
+        "autodiff sin t·∂_t c_noise",
+        1 / sp.cos(t),
+        {"t": (t, (0.05, math.pi / 2 - 1e-4)), "sigma_d": (sigma_d, SIGMA_D_RANGE)},
+        rate_by_autodiff,
+        rtol=1e-7,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 10. App. E: the discrete-time tangent tends to df/dt
+
+
+@claim(
+    "App. E: Δ(x_t, t, t′)·sin(t−t′) = f(x_t, t) − f(x_t′, t′) and lim_{t′→t} Δ = df/dt", "App. E, Eqs. 35–39"
+)
+def discrete_limit() -> None:
+    F = generic_network("F", 2)
+    F_teacher = X.symbols("Ft", (1, 2), real=True)  # F_pretrain(x_t/σ_d, t); dx/dt = σ_d F_pretrain
+    tp = sp.Symbol("t'", positive=True)
+
+    def delta(t_prime):  # noqa: ANN001, ANN202 - Δ_θ⁻ with r = 1, from tangent.discrete_tangent
+        x_prime = tangent.discrete_reference(x, t, t_prime, F_teacher, sigma_d, xp=X)
+        g = tangent.discrete_tangent(
+            x, t, t_prime, F(x / sigma_d, t), F(x_prime / sigma_d, t_prime), F_teacher, sigma_d, xp=X
+        )
+        return g / sp.cos(t), x_prime
+
+    # Eq. 37 is the difference quotient of the CM between x_t and the teacher's DDIM step x_{t′}
+    d, x_prime = delta(tp)
+    f_t = flow.denoise(x, t, F(x / sigma_d, t), sigma_d, xp=X)
+    f_tp = flow.denoise(x_prime, tp, F(x_prime / sigma_d, tp), sigma_d, xp=X)
+    require_equal("Δ·sin(t − t′) − (f(x_t, t) − f(x_t′, t′))", d * sp.sin(t - tp), f_t - f_tp)
+    # and tends to Eq. 6's df/dt along the teacher's PF-ODE dx/dt = σ_d F_pretrain
+    d, _ = delta(t - h)
+    limit = elementwise(lambda e: sp.limit(e, h, 0), d)
+    require_equal("lim Δ − df/dt", limit, total_derivative(f_t, x, sigma_d * F_teacher, t))
+    # warmup: r multiplies only the second term, as in Algorithm 1 (checked on trigcore's g)
+    x_p = tangent.discrete_reference(x, t, tp, F_teacher, sigma_d, xp=X)
+    g_r = tangent.discrete_tangent(
+        x, t, tp, F(x / sigma_d, t), F(x_p / sigma_d, tp), F_teacher, sigma_d, r, xp=X
+    )
+    require_equal(
+        "g(r = 0) − cos t × −cos t′(σ_d F⁻ − σ_d F_pretrain)",
+        elementwise(lambda e: e.subs(r, 0), g_r),
+        -sp.cos(t) * sp.cos(tp) * (sigma_d * F(x / sigma_d, t) - sigma_d * F_teacher),
+    )
+    require_zero("∂²g/∂r²", elementwise(lambda e: sp.diff(e, r, 2), g_r))
+
+    def by_jvp_and_difference(b, a):  # noqa: ANN001, ANN202 - trigcore's discrete tangent at t − 1e-7
+        net = lambda u, tau: network(u, tau, b.xp)  # noqa: E731
+        x_, t_, Ft, sd = a["x"], a["t"], a["Ft"], a["sigma_d"]
+        t_prime = t_ - 1e-7
+        x_p = tangent.discrete_reference(x_, t_, t_prime, Ft, sd)
+        return tangent.discrete_tangent(x_, t_, t_prime, net(x_ / sd, t_), net(x_p / sd, t_prime), Ft, sd)
+
+    agree(
+        "tangent.discrete_tangent at t′ = t − 1e-7 ≈ cos t·df/dt",
+        sp.cos(t)
+        * total_derivative(
+            flow.denoise(x, t, concrete(x / sigma_d, t), sigma_d, xp=X), x, sigma_d * F_teacher, t
+        ),
+        {
+            "x": (x, X_RANGE),
+            "Ft": (F_teacher, X_RANGE),
+            "t": (t, T_RANGE),
+            "sigma_d": (sigma_d, SIGMA_D_RANGE),
+        },
+        by_jvp_and_difference,
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 11. App. F: the flash-attention JVP recurrence
+
+
+@claim("App. F: merging (m, ℓ, f, g, μ) of key blocks = one block; (y, t_y) = JVP of softmax(x)V", "App. F")
+def flash_attention_jvp() -> None:
+    q, k, v_ = (
+        X.symbols("q", (1, 2), real=True),
+        X.symbols("k", (3, 2), real=True),
+        X.symbols("V", (3, 2), real=True),
+    )
+    tq, tk, tv = (X.symbols("t" + name, a.shape, real=True) for name, a in (("q", q), ("k", k), ("V", v_)))
+    scale = sp.Symbol("c", positive=True)
+    scores, t_scores = X.symbols("x", (1, 3), real=True), X.symbols("tx", (1, 3), real=True)
+    # two blocks merged by attention.merge_states hold the statistics of all keys at once
+    a = attention.block_state(scores[:, :2], t_scores[:, :2], v_[:2], tv[:2], xp=X)
+    b = attention.block_state(scores[:, 2:], t_scores[:, 2:], v_[2:], tv[2:], xp=X)
+    merged, whole = attention.merge_states(a, b, xp=X), attention.block_state(scores, t_scores, v_, tv, xp=X)
+    for name, part, full in zip(attention.FlashState._fields, merged, whole):
+        require_equal(f"merged {name} − single-block {name}", part, full)
+
+    # y = softmax(c·q kᵀ)V and its JVP, differentiated by SymPy from the definition
+    def softmax_attention(q_, k_, v2):  # noqa: ANN001, ANN202
+        e = elementwise(sp.exp, scale * (q_ @ k_.T))
+        return (e @ v2) / np.sum(e, axis=-1, keepdims=True)
+
+    t_y = directional(softmax_attention, (q, k, v_), (tq, tk, tv))
+    y_flash, t_flash = attention.flash_attention_jvp(q, k, v_, tq, tk, tv, scale=scale, block_size=2, xp=X)
+    y_ref, t_ref = attention.attention_jvp(q, k, v_, tq, tk, tv, scale=scale, xp=X)
+    require_equal("flash_attention_jvp's y − softmax(x)V", y_flash, softmax_attention(q, k, v_))
+    require_equal("flash_attention_jvp's t_y − d/dε softmax(x)V", t_flash, t_y)
+    require_equal("attention_jvp's t_y − d/dε softmax(x)V", t_ref, t_y)
+    require_equal("attention_jvp's y − softmax(x)V", y_ref, softmax_attention(q, k, v_))
+
+    inputs = {
+        n: (arr, (-2.0, 2.0))
+        for n, arr in (("q", q), ("k", k), ("V", v_), ("tq", tq), ("tk", tk), ("tV", tv))
+    }
+    inputs["c"] = (scale, (0.2, 2.0))
+    agree(
+        "flash_attention_jvp's t_y",
+        t_y,
+        inputs,
+        lambda b, a: attention.flash_attention_jvp(
+            a["q"], a["k"], a["V"], a["tq"], a["tk"], a["tV"], a["c"], block_size=2
+        )[1],
+    )
+    agree(
+        "autodiff JVP of attention.attention",
+        t_y,
+        inputs,
+        lambda b, a: b.jvp(
+            lambda q_, k_, v2: attention.attention(q_, k_, v2, a["c"]),
+            (a["q"], a["k"], a["V"]),
+            (a["tq"], a["tk"], a["tV"]),
+        )[1],
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 12. App. C: score ↔ F, and the aVSD generator gradient
+
+
+@claim("App. C: flow.score ↔ F (Tweedie); the aVSD loss has the VSD generator gradient", "App. C.1–C.2")
+def score_and_avsd() -> None:
+    D = X.symbols("D", (1, 2), real=True)
+    # σ_d F_Diff = E[v_t | x_t] = x_t/tan t − E[x0|x_t]/sin t, i.e. F = F_from_denoiser(x_t, t, D)
+    F_diff = flow.F_from_denoiser(x, t, D, sigma_d, xp=X)
+    require_equal(
+        "σ_d F_from_denoiser − (x/tan t − D/sin t)", sigma_d * F_diff, x / sp.tan(t) - D / sp.sin(t)
+    )
+    # ∇log p_t = E[−(x_t − cos t x0)/(σ_d² sin² t) | x_t] (Tweedie) = −(cos t σ_d F + sin t x_t)/(σ_d² sin t)
+    require_equal(
+        "flow.score − Tweedie's formula",
+        flow.score(x, t, F_diff, sigma_d, xp=X),
+        -(x - sp.cos(t) * D) / (sigma_d**2 * sp.sin(t) ** 2),
+    )
+    # for data N(0, σ_d² I), p_t = N(0, σ_d² I) and E[x0 | x_t] = cos t·x_t: the score is −x/σ_d²
+    gaussian = flow.score(x, t, flow.F_from_denoiser(x, t, sp.cos(t) * x, sigma_d, xp=X), sigma_d, xp=X)
+    require_equal("flow.score for Gaussian data", gaussian, -x / sigma_d**2)
+    # C.1: α_t(∇log q_t − ∇log p_t) with α_t = cos t is cos² t/(σ_d sin t)·(F_pretrain − F_φ)
+    F_pre, F_phi = X.symbols("Fp", (1, 2), real=True), X.symbols("Ff", (1, 2), real=True)
+    direction = sp.cos(t) * (flow.score(x, t, F_phi, sigma_d, xp=X) - flow.score(x, t, F_pre, sigma_d, xp=X))
+    require_equal(
+        "cos t·(score_φ − score_pretrain)",
+        direction,
+        sp.cos(t) ** 2 / (sigma_d * sp.sin(t)) * (F_pre - F_phi),
+    )
+    # C.2: ∇_θ of weighting.avsd_loss (g_θ⁻ stopped) is 2e^w/D·(F_pretrain − F_φ)ᵀ ∂g_θ/∂θ — the VSD
+    # gradient with its weight cos² t/(σ_d sin t)·w(t) replaced by the adaptive one
+    g = np.array([[sp.Function(f"g{i}")(*theta) for i in range(2)]], dtype=object)
+    g_minus = X.symbols("gm", (1, 2), real=True)
+    loss = weighting.avsd_loss(g, g_minus, F_pre, F_phi, w, xp=X)[0]
+    stop = dict(zip(entries(g_minus), entries(g)))
+    require_equal(
+        "∇ avsd_loss − 2e^w/D (F_pre − F_φ)ᵀ∂g/∂θ",
+        [sp.diff(loss, th).subs(stop) for th in theta],
+        [2 * sp.exp(w) / 2 * sum(entries((F_pre - F_phi) * np.vectorize(sp.diff)(g, th))) for th in theta],
+    )
+    # for a CM the generator is g_θ(z′) = flow.denoise(z′, π/2, F_θ) = −σ_d F_θ(z′/σ_d, π/2), so the
+    # loss equals C.2's ‖σ_d F_θ − σ_d F_θ⁻ − F_pretrain + F_φ‖² form
+    F_cm, F_cm_minus = X.symbols("Fc", (1, 2), real=True), X.symbols("Fcm", (1, 2), real=True)
+    cm_loss = weighting.avsd_loss(
+        flow.denoise(z, sp.pi / 2, F_cm, sigma_d, xp=X),
+        flow.denoise(z, sp.pi / 2, F_cm_minus, sigma_d, xp=X),
+        F_pre,
+        F_phi,
+        w,
+        xp=X,
+    )[0]
+    displayed = (
+        sp.exp(w) / 2 * sum(e**2 for e in entries(sigma_d * F_cm - sigma_d * F_cm_minus - F_pre + F_phi)) - w
+    )
+    require_equal("avsd_loss of the CM generator − C.2's displayed loss", cm_loss, displayed)
+
+    # numerically: a two-component Gaussian mixture in 1-D, score by autodiff of its log density
+    means, spread = (-1.0, 0.8), 0.3
+    x1 = sp.Symbol("x1", real=True)
+    variances = [sp.cos(t) ** 2 * spread**2 + sp.sin(t) ** 2 * sigma_d**2] * 2
+    density = sum(
+        sp.exp(-((x1 - sp.cos(t) * m) ** 2) / (2 * var)) / sp.sqrt(var) for m, var in zip(means, variances)
+    )
+    posterior_mean = (
+        sum(
+            sp.exp(-((x1 - sp.cos(t) * m) ** 2) / (2 * var))
+            / sp.sqrt(var)
+            * (m + sp.cos(t) * spread**2 / var * (x1 - sp.cos(t) * m))
+            for m, var in zip(means, variances)
+        )
+        / density
+    )
+
+    def score_by_autodiff(b, a):  # noqa: ANN001, ANN202 - d/dx log p_t(x) for the same mixture
+        def log_p(x_):  # noqa: ANN001, ANN202
+            var = b.xp.cos(a["t"]) ** 2 * spread**2 + b.xp.sin(a["t"]) ** 2 * a["sigma_d"] ** 2
+            return b.xp.log(
+                sum(b.xp.exp(-((x_ - b.xp.cos(a["t"]) * m) ** 2) / (2 * var)) / b.xp.sqrt(var) for m in means)
+            )
+
+        return b.grad(log_p)(a["x1"])
+
+    agree(
+        "flow.score from the exact posterior mean = autodiff ∇log p_t",
+        flow.score(x1, t, flow.F_from_denoiser(x1, t, posterior_mean, sigma_d, xp=X), sigma_d, xp=X),
+        {"x1": (x1, X_RANGE), "t": (t, T_RANGE), "sigma_d": (sigma_d, SIGMA_D_RANGE)},
+        score_by_autodiff,
+        rtol=1e-8,
     )

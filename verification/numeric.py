@@ -121,7 +121,11 @@ def agree(
         }
     )
     settings_ = settings(
-        max_examples=EXAMPLES, derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+        max_examples=EXAMPLES,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
     )
     for backend in backends():
         fn = sp.lambdify(flat, target.tolist(), modules=backend.name)

@@ -15,8 +15,6 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from . import sympy_xp as X
-
 
 class ProofError(AssertionError):
     """An identity that does not reduce to zero, or a check that fails."""
@@ -122,4 +120,3 @@ def directional(fn: Callable[..., Any], primals: tuple, tangents: tuple) -> Any:
     eps = sp.Symbol("epsilon")
     moved = fn(*(p + eps * tp for p, tp in zip(primals, tangents)))
     return elementwise(lambda e: sp.diff(e, eps).subs(eps, 0), moved)
-

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
+
 def _elementwise(f: Callable[..., Any]) -> Callable[..., Any]:
     ufunc = np.frompyfunc(f, 1, 1)
 
@@ -93,4 +94,3 @@ def matrix_transpose(x: np.ndarray) -> np.ndarray:
 
 def reshape(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.reshape(x, shape)
-

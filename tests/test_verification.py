@@ -49,6 +49,28 @@ def plant(source: str, function: str, element: int | None) -> str:
     return ast.unparse(ast.fix_missing_locations(tree))
 
 
+def verify(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "verification", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["-k", "no such claim"], "no claim matches"), (["--examples", "0"], "--examples must be >= 1")],
+)
+def test_bad_arguments_are_refused(args: list[str], message: str) -> None:
+    run = verify(*args)
+    assert run.returncode == 2 and message in run.stderr, run.stderr
+
+
+def test_selected_claims_keep_their_numbers() -> None:
+    run = verify("-k", "App. F", "--examples", "2")
+    assert run.returncode == 0, run.stdout + run.stderr
+    (row,) = [line for line in run.stdout.splitlines() if line.split()[-2:-1] == ["proved"]]
+    assert row.split()[0] == "11"
+
+
 def test_plant_changes_only_the_target() -> None:
     source = "def f(a):\n    return a, 2 * a\n\ndef g(a):\n    return a\n"
     mutated = plant(source, "f", 1)
@@ -66,13 +88,7 @@ def test_planted_error_fails_verification(
         shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
     path = tmp_path / "trigcore" / f"{module}.py"
     path.write_text(plant(path.read_text(), function, element))
-    run = subprocess.run(
-        [sys.executable, "-m", "verification", "-x", "--examples", "5"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    run = verify("-x", "--examples", "5", cwd=tmp_path)
     out = run.stdout + run.stderr
     assert f"verifying trigcore at {tmp_path / 'trigcore'}" in out, out  # the mutant, not the original
     assert run.returncode == 1, out

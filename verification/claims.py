@@ -12,16 +12,18 @@ or the concrete `numeric.network` (the numerical checks). Samples are (1, 2) arr
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import sympy as sp
 
-from trigcore import attention, convert, flow, samplers, tangent, weighting
+from trigcore import attention, convert, flow, samplers, schedule, tangent, weighting
 
 from . import sympy_xp as X
-from .numeric import agree, network
+from .numeric import Arrays, Autodiff, agree, network_in
 from .proof import (
     claim,
+    derivative,
     directional,
     elementwise,
     entries,
@@ -30,6 +32,7 @@ from .proof import (
     require_different,
     require_equal,
     require_zero,
+    substitute,
     total_derivative,
 )
 
@@ -43,18 +46,7 @@ SIGMA_D_RANGE = (0.2, 3.0)
 X_RANGE = (-3.0, 3.0)
 
 
-def concrete(u: np.ndarray, tau: object) -> np.ndarray:
-    """numeric.network evaluated symbolically."""
-    return network(u, tau, X)
-
-
-def at(expr: object, **values: object) -> object:
-    """expr with symbols replaced by values (by name), entry by entry."""
-    return elementwise(lambda e: e.subs({sp.Symbol(k, positive=True): v for k, v in values.items()}), expr)
-
-
-def ones(backend, like):  # noqa: ANN001, ANN201 - a backend array of ones shaped like `like`
-    return backend.xp.ones_like(like)
+concrete = network_in(X)  # numeric.network on symbols
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,7 +58,7 @@ def boundary_condition() -> None:
     F = generic_network("F", 2)
     # f_θ(x_t, t) = cos t·x_t − sin t·σ_d F_θ(x_t/σ_d, t)  (Eq. 5), whatever F_θ is
     f = flow.denoise(x, t, F(x / sigma_d, t), sigma_d, xp=X)
-    require_equal("flow.denoise as t → 0", elementwise(lambda e: e.subs(t, 0), f), x)
+    require_equal("flow.denoise as t → 0", substitute(f, t, 0), x)
     require_equal("flow.denoise called at t = 0", flow.denoise(x, 0, F(x / sigma_d, 0), sigma_d, xp=X), x)
     # x_t = cos t·x0 + sin t·z: at t = π/2 only the noise z ~ N(0, σ_d² I) is left (§3)
     require_equal("flow.noisy at t = π/2", flow.noisy(x0, z, sp.pi / 2, xp=X), z)
@@ -81,7 +73,7 @@ def boundary_condition() -> None:
         x,
         {"x": (x, X_RANGE), "sigma_d": (sigma_d, SIGMA_D_RANGE)},
         lambda b, a: flow.denoise(
-            a["x"], 0.0, network(a["x"] / a["sigma_d"], b.asarray(0.0), b.xp), a["sigma_d"]
+            a["x"], 0.0, network_in(b.xp)(a["x"] / a["sigma_d"], b.asarray(0.0)), a["sigma_d"]
         ),
         rtol=0,
         atol=0,
@@ -99,7 +91,7 @@ def boundary_condition() -> None:
 # 2. Eq. 6: the tangent of the CM
 
 
-def _eq6_sides(F) -> tuple:  # noqa: ANN001
+def _eq6_sides(F) -> tuple:
     """d/dt of flow.denoise along dx/dt = v, and Eq. 6 written out."""
     Fx = F(x / sigma_d, t)
     dfdt = total_derivative(flow.denoise(x, t, Fx, sigma_d, xp=X), x, v, t)
@@ -119,9 +111,9 @@ def tangent_eq6() -> None:
         dfdt,
         {"x": (x, X_RANGE), "v": (v, X_RANGE), "t": (t, T_RANGE), "sigma_d": (sigma_d, SIGMA_D_RANGE)},
         lambda b, a: b.jvp(
-            lambda x_, t_: flow.denoise(x_, t_, network(x_ / a["sigma_d"], t_, b.xp), a["sigma_d"]),
+            lambda x_, t_: flow.denoise(x_, t_, network_in(b.xp)(x_ / a["sigma_d"], t_), a["sigma_d"]),
             (a["x"], a["t"]),
-            (a["v"], ones(b, a["t"])),
+            (a["v"], b.xp.ones_like(a["t"])),
         )[1],
     )
 
@@ -130,7 +122,7 @@ def tangent_eq6() -> None:
 # 3. §5.1: the rearranged JVP
 
 
-def _jvp_sides(F) -> tuple:  # noqa: ANN001
+def _jvp_sides(F) -> tuple:
     """The JVP of F at (x/σ_d, t) along tangent.jvp_tangents, and dF/dt along dx/dt = v."""
     tx, tt = tangent.jvp_tangents(x, t, v, sigma_d, xp=X)
     jvp = directional(F, (x / sigma_d, t), (tx, tt))
@@ -146,9 +138,9 @@ def jvp_rearrangement() -> None:
     require_different("the JVP against the printed cos t sin t·dF/dt", jvp, sp.cos(t) * sp.sin(t) * dFdt)
     _, dFdt = _jvp_sides(concrete)
 
-    def computed(b, a):  # noqa: ANN001, ANN202
+    def computed(b: Autodiff, a: Arrays) -> Any:
         tx, tt = tangent.jvp_tangents(a["x"], a["t"], a["v"], a["sigma_d"])
-        return b.jvp(lambda u, tau: network(u, tau, b.xp), (a["x"] / a["sigma_d"], a["t"]), (tx, tt))[1]
+        return b.jvp(network_in(b.xp), (a["x"] / a["sigma_d"], a["t"]), (tx, tt))[1]
 
     agree(
         "autodiff JVP along tangent.jvp_tangents",
@@ -171,28 +163,29 @@ def tangent_target() -> None:
     jvp, dFdt = _jvp_sides(F)
     dfdt, _ = _eq6_sides(F)
     g = tangent.tangent_target(x, t, Fx, v, jvp, sigma_d, r, xp=X)
-    g_at = lambda value: elementwise(lambda e: e.subs(r, value), g)  # noqa: E731
-    require_equal("g(r = 1) − cos t·df/dt", g_at(1), sp.cos(t) * dfdt)
+    require_equal("g(r = 1) − cos t·df/dt", substitute(g, r, 1), sp.cos(t) * dfdt)
     # Eq. 8's target is −y for y = −w(t)σ_d sin t·df/dt with the prior weight w = 1/(σ_d tan t)
     w = weighting.prior_weight(t, sigma_d, xp=X)
-    require_equal("g(r = 1) − prior weight·σ_d sin t·df/dt", g_at(1), w * sigma_d * sp.sin(t) * dfdt)
+    require_equal(
+        "g(r = 1) − prior weight·σ_d sin t·df/dt", substitute(g, r, 1), w * sigma_d * sp.sin(t) * dfdt
+    )
     # warmup: g = cos t·[−cos t(σ_d F − dx/dt)] + r·cos t·[−sin t(x_t + σ_d dF/dt)]  (§4.2)
-    require_equal("g(r = 0) − cos t × first term of Eq. 6", g_at(0), -(sp.cos(t) ** 2) * (sigma_d * Fx - v))
+    require_equal(
+        "g(r = 0) − cos t × first term of Eq. 6", substitute(g, r, 0), -(sp.cos(t) ** 2) * (sigma_d * Fx - v)
+    )
     require_equal(
         "∂g/∂r − cos t × second term of Eq. 6",
-        elementwise(lambda e: sp.diff(e, r), g),
+        derivative(g, r),
         -sp.cos(t) * sp.sin(t) * (x + sigma_d * dFdt),
     )
-    require_zero("∂²g/∂r²", elementwise(lambda e: sp.diff(e, r, 2), g))
+    require_zero("∂²g/∂r²", derivative(g, r, 2))
     _, dFdt = _jvp_sides(concrete)
     Fx = concrete(x / sigma_d, t)
     expected = sp.cos(t) * (-sp.cos(t) * (sigma_d * Fx - v) - r * sp.sin(t) * (x + sigma_d * dFdt))
 
-    def computed(b, a):  # noqa: ANN001, ANN202
+    def computed(b: Autodiff, a: Arrays) -> Any:
         tx, tt = tangent.jvp_tangents(a["x"], a["t"], a["v"], a["sigma_d"])
-        F_minus, jvp_out = b.jvp(
-            lambda u, tau: network(u, tau, b.xp), (a["x"] / a["sigma_d"], a["t"]), (tx, tt)
-        )
+        F_minus, jvp_out = b.jvp(network_in(b.xp), (a["x"] / a["sigma_d"], a["t"]), (tx, tt))
         return tangent.tangent_target(a["x"], a["t"], F_minus, a["v"], jvp_out, a["sigma_d"], a["r"])
 
     agree(
@@ -224,7 +217,10 @@ def _gradient(expr: object) -> list:
 def adaptive_weighting() -> None:
     F = np.array([[sp.Function(f"F{i}")(*theta) for i in range(2)]], dtype=object)  # F_θ
     F_minus = X.symbols("Fm", (1, 2), real=True)  # F_θ⁻: a constant for ∇_θ
-    stop = lambda e: e.subs(dict(zip(entries(F_minus), entries(F))))  # noqa: E731  (then F_θ⁻ = F_θ)
+
+    def stop(e: sp.Expr) -> sp.Expr:  # after differentiating, F_θ⁻ takes F_θ's value
+        return e.subs(dict(zip(entries(F_minus), entries(F))))
+
     y, df = X.symbols("y", (1, 2), real=True), X.symbols("df", (1, 2), real=True)
     dim = 2
     # ∇_θ of e^w/D·‖F_θ − F_θ⁻ + y‖² − w is 2e^w/D·∇_θ F_θᵀy: the MSE has the inner product's gradient
@@ -265,7 +261,7 @@ def adaptive_weighting() -> None:
     u = X.symbols("u", (1, 2), real=True)
     th_sym = np.array(theta, dtype=object)
 
-    def F_of(th, u_, xp):  # noqa: ANN001, ANN202 - a two-parameter network F_θ(u)
+    def F_of(th, u_, xp):  # a two-parameter network F_θ(u)
         return xp.tanh(u_ * th[0] + th[1]) * xp.cos(th[1] * u_)
 
     expected = [2 * sp.exp(w) / dim * g for g in _gradient(sum(entries(F_of(th_sym, u, X) * y)))]
@@ -280,7 +276,7 @@ def adaptive_weighting() -> None:
         )(a["theta"]),
     )
 
-    def optimum_slope(b, a):  # noqa: ANN001, ANN202 - ∂/∂w of the batch-mean loss at w*
+    def optimum_slope(b: Autodiff, a: Arrays) -> Any:  # ∂/∂w of the batch-mean loss at w*
         w_opt = b.xp.log(dim / b.xp.mean(b.xp.sum(a["res"] ** 2, axis=1)))
         return b.grad(lambda w_: b.xp.mean(weighting.adaptive_loss(a["res"], w_)))(w_opt)
 
@@ -296,7 +292,7 @@ sigma = sp.Symbol("sigma", positive=True)
 x_sigma = X.symbols("xs", (1, 2), real=True)
 
 
-def _edm_denoiser(F, x_sigma, sigma, sigma_d, xp):  # noqa: ANN001, ANN202
+def _edm_denoiser(F, x_sigma, sigma, sigma_d, xp):
     """EDM's D = c_skip·x_σ + c_out·F_EDM(c_in·x_σ, ·), with F_EDM = −F (the sign of c_out that
     B.1 picks) and the network's time input t = arctan(σ/σ_d)."""
     c_skip, c_out, c_in, _ = convert.edm_preconditioning(sigma, sigma_d, xp=xp)
@@ -342,10 +338,7 @@ def edm_trigflow() -> None:
     needed_c_out_sq = (1 - c) ** 2 * sigma_d**2 + c**2 * sigma**2  # Var(x0 − c·x_σ)
     require_equal("Var of F_EDM's target", needed_c_out_sq.subs(c, c_skip) / c_out**2, 1)
     require_zero("∂c_out²/∂c_skip at EDM's c_skip", sp.diff(needed_c_out_sq, c).subs(c, c_skip))
-    require(
-        "∂²c_out²/∂c_skip² > 0",
-        sp.simplify(sp.diff(needed_c_out_sq, c, 2) - 2 * (sigma_d**2 + sigma**2)) == 0,
-    )
+    require("∂²c_out²/∂c_skip² > 0", sp.diff(needed_c_out_sq, c, 2).is_positive)
     require_equal("EDM's c_noise = ¼ ln σ", c_noise, sp.log(sigma) / 4)
     # B.1 step 1 for x = αx0 + σ'z, z ~ N(0, σ_d² I), the x0-prediction loss of Eq. 9: the optimum is
     # c_skip = α/(α² + σ'²), c_out = σ_d σ'/√(α² + σ'²): TrigFlow's (cos t, σ_d sin t) and EDM's
@@ -358,7 +351,7 @@ def edm_trigflow() -> None:
     Fs = X.symbols("F", (1, 2), real=True)
     trig = {a: sp.cos(t), sg: sp.sin(t)}
     require_equal(
-        "flow.denoise − (c_skip* x − c_out* σ_d-scaled F) at α = cos t, σ' = sin t",
+        "flow.denoise − (c_skip*·x − c_out*·F) at α = cos t, σ' = sin t",
         flow.denoise(x, t, Fs, sigma_d, xp=X),
         c_opt.subs(trig) * x - c_out_opt.subs(trig) * Fs,
     )
@@ -384,16 +377,14 @@ def edm_trigflow() -> None:
         "EDM's preconditioned denoiser = flow.denoise after edm_to_trigflow",
         expected,
         edm_inputs,
-        lambda b, a: _edm_denoiser(
-            lambda u, tau: network(u, tau, b.xp), a["xs"], a["sigma"], a["sigma_d"], b.xp
-        ),
+        lambda b, a: _edm_denoiser(network_in(b.xp), a["xs"], a["sigma"], a["sigma_d"], b.xp),
     )
 
-    def edm_ode_in_trigflow(b, a):  # noqa: ANN001, ANN202 - dx_t/dt = (dx_t/dσ)/(dt/dσ) by autodiff
-        net = lambda u, tau: network(u, tau, b.xp)  # noqa: E731
+    def edm_ode_in_trigflow(b: Autodiff, a: Arrays) -> Any:  # dx_t/dt = (dx_t/dσ)/(dt/dσ) by autodiff
+        net = network_in(b.xp)
         slope = (a["xs"] - _edm_denoiser(net, a["xs"], a["sigma"], a["sigma_d"], b.xp)) / a["sigma"]
 
-        def along(sig):  # noqa: ANN001, ANN202 - (x_t, t) along EDM's ODE through (x_σ, σ)
+        def along(sig):  # (x_t, t) along EDM's ODE through (x_σ, σ)
             return convert.edm_to_trigflow(a["xs"] + (sig - a["sigma"]) * slope, sig, a["sigma_d"])
 
         _, (dxt, dt) = b.jvp(along, (a["sigma"],), (b.xp.ones_like(a["sigma"]),))
@@ -413,7 +404,7 @@ def edm_trigflow() -> None:
 tau = sp.Symbol("tau", positive=True)
 
 
-def _general_pf_ode(alpha, sig, xg, score):  # noqa: ANN001, ANN202
+def _general_pf_ode(alpha, sig, xg, score):
     """dx/dτ = f x − ½g²·∇log p_τ for x = αx0 + σε, with f = α'/α and g² = (σ²)' − 2fσ²."""
     f = sp.diff(alpha, tau) / alpha
     g2 = sp.diff(sig**2, tau) - 2 * f * sig**2
@@ -449,7 +440,7 @@ def general_schedules() -> None:
     )
     require_equal(
         "d/dt flow.noisy − flow.velocity",
-        elementwise(lambda e: sp.diff(e, t), flow.noisy(x0, z, t, xp=X)),
+        derivative(flow.noisy(x0, z, t, xp=X), t),
         flow.velocity(x0, z, t, xp=X),
     )
     # Eq. 34: SNR = α²σ_d²/σ² = 1/tan² t; scaling data and noise by c > 0 (σ_d → cσ_d, σ → cσ)
@@ -468,13 +459,13 @@ def general_schedules() -> None:
     x_t_fm, t_fm = convert.general_to_trigflow(xg, 1 - tau, tau, sigma_d, xp=X)
     F_exact = flow.F_from_denoiser(x_t_fm, t_fm, sp.cos(t_fm) * x_t_fm, sigma_d, xp=X)
 
-    def along_pf_ode(b, a):  # noqa: ANN001, ANN202 - (dx_t/dτ)/(dt/dτ) by autodiff
+    def along_pf_ode(b: Autodiff, a: Arrays) -> Any:  # (dx_t/dτ)/(dt/dτ) by autodiff
         tau_, xg_, sd = a["tau"], a["xg"], a["sigma_d"]
         f = -1 / (1 - tau_)
         g2 = 2 * tau_ - 2 * f * tau_**2
         dxdtau = f * xg_ + g2 / 2 * xg_ / ((1 - tau_) ** 2 * sd**2 + tau_**2)
 
-        def mapped(tau2):  # noqa: ANN001, ANN202
+        def mapped(tau2):
             return convert.general_to_trigflow(xg_ + (tau2 - tau_) * dxdtau, 1 - tau2, tau2, sd)
 
         _, (dxt, dt) = b.jvp(mapped, (tau_,), (b.xp.ones_like(tau_),))
@@ -494,7 +485,7 @@ def general_schedules() -> None:
 lam, h = sp.Symbol("lambda", real=True), sp.Symbol("h", positive=True)
 
 
-def _time(l):  # noqa: ANN001, ANN202 - t with λ = log(cos t/sin t) = −log tan t
+def _time(l):  # t with λ = log(cos t/sin t) = −log tan t
     return sp.atan(sp.exp(-l))
 
 
@@ -509,8 +500,8 @@ def solver_orders() -> None:
     F_s = flow.F_from_denoiser(x_s, s, D, sigma_d, xp=X)
     x_of_t = samplers.ddim_step(x_s, s, t, F_s, sigma_d, xp=X)
     ode_rhs = flow.pf_ode(flow.F_from_denoiser(x_of_t, t, D, sigma_d, xp=X), sigma_d, xp=X)
-    require_equal("d/dt ddim_step − σ_d F along it", elementwise(lambda e: sp.diff(e, t), x_of_t), ode_rhs)
-    require_equal("ddim_step at t = s", elementwise(lambda e: e.subs(t, s), x_of_t), x_s)
+    require_equal("d/dt ddim_step − σ_d F along it", derivative(x_of_t, t), ode_rhs)
+    require_equal("ddim_step at t = s", substitute(x_of_t, t, s), x_s)
     # as printed, Eq. 26 has x_t on its right side; the exact solution does not satisfy that
     require_different(
         "x_t against printed Eq. 26's right side",
@@ -521,11 +512,14 @@ def solver_orders() -> None:
     # x_t = (sin t/sin s)·x_s + sin t ∫ e^λ D dλ  (B.1, Eq. 19 with α = cos, σ = sin)
     rho, L = sp.Symbol("rho", positive=True), sp.Symbol("L", real=True)
     d0, d1, d2, d3 = sp.symbols("d0:4", real=True)
-    path = lambda l: d0 + d1 * (l - lam) + d2 * (l - lam) ** 2 / 2 + d3 * (l - lam) ** 3 / 6  # noqa: E731
+
+    def path(l: sp.Expr) -> sp.Expr:  # D along the exact solution, a cubic in λ
+        return d0 + d1 * (l - lam) + d2 * (l - lam) ** 2 / 2 + d3 * (l - lam) ** 3 / 6
+
     x0s = sp.Symbol("x_s", real=True)
     s_, t_, sp_ = _time(lam), _time(lam + h), _time(lam - rho * h)
 
-    def exact(l):  # noqa: ANN001, ANN202
+    def exact(l):
         return sp.sin(_time(l)) / sp.sin(s_) * x0s + sp.sin(_time(l)) * sp.integrate(
             sp.exp(L) * path(L), (L, lam, l)
         )
@@ -620,8 +614,8 @@ def time_transform() -> None:
         sp.maximum(sp.sin(t) * sp.diff(t, t), t, sp.Interval(0, sp.pi / 2)) == 1,
     )
 
-    def rate_by_autodiff(b, a):  # noqa: ANN001, ANN202
-        def c_noise_of(t_):  # noqa: ANN001, ANN202
+    def rate_by_autodiff(b: Autodiff, a: Arrays) -> Any:
+        def c_noise_of(t_):
             return 4 * convert.edm_preconditioning(convert.sigma_from_t(t_, a["sigma_d"]), a["sigma_d"])[3]
 
         return b.xp.sin(a["t"]) * b.jvp(c_noise_of, (a["t"],), (b.xp.ones_like(a["t"]),))[1]
@@ -647,7 +641,7 @@ def discrete_limit() -> None:
     F_teacher = X.symbols("Ft", (1, 2), real=True)  # F_pretrain(x_t/σ_d, t); dx/dt = σ_d F_pretrain
     tp = sp.Symbol("t'", positive=True)
 
-    def delta(t_prime):  # noqa: ANN001, ANN202 - Δ_θ⁻ with r = 1, from tangent.discrete_tangent
+    def delta(t_prime):  # Δ_θ⁻ with r = 1, from tangent.discrete_tangent
         x_prime = tangent.discrete_reference(x, t, t_prime, F_teacher, sigma_d, xp=X)
         g = tangent.discrete_tangent(
             x, t, t_prime, F(x / sigma_d, t), F(x_prime / sigma_d, t_prime), F_teacher, sigma_d, xp=X
@@ -670,13 +664,13 @@ def discrete_limit() -> None:
     )
     require_equal(
         "g(r = 0) − cos t × −cos t′(σ_d F⁻ − σ_d F_pretrain)",
-        elementwise(lambda e: e.subs(r, 0), g_r),
+        substitute(g_r, r, 0),
         -sp.cos(t) * sp.cos(tp) * (sigma_d * F(x / sigma_d, t) - sigma_d * F_teacher),
     )
-    require_zero("∂²g/∂r²", elementwise(lambda e: sp.diff(e, r, 2), g_r))
+    require_zero("∂²g/∂r²", derivative(g_r, r, 2))
 
-    def by_jvp_and_difference(b, a):  # noqa: ANN001, ANN202 - trigcore's discrete tangent at t − 1e-7
-        net = lambda u, tau: network(u, tau, b.xp)  # noqa: E731
+    def by_jvp_and_difference(b: Autodiff, a: Arrays) -> Any:  # trigcore's discrete tangent at t − 1e-7
+        net = network_in(b.xp)
         x_, t_, Ft, sd = a["x"], a["t"], a["Ft"], a["sigma_d"]
         t_prime = t_ - 1e-7
         x_p = tangent.discrete_reference(x_, t_, t_prime, Ft, sd)
@@ -722,7 +716,7 @@ def flash_attention_jvp() -> None:
         require_equal(f"merged {name} − single-block {name}", part, full)
 
     # y = softmax(c·q kᵀ)V and its JVP, differentiated by SymPy from the definition
-    def softmax_attention(q_, k_, v2):  # noqa: ANN001, ANN202
+    def softmax_attention(q_, k_, v2):
         e = elementwise(sp.exp, scale * (q_ @ k_.T))
         return (e @ v2) / np.sum(e, axis=-1, keepdims=True)
 
@@ -832,8 +826,8 @@ def score_and_avsd() -> None:
         / density
     )
 
-    def score_by_autodiff(b, a):  # noqa: ANN001, ANN202 - d/dx log p_t(x) for the same mixture
-        def log_p(x_):  # noqa: ANN001, ANN202
+    def score_by_autodiff(b: Autodiff, a: Arrays) -> Any:  # d/dx log p_t(x) for the same mixture
+        def log_p(x_):
             var = b.xp.cos(a["t"]) ** 2 * spread**2 + b.xp.sin(a["t"]) ** 2 * a["sigma_d"] ** 2
             return b.xp.log(
                 sum(b.xp.exp(-((x_ - b.xp.cos(a["t"]) * m) ** 2) / (2 * var)) / b.xp.sqrt(var) for m in means)
@@ -847,4 +841,40 @@ def score_and_avsd() -> None:
         {"x1": (x1, X_RANGE), "t": (t, T_RANGE), "sigma_d": (sigma_d, SIGMA_D_RANGE)},
         score_by_autodiff,
         rtol=1e-8,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 13. Alg. 1 and G.2: where training draws t, and where sampling starts
+
+
+@claim(
+    "Alg. 1's t = arctan(e^τ/σ_d) makes log(σ_d tan t) ~ N(P_mean, P_std²); σ at t_max is σ_max",
+    "Alg. 1, §4.2, G.2",
+)
+def proposal() -> None:
+    n, p_mean = sp.Symbol("n", real=True), sp.Symbol("P_mean", real=True)
+    p_std, sigma_max = sp.symbols("P_std sigma_max", positive=True)
+    t_drawn = schedule.t_from_lognormal(n, p_mean, p_std, sigma_d, xp=X)
+    # log(σ_d tan t) = P_mean + P_std·n for standard normal n (the print's e^{σ_d tan t} is a slip)
+    require_equal(
+        "log(σ_d tan t) − (P_mean + P_std·n)", sp.log(sigma_d * sp.tan(t_drawn)), p_mean + p_std * n
+    )
+    require_equal(
+        "σ = σ_d tan t at schedule.t_max − σ_max",
+        convert.sigma_from_t(schedule.t_max(sigma_d, sigma_max, xp=X), sigma_d, xp=X),
+        sigma_max,
+    )
+    agree(
+        "log(σ_d tan t) of schedule.t_from_lognormal",
+        p_mean + p_std * n,
+        {
+            "n": (n, (-4.0, 4.0)),
+            "P_mean": (p_mean, (-2.0, 1.0)),
+            "P_std": (p_std, (0.5, 2.0)),
+            "sigma_d": (sigma_d, SIGMA_D_RANGE),
+        },
+        lambda b, a: b.xp.log(
+            a["sigma_d"] * b.xp.tan(schedule.t_from_lognormal(a["n"], a["P_mean"], a["P_std"], a["sigma_d"]))
+        ),
     )

@@ -87,7 +87,13 @@ def network(u: Any, tau: Any, xp: Any) -> Any:
     return xp.tanh(u @ A + tau * b + 0.1) + 0.3 * u * xp.cos(tau)
 
 
+def network_in(xp: Any) -> Callable[[Any, Any], Any]:
+    """`network` as F(u, τ) for one namespace."""
+    return lambda u, tau: network(u, tau, xp)
+
+
 Inputs = dict[str, tuple[Any, tuple[float, float]]]  # name -> (symbol or symbol array, range)
+Arrays = dict[str, Any]  # name -> backend array, as `computed` receives them
 
 
 def agree(

@@ -109,6 +109,14 @@ def generic_network(name: str, dim: int) -> Callable[[Any, Any], Any]:
     return F
 
 
+def substitute(expr: Any, symbol: Any, value: Any) -> Any:
+    return elementwise(lambda e: sp.sympify(e).subs(symbol, value), expr)
+
+
+def derivative(expr: Any, symbol: Any, order: int = 1) -> Any:
+    return elementwise(lambda e: sp.diff(e, symbol, order), expr)
+
+
 def total_derivative(expr: Any, x: np.ndarray, dxdt: Any, t: sp.Symbol) -> Any:
     """d/dt of expr(x, t) along a path with dx/dt = dxdt (the chain rule, entry by entry)."""
     pairs = list(zip(entries(x), entries(dxdt)))

@@ -1,0 +1,104 @@
+"""Softmax attention that works under forward-mode autodiff (`torch.func.jvp`, dual tensors).
+
+PyTorch's fused `scaled_dot_product_attention` has no forward-mode derivative, so the JVP of a
+network with attention fails there. `attention` wraps it in an autograd.Function: the primal and
+its gradient use SDPA (fast and memory-efficient), and the tangent comes from
+`trigcore.attention` — App. F's blockwise recurrence when the score matrix would be large, the
+materialised form otherwise. `TANGENT_KERNELS` is the one place where a fused GPU kernel plugs in.
+
+>>> import torch
+>>> q, k, v = (torch.randn(1, 2, 5, 8, dtype=torch.float64) for _ in range(3))
+>>> y, t_y = torch.func.jvp(attention, (q, k, v), (q, k, v))
+>>> bool(torch.allclose(y, torch.nn.functional.scaled_dot_product_attention(q, k, v)))
+True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from trigcore import attention as reference
+
+# Above this many scores per (batch, head) the tangent runs blockwise (App. F) instead of forming
+# the L_q × L_k matrices: 2²⁰ float32 scores are 4 MiB per head.
+BLOCKWISE_SCORES = 1 << 20
+BLOCK_SIZE = 512
+
+TangentKernel = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+def _materialised(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tq, tk, tv, scale: float):  # noqa: ANN001
+    return reference.attention_jvp(q, k, v, tq, tk, tv, scale)
+
+
+def _blockwise(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tq, tk, tv, scale: float):  # noqa: ANN001
+    return reference.flash_attention_jvp(q, k, v, tq, tk, tv, scale, block_size=BLOCK_SIZE)
+
+
+# Which tangent computation serves which device: the capability table of the attention op. A
+# fused kernel registers itself here (e.g. TANGENT_KERNELS["cuda"] = kernel) and is then used
+# for every tensor on that device; devices not listed use trigcore's reference.
+TANGENT_KERNELS: dict[str, TangentKernel] = {}
+
+
+def attention_tangent(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    tq: torch.Tensor,
+    tk: torch.Tensor,
+    tv: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """t_y, the JVP of softmax(scale·q·kᵀ)·v along (tq, tk, tv), by the best available route."""
+    kernel = TANGENT_KERNELS.get(q.device.type)
+    if kernel is None:
+        kernel = _blockwise if q.shape[-2] * k.shape[-2] > BLOCKWISE_SCORES else _materialised
+    return kernel(q, k, v, tq, tk, tv, scale)[1]
+
+
+class _Attention(torch.autograd.Function):
+    """SDPA forward and backward; forward-mode derivative from `attention_tangent`."""
+
+    @staticmethod
+    def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        q, k, v, scale = inputs
+        ctx.scale = scale
+        ctx.save_for_backward(q, k, v)
+        ctx.save_for_forward(q, k, v)
+
+    @staticmethod
+    def jvp(ctx: Any, tq: Any, tk: Any, tv: Any, _scale: Any) -> torch.Tensor:
+        q, k, v = ctx.saved_tensors
+        tq, tk, tv = (torch.zeros_like(p) if tp is None else tp for p, tp in ((q, tq), (k, tk), (v, tv)))
+        return attention_tangent(q, k, v, tq, tk, tv, ctx.scale)
+
+    @staticmethod
+    def backward(ctx: Any, grad_y: torch.Tensor) -> tuple:
+        q, k, v = ctx.saved_tensors
+        # SDPA's own (fused) backward, recomputing the forward; torch.func.vjp also works inside
+        # other torch.func transforms, where requires_grad_ may not be called
+        _, pullback = torch.func.vjp(
+            lambda q, k, v: F.scaled_dot_product_attention(q, k, v, scale=ctx.scale), q, k, v
+        )
+        return (*pullback(grad_y), None)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """softmax(scale·q·kᵀ)·v for (batch, heads, length, channels) tensors, scale = 1/√d by
+    default; differentiable in reverse mode and in forward mode."""
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise ValueError(
+            f"q, k, v must be (batch, heads, length, channels), got shapes "
+            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    return _Attention.apply(q, k, v, 1 / math.sqrt(q.shape[-1]) if scale is None else float(scale))

@@ -1,0 +1,96 @@
+"""Magnitude-preserving building blocks (EDM2, config G) and the time/guidance embeddings of §4.1.
+
+Every layer keeps unit expected magnitude: weights are normalised to unit norm per output
+channel (and forced back to it during training), activations are rescaled so that unit-variance
+inputs give unit-variance outputs, and sums/concatenations are weighted to preserve magnitude.
+All of it supports forward-mode autodiff, so `torch.func.jvp` runs through whole networks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.nn import functional as F
+
+from trigcore import embedding
+
+
+def normalize(x: torch.Tensor, dim: int | tuple[int, ...] | None = None, eps: float = 1e-4) -> torch.Tensor:
+    """x scaled to unit root-mean-square over `dim` (all but the first axis by default)."""
+    if dim is None:
+        dim = tuple(range(1, x.ndim))
+    # accumulate in at least float32 (fp16/bf16 activations), float64 stays float64
+    norm = torch.linalg.vector_norm(
+        x, dim=dim, keepdim=True, dtype=torch.promote_types(x.dtype, torch.float32)
+    )
+    norm = eps + norm * math.sqrt(norm.numel() / x.numel())
+    return x / norm.to(x.dtype)
+
+
+def pixel_norm(x: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """Unit root-mean-square over the channel axis (axis 1) at each position."""
+    return normalize(x, dim=1, eps=eps)
+
+
+def mp_silu(x: torch.Tensor) -> torch.Tensor:
+    """SiLU divided by its output magnitude for a unit normal input (0.596)."""
+    return F.silu(x) / 0.596
+
+
+def mp_sum(a: torch.Tensor, b: torch.Tensor, t: float = 0.5) -> torch.Tensor:
+    """(1 − t)·a + t·b, rescaled to unit magnitude for independent unit-magnitude a, b."""
+    return a.lerp(b, t) / math.sqrt((1 - t) ** 2 + t**2)
+
+
+def mp_cat(a: torch.Tensor, b: torch.Tensor, dim: int = 1, t: float = 0.5) -> torch.Tensor:
+    """Concatenation along `dim` with a's and b's contributions in the ratio (1 − t) : t."""
+    na, nb = a.shape[dim], b.shape[dim]
+    c = math.sqrt((na + nb) / ((1 - t) ** 2 + t**2))
+    return torch.cat([a * (c / math.sqrt(na) * (1 - t)), b * (c / math.sqrt(nb) * t)], dim=dim)
+
+
+class MPConv(torch.nn.Module):
+    """A convolution (kernel (kh, kw)) or linear layer (kernel ()) with unit-norm weights per
+    output channel, scaled by gain/√fan_in; weights are re-normalised in place while training."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: tuple[int, ...]) -> None:
+        super().__init__()
+        self.out_channels = out_channels
+        self.weight = torch.nn.Parameter(torch.randn(out_channels, in_channels, *kernel))
+
+    def forward(self, x: torch.Tensor, gain: float | torch.Tensor = 1.0) -> torch.Tensor:
+        w = self.weight.to(torch.promote_types(self.weight.dtype, torch.float32))
+        if self.training and not self.weight.is_meta:
+            with torch.no_grad():
+                self.weight.copy_(normalize(w))  # forced weight normalisation (EDM2)
+        w = normalize(w) * (gain / math.sqrt(w[0].numel()))
+        w = w.to(x.dtype)
+        if w.ndim == 2:
+            return x @ w.t()
+        return F.conv2d(x, w, padding=w.shape[-1] // 2)
+
+
+class PositionalEmbedding(torch.nn.Module):
+    """√2·[cos(c·ω_j), sin(c·ω_j)], ω_j = 10000^(−j/n): unit magnitude, frequencies ≤ 1, so
+    ∂emb/∂c stays bounded (§4.1). Used with c = t for time and c = s for the guidance scale."""
+
+    def __init__(self, channels: int, max_period: float = 10000.0) -> None:
+        super().__init__()
+        self.channels, self.max_period = channels, max_period
+
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        return math.sqrt(2) * embedding.positional(c, self.channels, self.max_period, endpoint=True)
+
+
+def resample(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """'down': 2×2 average pooling; 'up': 2× nearest neighbour; 'keep': x (EDM2's [1, 1] filter)."""
+    if mode == "down":
+        return F.avg_pool2d(x, 2)
+    if mode == "up":
+        return F.interpolate(x, scale_factor=2.0, mode="nearest")
+    return x
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -29,6 +29,7 @@ from .attention import attention
 from .layers import (
     MPConv,
     PositionalEmbedding,
+    check_inputs,
     count_parameters,
     mp_cat,
     mp_silu,
@@ -195,27 +196,6 @@ class EDM2UNet(torch.nn.Module):
         self.emb_logvar = PositionalEmbedding(logvar_channels)
         self.logvar_linear = MPConv(logvar_channels, 1, ())
 
-    def _check(self, x: torch.Tensor, t: torch.Tensor, class_labels, guidance) -> torch.Tensor:  # noqa: ANN001
-        expected = (self.img_channels, self.img_resolution, self.img_resolution)
-        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(
-                f"x must have shape (batch, {', '.join(map(str, expected))}), got {tuple(x.shape)}"
-            )
-        if self.label_dim and (
-            class_labels is None or tuple(class_labels.shape) != (x.shape[0], self.label_dim)
-        ):
-            got = None if class_labels is None else tuple(class_labels.shape)
-            raise ValueError(
-                f"class_labels must have shape ({x.shape[0]}, {self.label_dim}) (one-hot), got {got}"
-            )
-        if (guidance is None) != (self.emb_guidance is None):
-            raise ValueError(
-                "this network takes a guidance scale"
-                if guidance is None
-                else "this network has no guidance input"
-            )
-        return t.to(x.dtype).expand(x.shape[0]) if t.ndim == 0 else t.to(x.dtype)
-
     def forward(
         self,
         x: torch.Tensor,
@@ -223,7 +203,8 @@ class EDM2UNet(torch.nn.Module):
         class_labels: torch.Tensor | None = None,
         guidance: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        t = self._check(x, t, class_labels, guidance)
+        shape = (self.img_channels, self.img_resolution, self.img_resolution)
+        t = check_inputs(x, shape, t, class_labels, self.label_dim, guidance, self.emb_guidance is not None)
         emb = self.emb_noise(self.emb_time(t))  # c_noise(t) = t
         if self.emb_label is not None:
             emb = mp_sum(

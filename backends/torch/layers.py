@@ -94,3 +94,34 @@ def resample(x: torch.Tensor, mode: str) -> torch.Tensor:
 
 def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def check_inputs(
+    x: torch.Tensor,
+    sample_shape: tuple[int, ...],
+    t: torch.Tensor,
+    class_labels: torch.Tensor | None,
+    label_dim: int,
+    guidance: torch.Tensor | None,
+    takes_guidance: bool,
+) -> torch.Tensor:
+    """Check a network's inputs before any work; returns t as one time per sample in x's dtype."""
+    if tuple(x.shape[1:]) != sample_shape or x.ndim != len(sample_shape) + 1:
+        raise ValueError(
+            f"x must have shape (batch, {', '.join(map(str, sample_shape))}), got {tuple(x.shape)}"
+        )
+    batch = x.shape[0]
+    if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != batch):
+        raise ValueError(
+            f"t must be a scalar or hold one time per sample ({batch}), got shape {tuple(t.shape)}"
+        )
+    if label_dim and (class_labels is None or tuple(class_labels.shape) != (batch, label_dim)):
+        got = None if class_labels is None else tuple(class_labels.shape)
+        raise ValueError(f"class_labels must have shape ({batch}, {label_dim}) (one-hot), got {got}")
+    if not label_dim and class_labels is not None:
+        raise ValueError("this network is not class-conditional (label_dim=0) but class_labels were given")
+    if (guidance is None) == takes_guidance:
+        raise ValueError(
+            "this network takes a guidance scale" if takes_guidance else "this network has no guidance input"
+        )
+    return t.to(x.dtype).expand(batch) if t.ndim == 0 else t.to(x.dtype)

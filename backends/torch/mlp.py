@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from .layers import PositionalEmbedding
+from .layers import PositionalEmbedding, check_inputs
 
 
 class MLP(torch.nn.Module):
@@ -54,22 +54,9 @@ class MLP(torch.nn.Module):
         class_labels: torch.Tensor | None = None,
         guidance: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"x must have shape (batch, {self.dim}), got {tuple(x.shape)}")
-        if self.label_dim and (
-            class_labels is None or tuple(class_labels.shape) != (x.shape[0], self.label_dim)
-        ):
-            got = None if class_labels is None else tuple(class_labels.shape)
-            raise ValueError(
-                f"class_labels must have shape ({x.shape[0]}, {self.label_dim}) (one-hot), got {got}"
-            )
-        if (guidance is None) != (self.emb_guidance is None):
-            raise ValueError(
-                "this network takes a guidance scale"
-                if guidance is None
-                else "this network has no guidance input"
-            )
-        t = t.to(x.dtype).expand(x.shape[0]) if t.ndim == 0 else t.to(x.dtype)
+        t = check_inputs(
+            x, (self.dim,), t, class_labels, self.label_dim, guidance, self.emb_guidance is not None
+        )
         emb = self.emb_noise(self.emb_time(t))
         if self.emb_label is not None:
             emb = emb + self.emb_label(class_labels.to(x.dtype))

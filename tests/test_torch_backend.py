@@ -1,0 +1,340 @@
+"""The PyTorch backend: the attention op under forward mode, JVPs of whole networks, parameter
+counts, the tangent pass and the sCM losses (float64 unless a test says otherwise)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from backends.torch import attention as attention_op  # noqa: E402
+from backends.torch import steps  # noqa: E402
+from backends.torch.autodiff import same_randomness, tangent_pass  # noqa: E402
+from backends.torch.edm2 import PRESETS, EDM2UNet  # noqa: E402
+from backends.torch.layers import count_parameters  # noqa: E402
+from backends.torch.mlp import MLP  # noqa: E402
+from training.metrics import sliced_wasserstein  # noqa: E402
+from training.toy import ring  # noqa: E402
+from trigcore import attention as reference  # noqa: E402
+from trigcore import flow, samplers, schedule, weighting  # noqa: E402
+
+DOUBLE = torch.float64
+
+
+def randn(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, dtype=DOUBLE, generator=torch.Generator().manual_seed(seed))
+
+
+# --- attention ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("lq", "lk"), [(1, 1), (5, 7), (16, 3)])
+def test_attention_jvp_matches_trigcore(lq: int, lk: int) -> None:
+    q, tq = randn(2, 3, lq, 8, seed=1), randn(2, 3, lq, 8, seed=2)
+    k, v, tk, tv = (randn(2, 3, lk, 8, seed=s) for s in (3, 4, 5, 6))
+    y, t_y = torch.func.jvp(attention_op.attention, (q, k, v), (tq, tk, tv))
+    y_ref, t_ref = reference.attention_jvp(q, k, v, tq, tk, tv)
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(t_y, t_ref)
+
+
+def test_attention_dual_tensors_gradients_and_blockwise_route(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch.autograd.forward_ad as fwAD
+
+    q, k, v, tq, tk, tv = (randn(1, 2, 9, 4, seed=s) for s in range(6))
+    _, t_ref = reference.attention_jvp(q, k, v, tq, tk, tv)
+    with fwAD.dual_level():
+        out = attention_op.attention(*(fwAD.make_dual(p, tp) for p, tp in ((q, tq), (k, tk), (v, tv))))
+        torch.testing.assert_close(fwAD.unpack_dual(out).tangent, t_ref)
+    inputs = tuple(p.clone().requires_grad_(True) for p in (q, k, v))
+    assert torch.autograd.gradcheck(attention_op.attention, inputs)
+    grad = torch.func.grad(lambda q_: attention_op.attention(q_, k, v).sum())(q)
+    torch.testing.assert_close(grad, torch.func.grad(lambda q_: reference.attention(q_, k, v).sum())(q))
+    monkeypatch.setattr(attention_op, "BLOCKWISE_SCORES", 0)
+    monkeypatch.setattr(attention_op, "BLOCK_SIZE", 4)  # 9 keys: blocks of 4, 4, 1
+    _, t_y = torch.func.jvp(attention_op.attention, (q, k, v), (tq, tk, tv))
+    torch.testing.assert_close(t_y, t_ref)
+
+
+def test_a_registered_tangent_kernel_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def kernel(*args: torch.Tensor) -> tuple:
+        calls.append(args[0].shape)
+        return reference.attention_jvp(*args)
+
+    monkeypatch.setitem(attention_op.TANGENT_KERNELS, "cpu", kernel)
+    q = randn(1, 1, 3, 4)
+    torch.func.jvp(attention_op.attention, (q, q, q), (q, q, q))
+    assert calls == [torch.Size([1, 1, 3, 4])]
+
+
+def test_attention_rejects_bad_shapes() -> None:
+    with pytest.raises(ValueError, match="batch, heads, length, channels"):
+        attention_op.attention(randn(3, 4), randn(3, 4), randn(3, 4))
+
+
+# --- networks -------------------------------------------------------------------------------
+
+
+def tiny_unet(**kwargs: object) -> EDM2UNet:
+    torch.manual_seed(0)
+    net = EDM2UNet(img_resolution=8, img_channels=1, label_dim=10, **PRESETS["tiny"], **kwargs).to(DOUBLE)
+    with torch.no_grad():  # nonzero gains, so that every branch contributes to F and its JVP
+        for p in net.parameters():
+            if p.ndim == 0:
+                p.fill_(0.4)
+    return net.eval()
+
+
+def finite_difference(f, primals: tuple, tangents: tuple, eps: float = 1e-6) -> torch.Tensor:  # noqa: ANN001
+    plus = f(*(p + eps * tp for p, tp in zip(primals, tangents)))
+    minus = f(*(p - eps * tp for p, tp in zip(primals, tangents)))
+    return (plus - minus) / (2 * eps)
+
+
+@pytest.mark.parametrize("network", ["mlp", "edm2"])
+def test_network_jvp_matches_finite_differences(network: str) -> None:
+    labels = torch.nn.functional.one_hot(torch.tensor([1, 7, 3]), 10).to(DOUBLE)
+    scale = torch.tensor([1.0, 1.5, 2.0], dtype=DOUBLE)
+    if network == "mlp":
+        torch.manual_seed(0)
+        net = MLP(dim=2, hidden=32, label_dim=10, guidance=True).to(DOUBLE)
+        x = randn(3, 2, seed=1)
+    else:
+        net = tiny_unet(guidance=True)
+        x = randn(3, 1, 8, 8, seed=1)
+    t = torch.tensor([0.2, 0.9, 1.4], dtype=DOUBLE)
+
+    def F(x_: torch.Tensor, t_: torch.Tensor) -> torch.Tensor:
+        return net(x_, t_, labels, scale)
+
+    tx, tt = randn(*x.shape, seed=2), randn(3, seed=3)
+    out, jvp = torch.func.jvp(F, (x, t), (tx, tt))
+    torch.testing.assert_close(out, F(x, t))
+    torch.testing.assert_close(jvp, finite_difference(F, (x, t), (tx, tt)), rtol=1e-6, atol=1e-7)
+
+
+# Tables 3–4 of the paper: parameters at the ImageNet 512×512 latent shape (64×64×4, 1000 classes)
+TABLE_PARAMS = {"S": 280.2e6, "M": 497.8e6, "L": 777.6e6, "XL": 1119.4e6, "XXL": 1523.4e6}
+
+
+@pytest.mark.parametrize("preset", list(TABLE_PARAMS))
+def test_preset_parameter_counts_match_the_paper(preset: str) -> None:
+    with torch.device("meta"):  # shapes only: no memory is allocated
+        net = EDM2UNet(img_resolution=64, img_channels=4, label_dim=1000, **PRESETS[preset])
+    assert count_parameters(net) == pytest.approx(TABLE_PARAMS[preset], rel=0.01)
+
+
+def test_documented_parameter_names_exist() -> None:
+    names = dict(tiny_unet(guidance=True).named_parameters())
+    for name in (
+        "emb_noise.weight",
+        "emb_label.weight",
+        "emb_guidance.weight",
+        "enc.8x8_conv.weight",
+        "enc.8x8_block0.conv_res0.weight",
+        "enc.4x4_down.emb_linear.weight",
+        "dec.4x4_in0.attn_qkv.weight",
+        "dec.4x4_in0.attn_proj.weight",
+        "dec.8x8_up.emb_gain",
+        "dec.8x8_block1.conv_skip.weight",
+        "out_gain",
+        "out_conv.weight",
+        "logvar_linear.weight",
+    ):
+        assert name in names, name
+
+
+def test_dropout_only_at_chosen_resolutions() -> None:
+    net = EDM2UNet(img_resolution=16, img_channels=1, model_channels=8, channel_mult=(1, 1, 1), num_blocks=1,
+                   attn_resolutions=(), dropout=0.3, dropout_res=8)  # fmt: skip
+    rates = {
+        f"{part}.{name}": block.dropout
+        for part in ("enc", "dec")
+        for name, block in getattr(net, part).items()
+        if hasattr(block, "dropout")
+    }
+    assert rates["enc.16x16_block0"] == 0 and rates["dec.16x16_block0"] == 0
+    assert rates["enc.8x8_block0"] == 0.3 and rates["dec.4x4_block0"] == 0.3
+
+
+def test_networks_reject_bad_inputs() -> None:
+    net = tiny_unet()
+    x, t = randn(2, 1, 8, 8), torch.ones(2, dtype=DOUBLE)
+    labels = torch.zeros(2, 10, dtype=DOUBLE)
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, 1, 8, 8\)"):
+        net(randn(2, 3, 8, 8), t, labels)
+    with pytest.raises(ValueError, match="class_labels must have shape"):
+        net(x, t)
+    with pytest.raises(ValueError, match="one time per sample"):
+        net(x, torch.ones(3, dtype=DOUBLE), labels)
+    with pytest.raises(ValueError, match="no guidance input"):
+        net(x, t, labels, torch.ones(2, dtype=DOUBLE))
+    with pytest.raises(ValueError, match="divisible"):
+        EDM2UNet(img_resolution=7, img_channels=1, **PRESETS["tiny"])
+
+
+# --- tangent pass and losses -----------------------------------------------------------------
+
+
+def test_tangent_pass_is_one_rearranged_jvp_without_a_graph() -> None:
+    torch.manual_seed(0)
+    net = MLP(dim=2, hidden=16).to(DOUBLE)
+    sigma_d, x, v = 0.7, randn(4, 2, seed=1), randn(4, 2, seed=2)
+    t = torch.tensor([0.1, 0.5, 1.0, 1.5], dtype=DOUBLE)
+    F_minus, jvp_out = tangent_pass(net, x, t, v, sigma_d)
+    assert not F_minus.requires_grad and not jvp_out.requires_grad
+    torch.testing.assert_close(F_minus, net(x / sigma_d, t))
+    # σ_d cos t sin t·dF/dt with dF/dt the derivative along dx/dt = v, by finite differences
+    dF = finite_difference(lambda h: net((x + h * v) / sigma_d, t + h), (torch.zeros((), dtype=DOUBLE),),
+                           (torch.ones((), dtype=DOUBLE),))  # fmt: skip
+    cos_sin = (torch.cos(t) * torch.sin(t))[:, None]
+    torch.testing.assert_close(jvp_out, sigma_d * cos_sin * dF, rtol=1e-6, atol=1e-8)
+
+
+def test_same_randomness_replays_dropout_masks() -> None:
+    x = torch.ones(1000, dtype=DOUBLE)
+    with same_randomness(x.device) as replay:
+        a = torch.nn.functional.dropout(x, 0.5)
+        replay()
+        b = torch.nn.functional.dropout(x, 0.5)
+    torch.testing.assert_close(a, b)
+    assert not torch.equal(torch.nn.functional.dropout(x, 0.5), a)  # and the generator moves on
+
+
+def seeded(fn, seed: int = 3):  # noqa: ANN001, ANN201 - fn() with torch's generator at a fixed state
+    torch.manual_seed(seed)
+    return fn()
+
+
+def test_diffusion_loss_matches_a_hand_computed_reference() -> None:
+    torch.manual_seed(0)
+    net = MLP(dim=2, hidden=16).to(DOUBLE)
+    config = steps.DiffusionConfig(sigma_d=0.5, P_mean=-0.8, P_std=1.6)
+    x0 = randn(6, 2, seed=1)
+    loss, _ = seeded(lambda: steps.diffusion_loss(net, {"x0": x0}, config))
+    # the same draws, then Eq. 4 with e^w/D·‖·‖² − w written out
+    z = seeded(lambda: 0.5 * torch.randn_like(x0))
+    torch.manual_seed(3)
+    torch.randn_like(x0)
+    n = torch.randn(6, dtype=DOUBLE)
+    t = torch.atan(torch.exp(-0.8 + 1.6 * n) / 0.5)
+    c, s = torch.cos(t)[:, None], torch.sin(t)[:, None]
+    F = net((c * x0 + s * z) / 0.5, t)
+    w = net.logvar(t)
+    expected = (torch.exp(w) / 2 * ((0.5 * F - (c * z - s * x0)) ** 2).sum(1) - w).mean()
+    torch.testing.assert_close(loss, expected)
+
+
+@pytest.mark.parametrize("kind", ["sct", "scd"])
+def test_scm_loss_matches_algorithm_1_by_hand(kind: str) -> None:
+    torch.manual_seed(0)
+    net, teacher = MLP(dim=2, hidden=16).to(DOUBLE), MLP(dim=2, hidden=16).to(DOUBLE)
+    sd, step = 0.5, 30
+    config = steps.SCMConfig(sigma_d=sd, P_mean=-1.0, P_std=1.4, warmup_steps=100)
+    x0 = randn(5, 2, seed=1)
+    loss, metrics = seeded(
+        lambda: steps.scm_loss(net, {"x0": x0}, config, step, teacher if kind == "scd" else None)
+    )
+    # Algorithm 1 written out, with the unrearranged JVP along (dx_t/dt, 1) and Eq. 6
+    torch.manual_seed(3)
+    z = sd * torch.randn_like(x0)
+    t = torch.atan(torch.exp(-1.0 + 1.4 * torch.randn(5, dtype=DOUBLE)) / sd)
+    c, s = torch.cos(t)[:, None], torch.sin(t)[:, None]
+    x_t = c * x0 + s * z
+    dxdt = c * z - s * x0 if kind == "sct" else sd * teacher(x_t / sd, t).detach()
+    F_minus, dFdt = torch.func.jvp(lambda x_, t_: net(x_ / sd, t_), (x_t, t), (dxdt, torch.ones_like(t)))
+    r = step / 100
+    g = -(c**2) * (sd * F_minus - dxdt) - r * c * s * (x_t + sd * dFdt)
+    g = g / (g.norm(dim=1, keepdim=True) + 0.1)
+    w = net.logvar(t)
+    expected = (
+        torch.exp(w) / 2 * ((net(x_t / sd, t) - F_minus.detach() - g.detach()) ** 2).sum(1) - w
+    ).mean()
+    torch.testing.assert_close(loss, expected)
+    assert metrics["r"] == pytest.approx(0.3)
+
+
+def test_scm_gradient_is_the_eq2_gradient_with_the_prior_weight() -> None:
+    torch.manual_seed(0)
+    net = MLP(dim=2, hidden=16).to(DOUBLE)
+    sd, x0 = 0.5, randn(8, 2, seed=1)
+    config = steps.SCMConfig(sigma_d=sd, tangent="none", warmup_steps=0)
+    params = [p for name, p in net.named_parameters() if not name.startswith("logvar")]
+    loss, _ = seeded(lambda: steps.scm_loss(net, {"x0": x0}, config, step=0))
+    grads = torch.autograd.grad(loss, params)
+    # ∇_θ E[−w(t)σ_d sin t·F_θᵀ df⁻/dt] (§4.2) with w(t) = 1/(σ_d tan t), times 2e^{w_φ}/D per sample
+    torch.manual_seed(3)
+    z = sd * torch.randn_like(x0)
+    t = torch.atan(torch.exp(-1.0 + 1.4 * torch.randn(8, dtype=DOUBLE)) / sd)
+    x_t, v = flow.noisy(x0, z, t), flow.velocity(x0, z, t)
+    F_minus, dFdt = torch.func.jvp(lambda x_, t_: net(x_ / sd, t_), (x_t, t), (v, torch.ones_like(t)))
+    c, s = torch.cos(t)[:, None], torch.sin(t)[:, None]
+    dfdt = (-c * (sd * F_minus - v) - s * (x_t + sd * dFdt)).detach()
+    weight = (2 * torch.exp(net.logvar(t)) / 2).detach()[:, None]
+    prior = weighting.prior_weight(t, sd)[:, None]
+    eq2 = (weight * -prior * sd * s * net(x_t / sd, t) * dfdt).sum(1).mean()
+    for got, want in zip(grads, torch.autograd.grad(eq2, params)):
+        torch.testing.assert_close(got, want)
+
+
+def test_scd_with_guidance_needs_labels() -> None:
+    net = MLP(dim=2, hidden=8, guidance=True)
+    config = steps.SCMConfig(guidance_max=2.0)
+    with pytest.raises(ValueError, match="needs class labels"):
+        steps.scm_loss(net, {"x0": torch.zeros(2, 2)}, config, 0, teacher=MLP(dim=2, hidden=8))
+    with pytest.raises(ValueError, match="tangent must be"):
+        steps.SCMConfig(tangent="unit")
+
+
+# --- tiny training runs ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ring_teacher() -> tuple:
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    data, teacher = ring(), MLP(dim=2, hidden=128)
+    optimizer = torch.optim.Adam(teacher.parameters(), lr=2e-3)
+    for _ in range(800):
+        x0 = torch.tensor(data.sample(256, rng), dtype=torch.float32)
+        loss, _ = steps.diffusion_loss(teacher, {"x0": x0}, steps.DiffusionConfig(sigma_d=0.5))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return data, teacher.eval()
+
+
+def one_step_sliced_wasserstein(model: torch.nn.Module, data) -> float:  # noqa: ANN001
+    sd = 0.5
+    z = torch.tensor(np.random.default_rng(6).normal(size=(2000, 2)) * sd, dtype=torch.float32)
+    with torch.no_grad():
+        x = samplers.sample_consistency(lambda u, t: model(u, t), z, [schedule.t_max(sd)], sd)
+    reference_samples = data.sample(2000, np.random.default_rng(5))
+    return sliced_wasserstein(x.numpy(), reference_samples, np.random.default_rng(1))
+
+
+@pytest.mark.parametrize("kind", ["sct", "scd"])
+def test_tiny_consistency_training_lowers_sliced_wasserstein(ring_teacher: tuple, kind: str) -> None:
+    data, teacher = ring_teacher
+    student = copy.deepcopy(teacher).train()  # both start from the teacher (G.2)
+    before = one_step_sliced_wasserstein(student, data)
+    torch.manual_seed(1)
+    rng = np.random.default_rng(1)
+    optimizer = torch.optim.Adam(student.parameters(), lr=5e-4)
+    config = steps.SCMConfig(sigma_d=0.5, warmup_steps=50)
+    for step in range(200):
+        x0 = torch.tensor(data.sample(256, rng), dtype=torch.float32)
+        loss, _ = steps.scm_loss(student, {"x0": x0}, config, step, teacher if kind == "scd" else None)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = one_step_sliced_wasserstein(student.eval(), data)
+    # measured: ≈ 0.49 before, ≈ 0.05–0.06 after 200 steps
+    assert after < 0.3 * before, (before, after)
+    assert math.isfinite(after)

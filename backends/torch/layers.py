@@ -83,6 +83,19 @@ class PositionalEmbedding(torch.nn.Module):
         return math.sqrt(2) * embedding.positional(c, self.channels, self.max_period, endpoint=True)
 
 
+class AdaptiveWeight(torch.nn.Module):
+    """A stand-alone adaptive weight w_ψ(t) (App. C–D): a linear map of the positional embedding
+    of t to one log-weight per sample, e.g. for the aVSD loss of a generator."""
+
+    def __init__(self, channels: int = 128) -> None:
+        super().__init__()
+        self.emb = PositionalEmbedding(channels)
+        self.linear = torch.nn.Linear(channels, 1)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.emb(t.reshape(-1))).reshape(-1)
+
+
 def resample(x: torch.Tensor, mode: str) -> torch.Tensor:
     """'down': 2×2 average pooling; 'up': 2× nearest neighbour; 'keep': x (EDM2's [1, 1] filter)."""
     if mode == "down":

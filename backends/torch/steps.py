@@ -7,14 +7,32 @@ Random draws come from torch's global generator on the data's device.
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from trigcore import flow, samplers, schedule, tangent, weighting
 
 from .autodiff import same_randomness, tangent_pass
+
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """Mixed precision for the network calls: "float32" (off), "bfloat16" or "float16" (which
+    needs loss scaling: pass a GradScaler to `optim.apply_gradients`)."""
+    return torch.autocast(
+        device.type, dtype=PRECISIONS[precision] or torch.float32, enabled=precision != "float32"
+    )
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
 @dataclass(frozen=True)
@@ -23,6 +41,10 @@ class DiffusionConfig:
     P_mean: float = -0.8  # log-normal proposal of σ = σ_d tan t: ln σ ~ N(P_mean, P_std²)
     P_std: float = 1.6
     label_dropout: float = 0.0  # probability of dropping the class (CFG training, G.1: 0.1)
+    precision: str = "float32"  # network calls in "float32", "bfloat16" or "float16"
+
+    def __post_init__(self) -> None:
+        _check_precision(self.precision)
 
 
 @dataclass(frozen=True)
@@ -34,8 +56,10 @@ class SCMConfig:
     c: float = 0.1  # the normalisation constant
     warmup_steps: int = 10000  # H: r = min(1, step/H) (§4.2)
     guidance_max: float = 1.0  # sCD with CFG: s ~ U[1, guidance_max], given to the student (G.2)
+    precision: str = "float32"  # network calls in "float32", "bfloat16" or "float16" (§5.1)
 
     def __post_init__(self) -> None:
+        _check_precision(self.precision)
         if self.tangent not in ("normalize", "clip", "none"):
             raise ValueError(f"tangent must be 'normalize', 'clip' or 'none', got {self.tangent!r}")
         if not self.guidance_max >= 1:
@@ -62,13 +86,14 @@ def diffusion_loss(model: torch.nn.Module, batch: dict, config: DiffusionConfig)
     x0 = batch["x0"]
     z, t = _draw(x0, config)
     labels = drop_labels(batch.get("labels"), config.label_dropout)
-    F = model(flow.noisy(x0, z, t) / config.sigma_d, t, labels)
-    logvar = model.logvar(t)
+    with autocast(x0.device, config.precision):
+        F = model(flow.noisy(x0, z, t) / config.sigma_d, t, labels).to(x0.dtype)
+        logvar = model.logvar(t).to(x0.dtype)
     loss = weighting.diffusion_loss(F, x0, z, t, config.sigma_d, logvar).mean()
     return loss, {"loss": loss.detach()}
 
 
-def teacher_velocity(
+def teacher_output(
     teacher: torch.nn.Module,
     x_t: torch.Tensor,
     t: torch.Tensor,
@@ -76,12 +101,43 @@ def teacher_velocity(
     scale: torch.Tensor | None,
     sigma_d: float,
 ) -> torch.Tensor:
-    """dx_t/dt = σ_d F_pretrain(x_t/σ_d, t) (Eq. 3), with CFG at per-sample scales when given."""
+    """F_pretrain(x_t/σ_d, t), with CFG F_u + s(F_c − F_u) at per-sample scales s when given."""
     with torch.no_grad():
-        F = teacher(x_t / sigma_d, t, labels)
+        F = teacher(x_t / sigma_d, t, labels).to(x_t.dtype)
         if scale is not None:
-            F = samplers.cfg(F, teacher(x_t / sigma_d, t, torch.zeros_like(labels)), scale)
-        return flow.pf_ode(F, sigma_d)
+            F = samplers.cfg(F, teacher(x_t / sigma_d, t, torch.zeros_like(labels)).to(x_t.dtype), scale)
+        return F
+
+
+def _guidance_scales(
+    x0: torch.Tensor, labels: torch.Tensor | None, guidance_max: float
+) -> torch.Tensor | None:
+    """s ~ U[1, guidance_max] per sample (G.2), or None without CFG."""
+    if guidance_max == 1:
+        return None
+    if labels is None:
+        raise ValueError("guidance_max > 1 needs class labels in the batch (CFG)")
+    return 1 + (guidance_max - 1) * torch.rand(x0.shape[0], dtype=x0.dtype, device=x0.device)
+
+
+def _student(model: torch.nn.Module, labels: torch.Tensor | None, scale: torch.Tensor | None, precision: str):  # noqa: ANN202
+    """F_θ(u, τ) with the batch's conditioning, under the chosen precision."""
+
+    def F_fn(u: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        with autocast(u.device, precision):
+            return model(u, tau, labels) if scale is None else model(u, tau, labels, scale)
+
+    return F_fn
+
+
+def _finish_tangent(g: torch.Tensor, config: SCMConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(g normalised or clipped as configured (§4.2), the mean ‖g‖ before that)."""
+    norm = torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1).mean()
+    if config.tangent == "normalize":
+        g = tangent.normalize_tangent(g, config.c)
+    elif config.tangent == "clip":
+        g = tangent.clip_tangent(g)
+    return g, norm
 
 
 def scm_loss(
@@ -99,29 +155,126 @@ def scm_loss(
     x0, labels = batch["x0"], batch.get("labels")
     z, t = _draw(x0, config)
     x_t = flow.noisy(x0, z, t)
-    scale = None
-    if teacher is not None and config.guidance_max > 1:
-        if labels is None:
-            raise ValueError("guidance_max > 1 needs class labels in the batch (CFG)")
-        scale = 1 + (config.guidance_max - 1) * torch.rand(x0.shape[0], dtype=x0.dtype, device=x0.device)
+    scale = _guidance_scales(x0, labels, config.guidance_max) if teacher is not None else None
     if teacher is None:
         dxdt = flow.velocity(x0, z, t)  # sCT: the unbiased one-sample estimate
     else:
-        dxdt = teacher_velocity(teacher, x_t, t, labels, scale, config.sigma_d)
-
-    def F_fn(u: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-        return model(u, tau, labels) if scale is None else model(u, tau, labels, scale)
-
+        with autocast(x0.device, config.precision):
+            dxdt = flow.pf_ode(teacher_output(teacher, x_t, t, labels, scale, config.sigma_d), config.sigma_d)
+    F_fn = _student(model, labels, scale, config.precision)
     r = tangent.warmup_ratio(step, config.warmup_steps)
     with same_randomness(x0.device) as replay:
-        F_minus, jvp_out = tangent_pass(F_fn, x_t, t, dxdt, config.sigma_d)
-        g = tangent.tangent_target(x_t, t, F_minus, dxdt, jvp_out, config.sigma_d, r)
-        g_norm = torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1).mean()
-        if config.tangent == "normalize":
-            g = tangent.normalize_tangent(g, config.c)
-        elif config.tangent == "clip":
-            g = tangent.clip_tangent(g)
+        # one forward-mode pass in the rearranged form of §5.1, finite in fp16 near t = 0, π/2
+        F_minus, jvp_out = (a.to(x0.dtype) for a in tangent_pass(F_fn, x_t, t, dxdt, config.sigma_d))
+        g, g_norm = _finish_tangent(
+            tangent.tangent_target(x_t, t, F_minus, dxdt, jvp_out, config.sigma_d, r), config
+        )
         replay()
-        F = F_fn(x_t / config.sigma_d, t)
-    loss = weighting.scm_loss(F, F_minus, g, model.logvar(t)).mean()
+        F = F_fn(x_t / config.sigma_d, t).to(x0.dtype)
+    loss = weighting.scm_loss(F, F_minus, g, model.logvar(t).to(x0.dtype)).mean()
     return loss, {"loss": loss.detach(), "tangent_norm": g_norm, "r": torch.tensor(r)}
+
+
+@functools.lru_cache(maxsize=8)
+def _discrete_grid(num_steps: int, P_mean: float, P_std: float, sigma_d: float) -> tuple:
+    return schedule.discrete_proposal(num_steps, P_mean, P_std, sigma_d, xp=np)
+
+
+def discrete_scm_loss(
+    model: torch.nn.Module,
+    teacher: torch.nn.Module,
+    batch: dict,
+    config: SCMConfig,
+    step: int,
+    num_steps: int,
+) -> tuple[torch.Tensor, dict]:
+    """Algorithm 2 (dsCD): (t, t′) from the categorical proposal over `num_steps` EDM-spaced
+    intervals (E.2), x_{t′} by one teacher DDIM step, and the target cos t·Δ_θ⁻(x_t, t, t′, r)
+    of Eqs. 37–39 in place of the continuous tangent."""
+    x0, labels = batch["x0"], batch.get("labels")
+    grid, probs = (torch.as_tensor(a, dtype=x0.dtype, device=x0.device) for a in _discrete_grid(
+        num_steps, config.P_mean, config.P_std, config.sigma_d
+    ))  # fmt: skip
+    u = torch.rand(x0.shape[0], dtype=x0.dtype, device=x0.device)
+    t, t_prime = schedule.discrete_pair(u, grid, probs)
+    z = config.sigma_d * torch.randn_like(x0)
+    x_t = flow.noisy(x0, z, t)
+    scale = _guidance_scales(x0, labels, config.guidance_max)
+    with autocast(x0.device, config.precision):
+        F_teacher = teacher_output(teacher, x_t, t, labels, scale, config.sigma_d)
+    x_prime = tangent.discrete_reference(x_t, t, t_prime, F_teacher, config.sigma_d)
+    F_fn = _student(model, labels, scale, config.precision)
+    r = tangent.warmup_ratio(step, config.warmup_steps)
+    with same_randomness(x0.device) as replay:
+        with torch.no_grad():
+            F_minus = F_fn(x_t / config.sigma_d, t).to(x0.dtype)
+            F_minus_prime = F_fn(x_prime / config.sigma_d, t_prime).to(x0.dtype)
+        g = tangent.discrete_tangent(x_t, t, t_prime, F_minus, F_minus_prime, F_teacher, config.sigma_d, r)
+        g, g_norm = _finish_tangent(g, config)
+        replay()
+        F = F_fn(x_t / config.sigma_d, t).to(x0.dtype)
+    loss = weighting.scm_loss(F, F_minus, g, model.logvar(t).to(x0.dtype)).mean()
+    return loss, {"loss": loss.detach(), "tangent_norm": g_norm, "r": torch.tensor(r)}
+
+
+@dataclass(frozen=True)
+class VSDConfig:
+    sigma_d: float = 0.5  # data standard deviation (σ_d)
+    P_mean: float = 0.4  # proposal of t for the generator's L_VSD (Table 4)
+    P_std: float = 2.0
+    fake_P_mean: float = -0.8  # proposal of t for the fake score's L_Diff(φ) (Table 4)
+    fake_P_std: float = 1.6
+    guidance_max: float = 1.0  # CFG scales s ~ U[1, guidance_max] for the teacher (and student)
+    precision: str = "float32"
+
+    def __post_init__(self) -> None:
+        _check_precision(self.precision)
+
+
+def generate(
+    model: torch.nn.Module,
+    z: torch.Tensor,
+    labels: torch.Tensor | None,
+    scale: torch.Tensor | None,
+    config: Any,
+) -> torch.Tensor:
+    """One-step samples g_θ(z′) = f_θ(z′, π/2) = −σ_d F_θ(z′/σ_d, π/2) of a CM (App. C.2)."""
+    t = torch.full((z.shape[0],), math.pi / 2, dtype=z.dtype, device=z.device)
+    F = _student(model, labels, scale, config.precision)(z / config.sigma_d, t).to(z.dtype)
+    return flow.denoise(z, t, F, config.sigma_d)
+
+
+def avsd_loss(
+    model: torch.nn.Module,
+    fake: torch.nn.Module,
+    teacher: torch.nn.Module,
+    weight: torch.nn.Module,
+    batch: dict,
+    config: VSDConfig,
+) -> tuple[torch.Tensor, dict]:
+    """The generator's adaptive VSD loss (App. C.2): e^{w_ψ}/D·‖g_θ − g_θ⁻ + F_pretrain − F_φ‖² − w_ψ,
+    with both scores at x_t = cos t·g_θ(z′) + sin t·z taken as constants. Returns the loss and,
+    in the metrics, the samples (detached) for the fake score's update."""
+    x_data, labels = batch["x0"], batch.get("labels")
+    scale = _guidance_scales(x_data, labels, config.guidance_max)
+    x0 = generate(model, config.sigma_d * torch.randn_like(x_data), labels, scale, config)
+    z = config.sigma_d * torch.randn_like(x0)
+    n = torch.randn(x0.shape[0], dtype=x0.dtype, device=x0.device)
+    t = schedule.t_from_lognormal(n, config.P_mean, config.P_std, config.sigma_d)
+    x_t = flow.noisy(x0.detach(), z, t)
+    with autocast(x0.device, config.precision):
+        F_teacher = teacher_output(teacher, x_t, t, labels, scale, config.sigma_d)
+        with torch.no_grad():
+            F_fake = fake(x_t / config.sigma_d, t, labels).to(x0.dtype)
+    loss = weighting.avsd_loss(x0, x0.detach(), F_teacher, F_fake, weight(t).to(x0.dtype)).mean()
+    return loss, {"loss": loss.detach(), "samples": x0.detach()}
+
+
+def fake_score_loss(
+    fake: torch.nn.Module, samples: torch.Tensor, labels: torch.Tensor | None, config: VSDConfig
+) -> tuple[torch.Tensor, dict]:
+    """L_Diff(φ): the fake score F_φ learns the diffusion of the generator's samples (App. C.2)."""
+    fake_config = DiffusionConfig(
+        config.sigma_d, config.fake_P_mean, config.fake_P_std, precision=config.precision
+    )
+    return diffusion_loss(fake, {"x0": samples, "labels": labels}, fake_config)

@@ -50,7 +50,11 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """trigcore's overhead against the same formulas written directly in torch and jax.numpy
-    (results go in BENCHMARKS.md); pass `-- --quick` for a short run."""
+    """trigcore's overhead against the same formulas written directly in torch and jax.numpy,
+    then the cost of sCT/sCD training steps against a teacher step (results go in
+    BENCHMARKS.md); pass `-- --quick` for a short run."""
     install(session, "torch,jax,dev")
     session.run("python", "benchmarks/overhead.py", *session.posargs)
+    session.run(
+        "python", "benchmarks/steps.py", *(["--repeats", "3"] if "--quick" in session.posargs else [])
+    )

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # trigcore on a GPU, in one go: the dtype/device contract and the math tests with torch tensors on
 # CUDA (JAX runs on its default device, the GPU), then the overhead benchmark on the GPU at two
-# array sizes. Usage: benchmarks/gpu.sh [RESULTS_DIR]   (needs trigcore's requirements installed)
+# array sizes, then the cost of sCT/sCD steps against a teacher step for EDM2-S. Usage: benchmarks/gpu.sh [RESULTS_DIR]   (needs trigcore's requirements installed)
 set -uo pipefail
 out=${1:-gpu-results}
 mkdir -p "$out"
@@ -16,3 +16,5 @@ for shape in 64,4,64,64 256,4,128,128; do
     python3 benchmarks/overhead.py --device cuda --shape "$shape" --seconds 2 --out "$out/$name.md" \
         2>&1 | tee "$out/$name.log" | tail -n 18
 done
+python3 benchmarks/steps.py --device cuda --preset S --resolution 64 --channels 4 --label-dim 1000 \
+    --batch 32 --precision bfloat16 --out "$out/steps_S_bf16.json" 2>&1 | tee "$out/steps_S_bf16.log" | tail -n 10

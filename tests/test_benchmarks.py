@@ -25,3 +25,18 @@ def test_benchmark_quick_run_matches_direct_formulas(tmp_path: Path) -> None:
     assert overhead.main(argv) == 0
     rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) == 1 + len(overhead.FUNCTIONS) * len(backends)  # header + one row per case
+
+
+def test_step_benchmark_runs_every_kind_end_to_end(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    import steps
+
+    out = tmp_path / "steps.json"
+    argv = ["--resolution", "8", "--channels", "1", "--batch", "2", "--repeats", "1", "--warmup", "0"]
+    assert steps.main([*argv, "--out", str(out)]) == 0
+    import json
+
+    result = json.loads(out.read_text())
+    assert set(result["steps"]) == set(steps.KINDS)
+    assert all(row["seconds"] > 0 for row in result["steps"].values())
+    assert len(result["tangent"]) == 3

@@ -160,6 +160,21 @@ def test_apply_gradients_steps_and_refuses_non_finite_losses() -> None:
         optim.make_optimizer(net.parameters(), "sgd")
 
 
+def test_apply_gradients_renormalises_magnitude_preserving_weights() -> None:
+    from backends.torch.edm2 import PRESETS, EDM2UNet
+    from backends.torch.layers import MPConv
+
+    net = EDM2UNet(img_resolution=8, img_channels=1, **PRESETS["tiny"])
+    opt = optim.make_optimizer(net.parameters(), lr=0.1)
+    loss = net(torch.randn(2, 1, 8, 8), torch.ones(2)).square().mean() + net.logvar(torch.ones(2)).sum()
+    assert optim.apply_gradients(loss, opt, model=net)
+    for module in net.modules():
+        if isinstance(module, MPConv):
+            fan_in = module.weight[0].numel()
+            norms = module.weight.detach().reshape(module.weight.shape[0], -1).norm(dim=1)
+            torch.testing.assert_close(norms, torch.full_like(norms, math.sqrt(fan_in)), rtol=1e-3, atol=0)
+
+
 def test_grad_scaler_path_steps_with_fp16_loss_scaling() -> None:
     net = MLP(dim=2, hidden=8)
     opt = optim.make_optimizer(net.parameters(), lr=1e-3)

@@ -52,7 +52,12 @@ def mp_cat(a: torch.Tensor, b: torch.Tensor, dim: int = 1, t: float = 0.5) -> to
 
 class MPConv(torch.nn.Module):
     """A convolution (kernel (kh, kw)) or linear layer (kernel ()) with unit-norm weights per
-    output channel, scaled by gain/√fan_in; weights are re-normalised in place while training."""
+    output channel, scaled by gain/√fan_in.
+
+    EDM2 also projects the stored weights back to unit norm during training; here that happens
+    after each optimiser step (`force_unit_norm`, called by `optim.apply_gradients(model=…)`), so
+    the forward pass has no side effects and runs inside torch.func transforms.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel: tuple[int, ...]) -> None:
         super().__init__()
@@ -61,14 +66,19 @@ class MPConv(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, gain: float | torch.Tensor = 1.0) -> torch.Tensor:
         w = self.weight.to(torch.promote_types(self.weight.dtype, torch.float32))
-        if self.training and not self.weight.is_meta:
-            with torch.no_grad():
-                self.weight.copy_(normalize(w))  # forced weight normalisation (EDM2)
         w = normalize(w) * (gain / math.sqrt(w[0].numel()))
         w = w.to(x.dtype)
         if w.ndim == 2:
             return x @ w.t()
         return F.conv2d(x, w, padding=w.shape[-1] // 2)
+
+
+def force_unit_norm(model: torch.nn.Module) -> None:
+    """EDM2's forced weight normalisation: every MPConv weight back to unit norm per output."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, MPConv):
+                module.weight.copy_(normalize(module.weight))
 
 
 class PositionalEmbedding(torch.nn.Module):

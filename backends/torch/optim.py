@@ -12,6 +12,8 @@ import torch
 
 from trigcore import ema, lr
 
+from .layers import force_unit_norm
+
 
 def make_optimizer(
     params: Iterable[torch.nn.Parameter],
@@ -43,9 +45,11 @@ def apply_gradients(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None = None,
     max_grad_norm: float | None = None,
+    model: torch.nn.Module | None = None,
 ) -> bool:
-    """Backpropagate `loss` and step, with fp16 loss scaling when a scaler is given. Returns
-    False, leaving the weights untouched, when the loss or a gradient is not finite."""
+    """Backpropagate `loss` and step, with fp16 loss scaling when a scaler is given, then
+    re-normalise `model`'s magnitude-preserving weights (EDM2). Returns False, leaving the
+    weights untouched, when the loss or a gradient is not finite."""
     optimizer.zero_grad(set_to_none=True)
     if not torch.isfinite(loss):
         return False
@@ -54,15 +58,17 @@ def apply_gradients(
         scaler.unscale_(optimizer)
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm else float("inf"))
+    finite = bool(torch.isfinite(norm))
     if scaler is not None:
         scaler.step(optimizer)  # skips the step itself on inf/NaN gradients
         scaler.update()
-        return bool(torch.isfinite(norm))
-    if not torch.isfinite(norm):
+    elif finite:
+        optimizer.step()
+    else:
         optimizer.zero_grad(set_to_none=True)
-        return False
-    optimizer.step()
-    return True
+    if finite and model is not None:
+        force_unit_norm(model)
+    return finite
 
 
 def _average_into(average: torch.nn.Module, model: torch.nn.Module, beta: float) -> None:

@@ -1,0 +1,206 @@
+"""The cost of one sCD and one sCT training step relative to one teacher diffusion step, on the
+same network and batch (the paper reports about 2× for sCD; goals: sCD ≤ 1.8×, sCT ≤ 1.6×), and
+the tangent pass with the gradient pass done three ways: a forward-AD dual-tensor pass without a
+graph then F_θ with one (what the backend does), the same with torch.func.jvp, and one fused
+dual-tensor pass with autograd on that yields F_θ and the tangent together.
+
+Each measurement runs in a fresh process, so the peak memory of one kind of step is not hidden
+by another's: on CUDA the peak allocated by torch, on the CPU the growth of the process's peak
+resident set over its size just before the first step.
+
+    python benchmarks/steps.py                          # tiny U-Net on the CPU
+    python benchmarks/steps.py --device cuda --preset S --resolution 64 --channels 4 \\
+        --label-dim 1000 --batch 32 --precision bfloat16  # EDM2-S at the ImageNet-512 latent shape
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+KINDS = ("teacher", "sct", "scd")
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _setup(args: argparse.Namespace):  # noqa: ANN202
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from backends.torch.edm2 import PRESETS, EDM2UNet
+
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    net = EDM2UNet(args.resolution, args.channels, args.label_dim, **PRESETS[args.preset]).to(device)
+    x0 = 0.5 * torch.randn(args.batch, args.channels, args.resolution, args.resolution, device=device)
+    labels = None
+    if args.label_dim:
+        classes = torch.randint(args.label_dim, (args.batch,), device=device)
+        labels = torch.nn.functional.one_hot(classes, args.label_dim).float()
+    return torch, device, net, {"x0": x0, "labels": labels}
+
+
+def _sync(torch, device) -> None:  # noqa: ANN001
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_step(args: argparse.Namespace) -> dict:
+    """Median seconds and peak memory of `args.measure` steps (teacher, sct or scd)."""
+    import copy
+
+    torch, device, net, batch = _setup(args)
+    from backends.torch import optim, steps
+
+    teacher = copy.deepcopy(net).eval() if args.measure == "scd" else None
+    optimizer = optim.make_optimizer(net.parameters(), lr=1e-4)
+    if args.measure == "teacher":
+        config = steps.DiffusionConfig(precision=args.precision)
+
+        def loss_fn(step: int):  # noqa: ANN202
+            return steps.diffusion_loss(net, batch, config)[0]
+    else:
+        config = steps.SCMConfig(precision=args.precision)
+
+        def loss_fn(step: int):  # noqa: ANN202
+            return steps.scm_loss(net, batch, config, step, teacher)[0]
+
+    times = []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        base = _rss_bytes()
+    for step in range(args.warmup + args.repeats):
+        _sync(torch, device)
+        start = time.perf_counter()
+        optim.apply_gradients(loss_fn(step), optimizer, model=net)
+        _sync(torch, device)
+        if step >= args.warmup:
+            times.append(time.perf_counter() - start)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) - base
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    return {"kind": args.measure, "seconds": statistics.median(times), "peak_bytes": max(peak, 0)}
+
+
+def measure_tangent(args: argparse.Namespace) -> dict:
+    """Median seconds of the tangent pass plus the gradient pass, done three ways."""
+    import torch.autograd.forward_ad as fwAD
+
+    torch, device, net, batch = _setup(args)
+    from backends.torch.autodiff import tangent_pass
+    from trigcore import tangent
+
+    x = batch["x0"]
+    t = torch.rand(x.shape[0], device=device) + 0.1
+    v = torch.randn_like(x)
+    tx, tt = tangent.jvp_tangents(x, t, v, 0.5)
+
+    def F(u, tau):  # noqa: ANN001, ANN202
+        return net(u, tau, batch["labels"])
+
+    def loss(F_theta, F_minus, jvp):  # noqa: ANN001, ANN202 - a loss of the sCM form
+        return ((F_theta - F_minus - jvp) ** 2).mean()
+
+    def separate_dual():  # noqa: ANN202
+        F_minus, jvp = tangent_pass(F, x, t, v, 0.5)
+        loss(F(x / 0.5, t), F_minus, jvp).backward()
+
+    def separate_func():  # noqa: ANN202
+        with torch.no_grad():
+            F_minus, jvp = torch.func.jvp(F, (x / 0.5, t), (tx, tt))
+        loss(F(x / 0.5, t), F_minus, jvp).backward()
+
+    def fused():  # noqa: ANN202
+        with fwAD.dual_level():
+            primal, jvp = fwAD.unpack_dual(F(fwAD.make_dual(x / 0.5, tx), fwAD.make_dual(t, tt)))
+            value = loss(primal, primal.detach(), jvp.detach())
+        value.backward()  # outside the dual level: backward ops need no forward derivative
+
+    ways = {"dual tensors, then F_θ": separate_dual, "func.jvp, then F_θ": separate_func, "fused": fused}
+    out = {}
+    for name, fn in ways.items():
+        times = []
+        for i in range(args.warmup + args.repeats):
+            _sync(torch, device)
+            start = time.perf_counter()
+            fn()
+            _sync(torch, device)
+            if i >= args.warmup:
+                times.append(time.perf_counter() - start)
+        out[name] = statistics.median(times)
+    return out
+
+
+def _child(args: argparse.Namespace, measure: str) -> dict:
+    command = [sys.executable, __file__, "--measure", measure]
+    options = ("preset", "resolution", "channels", "label_dim", "batch", "device", "precision", "repeats")
+    for key in (*options, "warmup", "threads"):
+        command += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode:
+        raise RuntimeError(f"{measure} failed:\n{result.stderr}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="tiny", help="EDM2 U-Net preset (tiny, S, M, L, XL, XXL)")
+    parser.add_argument("--resolution", type=int, default=16, help="image side")
+    parser.add_argument("--channels", type=int, default=3, help="image channels")
+    parser.add_argument("--label-dim", type=int, default=10, help="classes (0: unconditional)")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--repeats", type=int, default=10, help="timed steps per kind")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--out", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--measure", choices=(*KINDS, "tangent"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.measure:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        print(json.dumps(measure_tangent(args) if args.measure == "tangent" else measure_step(args)))
+        return 0
+
+    shape = f"{args.batch}×{args.channels}×{args.resolution}²"
+    where = f"{args.label_dim} classes, {args.device}, {args.precision}"
+    print(f"EDM2 U-Net '{args.preset}', batch {shape}, {where}")
+    rows = {kind: _child(args, kind) for kind in KINDS}
+    base = rows["teacher"]
+    print(f"{'step':<8} {'ms':>9} {'× teacher':>10} {'peak MiB':>10} {'× teacher':>10}")
+    for kind, row in rows.items():
+        memory_ratio = row["peak_bytes"] / base["peak_bytes"] if base["peak_bytes"] else float("nan")
+        print(
+            f"{kind:<8} {1e3 * row['seconds']:9.1f} {row['seconds'] / base['seconds']:10.2f} "
+            f"{row['peak_bytes'] / 2**20:10.1f} {memory_ratio:10.2f}"
+        )
+    tangent_times = _child(args, "tangent")
+    print("tangent pass + gradient pass (backward of an sCM-form loss):")
+    first = next(iter(tangent_times.values()))
+    for name, seconds in tangent_times.items():
+        print(f"  {name:<22} {1e3 * seconds:9.1f} ms  ({seconds / first:.2f}×)")
+    if args.out:
+        args.out.write_text(json.dumps({"config": vars(args) | {"out": str(args.out)}, "steps": rows,
+                                        "tangent": tangent_times}, indent=2))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 from backends.torch import attention as attention_op  # noqa: E402
 from backends.torch import optim, steps  # noqa: E402
 from backends.torch.autodiff import same_randomness, tangent_pass  # noqa: E402
+from backends.torch.ddpmpp import DDPMpp  # noqa: E402
 from backends.torch.edm2 import PRESETS, EDM2UNet  # noqa: E402
 from backends.torch.layers import AdaptiveWeight, count_parameters  # noqa: E402
 from backends.torch.mlp import MLP  # noqa: E402
@@ -96,7 +97,7 @@ def finite_difference(f, primals: tuple, tangents: tuple, eps: float = 1e-6) -> 
     return (plus - minus) / (2 * eps)
 
 
-@pytest.mark.parametrize("network", ["mlp", "edm2"])
+@pytest.mark.parametrize("network", ["mlp", "edm2", "ddpmpp"])
 def test_network_jvp_matches_finite_differences(network: str) -> None:
     labels = torch.nn.functional.one_hot(torch.tensor([1, 7, 3]), 10).to(DOUBLE)
     scale = torch.tensor([1.0, 1.5, 2.0], dtype=DOUBLE)
@@ -104,8 +105,16 @@ def test_network_jvp_matches_finite_differences(network: str) -> None:
         torch.manual_seed(0)
         net = MLP(dim=2, hidden=32, label_dim=10, guidance=True).to(DOUBLE)
         x = randn(3, 2, seed=1)
-    else:
+    elif network == "edm2":
         net = tiny_unet(guidance=True)
+        x = randn(3, 1, 8, 8, seed=1)
+    else:
+        torch.manual_seed(0)
+        net = DDPMpp(8, 1, 10, model_channels=16, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(4,),
+                     guidance=True).to(DOUBLE).eval()  # fmt: skip
+        with torch.no_grad():  # the zero-initialised output layers would hide the inner JVP
+            for p in net.parameters():
+                p.add_(0.05 * torch.randn_like(p))
         x = randn(3, 1, 8, 8, seed=1)
     t = torch.tensor([0.2, 0.9, 1.4], dtype=DOUBLE)
 
@@ -127,6 +136,18 @@ def test_preset_parameter_counts_match_the_paper(preset: str) -> None:
     with torch.device("meta"):  # shapes only: no memory is allocated
         net = EDM2UNet(img_resolution=64, img_channels=4, label_dim=1000, **PRESETS[preset])
     assert count_parameters(net) == pytest.approx(TABLE_PARAMS[preset], rel=0.01)
+
+
+def test_ddpmpp_cifar10_configuration() -> None:
+    with torch.device("meta"):
+        net = DDPMpp()  # EDM's CIFAR-10 DDPM++: 32×32×3, 128 × (2, 2, 2), 4 blocks, attention at 16×16
+    names = dict(net.named_parameters())
+    assert "enc.16x16_block0.qkv.weight" in names and "dec.32x32_aux_conv.weight" in names
+    assert names["enc.32x32_block0.affine.weight"].shape == (2 * 256, 512)  # s(t) and b(t) of ADN
+    # EDM's DDPM++ has 55.7M parameters; adaptive double normalisation adds a shift b(t) to each
+    # block's embedding projection, i.e. half of every `affine` layer
+    shift = sum(p.numel() // 2 for name, p in net.named_parameters() if ".affine." in name)
+    assert count_parameters(net) - shift == pytest.approx(55.7e6, rel=0.01)
 
 
 def test_documented_parameter_names_exist() -> None:
@@ -309,21 +330,27 @@ def ring_teacher() -> tuple:
     return data, teacher.eval()
 
 
-def one_step_sliced_wasserstein(model: torch.nn.Module, data) -> float:  # noqa: ANN001
+def sliced_wasserstein_of_samples(model: torch.nn.Module, data, boundaries=None) -> float:  # noqa: ANN001
+    """SW of one-step samples to the data, or of DDIM through a multistep CM's boundaries."""
     sd = 0.5
     z = torch.tensor(np.random.default_rng(6).normal(size=(2000, 2)) * sd, dtype=torch.float32)
     with torch.no_grad():
-        x = samplers.sample_consistency(lambda u, t: model(u, t), z, [schedule.t_max(sd)], sd)
+        if boundaries is None:
+            x = samplers.sample_consistency(lambda u, t: model(u, t), z, [schedule.t_max(sd)], sd)
+        else:
+            times = [schedule.t_max(sd), *reversed(boundaries.tolist())]
+            x = samplers.sample_ode(lambda u, t: model(u, t), z, times, sd, method="ddim")
     reference_samples = data.sample(2000, np.random.default_rng(5))
     return sliced_wasserstein(x.numpy(), reference_samples, np.random.default_rng(1))
 
 
-@pytest.mark.parametrize("kind", ["sct", "scd", "dscd", "scd+avsd"])
+@pytest.mark.parametrize("kind", ["sct", "scd", "dscd", "scd+avsd", "multistep scd"])
 def test_tiny_consistency_training_lowers_sliced_wasserstein(ring_teacher: tuple, kind: str) -> None:
     data, teacher = ring_teacher
     student = copy.deepcopy(teacher).train()  # every method starts from the teacher (G.2)
     fake, weight = copy.deepcopy(teacher).train(), AdaptiveWeight(32)  # aVSD's F_φ and w_ψ
-    before = one_step_sliced_wasserstein(student, data)
+    boundaries = torch.tensor(steps.multistep_times(2, 0.5)) if kind == "multistep scd" else None
+    before = sliced_wasserstein_of_samples(student, data, boundaries)
     torch.manual_seed(1)
     rng = np.random.default_rng(1)
     optimizer = optim.make_optimizer([*student.parameters(), *weight.parameters()], lr=5e-4, eps=1e-8)
@@ -334,7 +361,9 @@ def test_tiny_consistency_training_lowers_sliced_wasserstein(ring_teacher: tuple
         if kind == "dscd":
             loss, _ = steps.discrete_scm_loss(student, teacher, batch, config, step, num_steps=64)
         else:
-            loss, _ = steps.scm_loss(student, batch, config, step, teacher if kind != "sct" else None)
+            loss, _ = steps.scm_loss(
+                student, batch, config, step, teacher if kind != "sct" else None, boundaries
+            )
         if kind == "scd+avsd":
             vsd, metrics = steps.avsd_loss(student, fake, teacher, weight, batch, vsd_config)
             loss = loss + vsd  # λ_VSD = 1 (Table 4)
@@ -342,6 +371,7 @@ def test_tiny_consistency_training_lowers_sliced_wasserstein(ring_teacher: tuple
         if kind == "scd+avsd":
             fake_loss, _ = steps.fake_score_loss(fake, metrics["samples"], None, vsd_config)
             assert optim.apply_gradients(fake_loss, fake_optimizer)
-    after = one_step_sliced_wasserstein(student.eval(), data)
-    # measured: ≈ 0.49 before, 0.04–0.06 after 200 steps
+    after = sliced_wasserstein_of_samples(student.eval(), data, boundaries)
+    # measured: ≈ 0.49 before, 0.04–0.06 after 200 steps (one-step samples; two DDIM steps for
+    # the 2-step multistep CM)
     assert after < 0.3 * before, (before, after)

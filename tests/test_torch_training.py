@@ -236,3 +236,54 @@ def test_half_life_ema_uses_edm_beta() -> None:
     average.update(model, batch_size=100)
     beta = 0.5 ** (100 / 1000)
     torch.testing.assert_close(average.average.w, torch.full((3,), 1 - beta, dtype=DOUBLE))
+
+
+def test_multistep_scm_loss_is_algorithm_1_for_the_ddim_step_to_the_segment_start() -> None:
+    net, teacher = mlp(0), mlp(1)
+    sd, step = 0.5, 20
+    config = steps.SCMConfig(sigma_d=sd, P_mean=-0.5, P_std=1.4, warmup_steps=40)
+    boundaries = torch.tensor(steps.multistep_times(4, sd), dtype=DOUBLE)
+    x0 = x0_batch(8)
+    torch.manual_seed(5)
+    loss, _ = steps.scm_loss(net, {"x0": x0}, config, step, teacher, boundaries)
+    # by hand: f(x, τ) = DDIM step from τ to the segment start s, its derivative along the teacher's
+    # PF-ODE by autodiff, and the target cos(t − s)·df/dt
+    torch.manual_seed(5)
+    z = sd * torch.randn_like(x0)
+    t = torch.atan(torch.exp(-0.5 + 1.4 * torch.randn(8, dtype=DOUBLE)) / sd)
+    x_t = torch.cos(t)[:, None] * x0 + torch.sin(t)[:, None] * z
+    s = torch.stack([boundaries[boundaries <= ti].max() for ti in t])
+    assert len(set(s.tolist())) > 1  # the batch spans several segments
+    dxdt = sd * teacher(x_t / sd, t).detach()
+    r = step / 40
+
+    def f(x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        h = (tau - s)[:, None]
+        return torch.cos(h) * x - torch.sin(h) * sd * net(x / sd, tau)
+
+    with torch.no_grad():
+        _, dfdt = torch.func.jvp(f, (x_t, t), (dxdt, torch.ones_like(t)))
+        h = (t - s)[:, None]
+        F_minus = net(x_t / sd, t)
+        first = -torch.cos(h) * (sd * F_minus - dxdt)  # Eq. 6's stable term at t − s
+        g = torch.cos(h) * (first + r * (dfdt - first))
+    g = g / (g.norm(dim=1, keepdim=True) + 0.1)
+    w = net.logvar(t)
+    expected = (torch.exp(w) / 2 * ((net(x_t / sd, t) - F_minus - g) ** 2).sum(1) - w).mean()
+    torch.testing.assert_close(loss, expected)
+
+
+def test_one_segment_is_plain_scm() -> None:
+    net, teacher = mlp(0), mlp(1)
+    config = steps.SCMConfig(sigma_d=0.5)
+    x0 = x0_batch()
+    plain = [
+        torch.manual_seed(3) and steps.scm_loss(net, {"x0": x0}, config, 5, teacher)[0] for _ in range(1)
+    ]
+    torch.manual_seed(3)
+    one = steps.scm_loss(net, {"x0": x0}, config, 5, teacher, torch.zeros(1, dtype=DOUBLE))[0]
+    torch.testing.assert_close(one, plain[0])
+    assert steps.multistep_times(1, 0.5) == [0.0]
+    assert len(steps.multistep_times(8, 0.5)) == 8
+    with pytest.raises(ValueError, match="segments must be"):
+        steps.multistep_times(0, 0.5)

@@ -26,9 +26,13 @@ def tangent_pass(
     t: torch.Tensor,
     dxdt: torch.Tensor,
     sigma_d: float,
+    segment_start: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(F_θ⁻(x_t/σ_d, t), σ_d cos t sin t·dF_θ⁻/dt) for F_fn(x/σ_d, t) along dx_t/dt = dxdt."""
-    tx, tt = tangent.jvp_tangents(x_t, t, dxdt, sigma_d)
+    """(F_θ⁻(x_t/σ_d, t), σ_d cos t sin t·dF_θ⁻/dt) for F_fn(x/σ_d, t) along dx_t/dt = dxdt.
+
+    With `segment_start` s (multistep CMs, which map x_t to x_s) the factors are cos(t−s)·sin(t−s)
+    while the network still sees t."""
+    tx, tt = tangent.jvp_tangents(x_t, t if segment_start is None else t - segment_start, dxdt, sigma_d)
     with torch.no_grad(), fwAD.dual_level():
         out = fwAD.unpack_dual(F_fn(fwAD.make_dual(x_t / sigma_d, tx), fwAD.make_dual(t, tt)))
         if out.tangent is None:  # F does not depend on its inputs at all

@@ -4,6 +4,11 @@ chosen resolutions, class conditioning (label dropout for CFG happens in the tra
 both passes of a step see the same labels), an optional guidance-scale input for sCD (G.2) and
 the adaptive-weighting head w_φ(t).
 
+Adaptive double normalisation is norm(y) ⊙ pnorm(s(t)) with s = 1 + W·emb: EDM2's scale-only
+modulation with both factors normalised. A shift pnorm(b(t)), as in `ddpmpp`, needs a second
+projection per block (+4.9% parameters), and Tables 3–4 give EDM2's counts exactly, so these
+presets keep one projection.
+
 Parameter names (shared with the JAX backend): `emb_noise.weight`, `emb_label.weight`,
 `emb_guidance.weight`, `enc.{R}x{R}_conv.weight`, `enc.{R}x{R}_down.*`, `enc.{R}x{R}_block{i}.*`,
 `dec.{R}x{R}_in0.*`, `dec.{R}x{R}_in1.*`, `dec.{R}x{R}_up.*`, `dec.{R}x{R}_block{i}.*`,

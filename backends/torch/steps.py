@@ -146,9 +146,15 @@ def scm_loss(
     config: SCMConfig,
     step: int,
     teacher: torch.nn.Module | None = None,
+    boundaries: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """Algorithm 1: sCT when `teacher` is None (dx_t/dt = v_t), else sCD with the teacher's
     PF-ODE (and CFG at s ~ U[1, guidance_max] when guidance_max > 1, s given to the student).
+
+    `boundaries` (increasing, from 0) trains a multistep CM: on each segment [s, s′) it is
+    f(x_t, t) = cos(t−s)·x_t − sin(t−s)·σ_d F, one DDIM step from t to s, so its tangent and
+    target are Algorithm 1's with every cos t, sin t taken at t − s (the network still sees t);
+    it samples with DDIM over the boundaries (`multistep_times`).
 
     The tangent pass (θ⁻, no graph) and the gradient pass (θ) see the same dropout masks.
     """
@@ -162,17 +168,35 @@ def scm_loss(
         with autocast(x0.device, config.precision):
             dxdt = flow.pf_ode(teacher_output(teacher, x_t, t, labels, scale, config.sigma_d), config.sigma_d)
     F_fn = _student(model, labels, scale, config.precision)
+    start = segment_start(t, boundaries) if boundaries is not None else None
+    local = t if start is None else t - start  # the time the CM's coefficients see
     r = tangent.warmup_ratio(step, config.warmup_steps)
     with same_randomness(x0.device) as replay:
         # one forward-mode pass in the rearranged form of §5.1, finite in fp16 near t = 0, π/2
-        F_minus, jvp_out = (a.to(x0.dtype) for a in tangent_pass(F_fn, x_t, t, dxdt, config.sigma_d))
-        g, g_norm = _finish_tangent(
-            tangent.tangent_target(x_t, t, F_minus, dxdt, jvp_out, config.sigma_d, r), config
-        )
+        F_minus, jvp_out = (a.to(x0.dtype) for a in tangent_pass(F_fn, x_t, t, dxdt, config.sigma_d, start))
+        target = tangent.tangent_target(x_t, local, F_minus, dxdt, jvp_out, config.sigma_d, r)
+        g, g_norm = _finish_tangent(target, config)
         replay()
         F = F_fn(x_t / config.sigma_d, t).to(x0.dtype)
     loss = weighting.scm_loss(F, F_minus, g, model.logvar(t).to(x0.dtype)).mean()
     return loss, {"loss": loss.detach(), "tangent_norm": g_norm, "r": torch.tensor(r)}
+
+
+def multistep_times(segments: int, sigma_d: float) -> list[float]:
+    """Segment boundaries of an M-step CM, increasing from 0: 0 and arctan(σ_i/σ_d) for the M − 1
+    interior levels of EDM's ρ-spaced grid of M + 1 levels from σ_max = 80 to σ_min = 0.002.
+    Sampling runs DDIM through them downwards from t_max:
+    `samplers.sample_ode(F_fn, z, [t_max, *reversed(b)], sigma_d, method="ddim")`."""
+    if segments < 1:
+        raise ValueError(f"segments must be >= 1, got {segments}")
+    interior = schedule.edm_sigmas(segments + 1, xp=np)[1:-1]
+    return [0.0, *sorted(math.atan(float(sigma) / sigma_d) for sigma in interior)]
+
+
+def segment_start(t: torch.Tensor, boundaries: torch.Tensor) -> torch.Tensor:
+    """The start s of the segment [s, s′) of `boundaries` (increasing, from 0) holding each t."""
+    index = torch.searchsorted(boundaries, t.contiguous(), right=True) - 1
+    return boundaries[index.clamp(min=0)]
 
 
 @functools.lru_cache(maxsize=8)

@@ -251,15 +251,21 @@ def test_diffusion_loss_matches_a_hand_computed_reference() -> None:
     torch.testing.assert_close(loss, expected)
 
 
-@pytest.mark.parametrize("kind", ["sct", "scd"])
+@pytest.mark.parametrize("kind", ["sct", "scd", "scd-cfg"])
 def test_scm_loss_matches_algorithm_1_by_hand(kind: str) -> None:
     torch.manual_seed(0)
-    net, teacher = MLP(dim=2, hidden=16).to(DOUBLE), MLP(dim=2, hidden=16).to(DOUBLE)
+    cfg = kind == "scd-cfg"  # a CFG teacher at s ~ U[1, 2], s given to the student (G.2)
+    net = MLP(dim=2, hidden=16, label_dim=3 if cfg else 0, guidance=cfg).to(DOUBLE)
+    teacher = MLP(dim=2, hidden=16, label_dim=3 if cfg else 0).to(DOUBLE)
     sd, step = 0.5, 30
-    config = steps.SCMConfig(sigma_d=sd, P_mean=-1.0, P_std=1.4, warmup_steps=100)
+    config = steps.SCMConfig(
+        sigma_d=sd, P_mean=-1.0, P_std=1.4, warmup_steps=100, guidance_max=2.0 if cfg else 1.0
+    )
     x0 = randn(5, 2, seed=1)
+    labels = torch.nn.functional.one_hot(torch.tensor([0, 2, 1, 1, 0]), 3).to(DOUBLE) if cfg else None
+    batch = {"x0": x0, "labels": labels}
     loss, metrics = seeded(
-        lambda: steps.scm_loss(net, {"x0": x0}, config, step, teacher if kind == "scd" else None)
+        lambda: steps.scm_loss(net, batch, config, step, None if kind == "sct" else teacher)
     )
     # Algorithm 1 written out, with the unrearranged JVP along (dx_t/dt, 1) and Eq. 6
     torch.manual_seed(3)
@@ -267,17 +273,37 @@ def test_scm_loss_matches_algorithm_1_by_hand(kind: str) -> None:
     t = torch.atan(torch.exp(-1.0 + 1.4 * torch.randn(5, dtype=DOUBLE)) / sd)
     c, s = torch.cos(t)[:, None], torch.sin(t)[:, None]
     x_t = c * x0 + s * z
-    dxdt = c * z - s * x0 if kind == "sct" else sd * teacher(x_t / sd, t).detach()
-    F_minus, dFdt = torch.func.jvp(lambda x_, t_: net(x_ / sd, t_), (x_t, t), (dxdt, torch.ones_like(t)))
+    if kind == "sct":
+        dxdt = c * z - s * x0
+    elif kind == "scd":
+        dxdt = sd * teacher(x_t / sd, t).detach()
+    else:
+        scale = 1 + torch.rand(5, dtype=DOUBLE)
+        F_c, F_u = teacher(x_t / sd, t, labels), teacher(x_t / sd, t, torch.zeros_like(labels))
+        dxdt = sd * (F_u + scale[:, None] * (F_c - F_u)).detach()
+
+    def student(x_: torch.Tensor, t_: torch.Tensor) -> torch.Tensor:
+        return net(x_ / sd, t_, labels, scale) if cfg else net(x_ / sd, t_)
+
+    F_minus, dFdt = torch.func.jvp(student, (x_t, t), (dxdt, torch.ones_like(t)))
     r = step / 100
     g = -(c**2) * (sd * F_minus - dxdt) - r * c * s * (x_t + sd * dFdt)
     g = g / (g.norm(dim=1, keepdim=True) + 0.1)
     w = net.logvar(t)
-    expected = (
-        torch.exp(w) / 2 * ((net(x_t / sd, t) - F_minus.detach() - g.detach()) ** 2).sum(1) - w
-    ).mean()
+    residual = student(x_t, t) - F_minus.detach() - g.detach()
+    expected = (torch.exp(w) / 2 * (residual**2).sum(1) - w).mean()
     torch.testing.assert_close(loss, expected)
     assert metrics["r"] == pytest.approx(0.3)
+
+
+def test_label_dropout_zeroes_whole_labels() -> None:
+    labels = torch.nn.functional.one_hot(torch.arange(1000) % 10, 10).to(DOUBLE)
+    assert steps.drop_labels(labels, 0.0) is labels
+    assert not steps.drop_labels(labels, 1.0).any()
+    torch.manual_seed(0)
+    kept = steps.drop_labels(labels, 0.1).sum(1)
+    assert set(kept.tolist()) <= {0.0, 1.0}
+    assert 0.05 < 1 - kept.mean().item() < 0.15
 
 
 def test_scm_gradient_is_the_eq2_gradient_with_the_prior_weight() -> None:

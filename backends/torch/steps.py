@@ -282,9 +282,7 @@ def avsd_loss(
     x_data, labels = batch["x0"], batch.get("labels")
     scale = _guidance_scales(x_data, labels, config.guidance_max)
     x0 = generate(model, config.sigma_d * torch.randn_like(x_data), labels, scale, config)
-    z = config.sigma_d * torch.randn_like(x0)
-    n = torch.randn(x0.shape[0], dtype=x0.dtype, device=x0.device)
-    t = schedule.t_from_lognormal(n, config.P_mean, config.P_std, config.sigma_d)
+    z, t = _draw(x0, config)
     x_t = flow.noisy(x0.detach(), z, t)
     with autocast(x0.device, config.precision):
         F_teacher = teacher_output(teacher, x_t, t, labels, scale, config.sigma_d)

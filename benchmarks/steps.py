@@ -34,7 +34,7 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _setup(args: argparse.Namespace):  # noqa: ANN202
+def _setup(args: argparse.Namespace):
     import torch
 
     sys.path.insert(0, str(ROOT))
@@ -51,7 +51,7 @@ def _setup(args: argparse.Namespace):  # noqa: ANN202
     return torch, device, net, {"x0": x0, "labels": labels}
 
 
-def _sync(torch, device) -> None:  # noqa: ANN001
+def _sync(torch, device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -68,12 +68,12 @@ def measure_step(args: argparse.Namespace) -> dict:
     if args.measure == "teacher":
         config = steps.DiffusionConfig(precision=args.precision)
 
-        def loss_fn(step: int):  # noqa: ANN202
+        def loss_fn(step: int):
             return steps.diffusion_loss(net, batch, config)[0]
     else:
         config = steps.SCMConfig(precision=args.precision)
 
-        def loss_fn(step: int):  # noqa: ANN202
+        def loss_fn(step: int):
             return steps.scm_loss(net, batch, config, step, teacher)[0]
 
     times = []
@@ -109,22 +109,22 @@ def measure_tangent(args: argparse.Namespace) -> dict:
     v = torch.randn_like(x)
     tx, tt = tangent.jvp_tangents(x, t, v, 0.5)
 
-    def F(u, tau):  # noqa: ANN001, ANN202
+    def F(u, tau):
         return net(u, tau, batch["labels"])
 
-    def loss(F_theta, F_minus, jvp):  # noqa: ANN001, ANN202 - a loss of the sCM form
+    def loss(F_theta, F_minus, jvp):  # a loss of the sCM form
         return ((F_theta - F_minus - jvp) ** 2).mean()
 
-    def separate_dual():  # noqa: ANN202
+    def separate_dual():
         F_minus, jvp = tangent_pass(F, x, t, v, 0.5)
         loss(F(x / 0.5, t), F_minus, jvp).backward()
 
-    def separate_func():  # noqa: ANN202
+    def separate_func():
         with torch.no_grad():
             F_minus, jvp = torch.func.jvp(F, (x / 0.5, t), (tx, tt))
         loss(F(x / 0.5, t), F_minus, jvp).backward()
 
-    def fused():  # noqa: ANN202
+    def fused():
         with fwAD.dual_level():
             primal, jvp = fwAD.unpack_dual(F(fwAD.make_dual(x / 0.5, tx), fwAD.make_dual(t, tt)))
             value = loss(primal, primal.detach(), jvp.detach())

@@ -91,7 +91,7 @@ def tiny_unet(**kwargs: object) -> EDM2UNet:
     return net.eval()
 
 
-def finite_difference(f, primals: tuple, tangents: tuple, eps: float = 1e-6) -> torch.Tensor:  # noqa: ANN001
+def finite_difference(f, primals: tuple, tangents: tuple, eps: float = 1e-6) -> torch.Tensor:
     plus = f(*(p + eps * tp for p, tp in zip(primals, tangents)))
     minus = f(*(p - eps * tp for p, tp in zip(primals, tangents)))
     return (plus - minus) / (2 * eps)
@@ -227,7 +227,7 @@ def test_same_randomness_replays_dropout_masks() -> None:
     assert not torch.equal(torch.nn.functional.dropout(x, 0.5), a)  # and the generator moves on
 
 
-def seeded(fn, seed: int = 3):  # noqa: ANN001, ANN201 - fn() with torch's generator at a fixed state
+def seeded(fn, seed: int = 3):  # fn() with torch's generator at a fixed state
     torch.manual_seed(seed)
     return fn()
 
@@ -356,7 +356,7 @@ def ring_teacher() -> tuple:
     return data, teacher.eval()
 
 
-def sliced_wasserstein_of_samples(model: torch.nn.Module, data, boundaries=None) -> float:  # noqa: ANN001
+def sliced_wasserstein_of_samples(model: torch.nn.Module, data, boundaries=None) -> float:
     """SW of one-step samples to the data, or of DDIM through a multistep CM's boundaries."""
     sd = 0.5
     z = torch.tensor(np.random.default_rng(6).normal(size=(2000, 2)) * sd, dtype=torch.float32)

@@ -32,12 +32,12 @@ BLOCK_SIZE = 512
 TangentKernel = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
-def _materialised(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tq, tk, tv, scale: float):  # noqa: ANN001
-    return reference.attention_jvp(q, k, v, tq, tk, tv, scale)
+def _materialised(*args: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+    return reference.attention_jvp(*args)
 
 
-def _blockwise(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tq, tk, tv, scale: float):  # noqa: ANN001
-    return reference.flash_attention_jvp(q, k, v, tq, tk, tv, scale, block_size=BLOCK_SIZE)
+def _blockwise(*args: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+    return reference.flash_attention_jvp(*args, block_size=BLOCK_SIZE)
 
 
 # Which tangent computation serves which device: the capability table of the attention op. A

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,7 +121,9 @@ def _guidance_scales(
     return 1 + (guidance_max - 1) * torch.rand(x0.shape[0], dtype=x0.dtype, device=x0.device)
 
 
-def _student(model: torch.nn.Module, labels: torch.Tensor | None, scale: torch.Tensor | None, precision: str):  # noqa: ANN202
+def _student(
+    model: torch.nn.Module, labels: torch.Tensor | None, scale: torch.Tensor | None, precision: str
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """F_θ(u, τ) with the batch's conditioning, under the chosen precision."""
 
     def F_fn(u: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("teacher", "sct", "scd")
@@ -56,6 +58,19 @@ def _sync(torch, device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _median_seconds(fn: Callable[[int], object], args: argparse.Namespace, torch: Any, device: Any) -> float:
+    """Median wall time of fn(i) over args.repeats calls after args.warmup untimed ones."""
+    times = []
+    for i in range(args.warmup + args.repeats):
+        _sync(torch, device)
+        start = time.perf_counter()
+        fn(i)
+        _sync(torch, device)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def measure_step(args: argparse.Namespace) -> dict:
     """Median seconds and peak memory of `args.measure` steps (teacher, sct or scd)."""
     import copy
@@ -76,24 +91,19 @@ def measure_step(args: argparse.Namespace) -> dict:
         def loss_fn(step: int):
             return steps.scm_loss(net, batch, config, step, teacher)[0]
 
-    times = []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     else:
         base = _rss_bytes()
-    for step in range(args.warmup + args.repeats):
-        _sync(torch, device)
-        start = time.perf_counter()
-        optim.apply_gradients(loss_fn(step), optimizer, model=net)
-        _sync(torch, device)
-        if step >= args.warmup:
-            times.append(time.perf_counter() - start)
+    seconds = _median_seconds(
+        lambda step: optim.apply_gradients(loss_fn(step), optimizer, model=net), args, torch, device
+    )
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) - base
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    return {"kind": args.measure, "seconds": statistics.median(times), "peak_bytes": max(peak, 0)}
+    return {"kind": args.measure, "seconds": seconds, "peak_bytes": max(peak, 0)}
 
 
 def measure_tangent(args: argparse.Namespace) -> dict:
@@ -131,18 +141,7 @@ def measure_tangent(args: argparse.Namespace) -> dict:
         value.backward()  # outside the dual level: backward ops need no forward derivative
 
     ways = {"dual tensors, then F_θ": separate_dual, "func.jvp, then F_θ": separate_func, "fused": fused}
-    out = {}
-    for name, fn in ways.items():
-        times = []
-        for i in range(args.warmup + args.repeats):
-            _sync(torch, device)
-            start = time.perf_counter()
-            fn()
-            _sync(torch, device)
-            if i >= args.warmup:
-                times.append(time.perf_counter() - start)
-        out[name] = statistics.median(times)
-    return out
+    return {name: _median_seconds(lambda _, fn=fn: fn(), args, torch, device) for name, fn in ways.items()}
 
 
 def _child(args: argparse.Namespace, measure: str) -> dict:

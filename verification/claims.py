@@ -44,6 +44,7 @@ r = sp.Symbol("r", real=True)
 T_RANGE = (0.05, math.pi / 2 - 0.05)
 SIGMA_D_RANGE = (0.2, 3.0)
 X_RANGE = (-3.0, 3.0)
+PATH_INPUTS = {"x": (x, X_RANGE), "v": (v, X_RANGE), "t": (t, T_RANGE), "sigma_d": (sigma_d, SIGMA_D_RANGE)}
 
 
 concrete = network_in(X)  # numeric.network on symbols
@@ -109,7 +110,7 @@ def tangent_eq6() -> None:
     agree(
         "df/dt by forward-mode autodiff of flow.denoise",
         dfdt,
-        {"x": (x, X_RANGE), "v": (v, X_RANGE), "t": (t, T_RANGE), "sigma_d": (sigma_d, SIGMA_D_RANGE)},
+        PATH_INPUTS,
         lambda b, a: b.jvp(
             lambda x_, t_: flow.denoise(x_, t_, network_in(b.xp)(x_ / a["sigma_d"], t_), a["sigma_d"]),
             (a["x"], a["t"]),
@@ -145,7 +146,7 @@ def jvp_rearrangement() -> None:
     agree(
         "autodiff JVP along tangent.jvp_tangents",
         sigma_d * sp.cos(t) * sp.sin(t) * dFdt,
-        {"x": (x, X_RANGE), "v": (v, X_RANGE), "t": (t, T_RANGE), "sigma_d": (sigma_d, SIGMA_D_RANGE)},
+        PATH_INPUTS,
         computed,
     )
 
@@ -191,13 +192,7 @@ def tangent_target() -> None:
     agree(
         "tangent.tangent_target with an autodiff JVP",
         expected,
-        {
-            "x": (x, X_RANGE),
-            "v": (v, X_RANGE),
-            "t": (t, T_RANGE),
-            "sigma_d": (sigma_d, SIGMA_D_RANGE),
-            "r": (r, (0.0, 1.0)),
-        },
+        {**PATH_INPUTS, "r": (r, (0.0, 1.0))},
         computed,
     )
 

@@ -25,7 +25,7 @@ import torch
 from torch.nn import functional as F
 
 from .attention import attention
-from .layers import PositionalEmbedding, check_inputs, pixel_norm, resample
+from .layers import LogvarHead, PositionalEmbedding, check_inputs, pixel_norm, resample
 
 
 def _conv(cin: int, cout: int, kernel: int, scale: float = 1.0) -> torch.nn.Conv2d:
@@ -103,7 +103,7 @@ class UNetBlock(torch.nn.Module):
         return x
 
 
-class DDPMpp(torch.nn.Module):
+class DDPMpp(LogvarHead, torch.nn.Module):
     """F_θ(x_t/σ_d, t, labels, guidance) for images (B, img_channels, R, R), with the CIFAR-10
     configuration of EDM's DDPM++ as the default (128 channels × (2, 2, 2), 4 blocks per
     resolution, attention at 16×16); `logvar(t)` is the adaptive weight w_φ(t) of Eq. 8."""
@@ -201,7 +201,3 @@ class DDPMpp(torch.nn.Module):
                     x = torch.cat([x, skips.pop()], dim=1)
                 x = layer(x, emb)
         return x
-
-    def logvar(self, t: torch.Tensor) -> torch.Tensor:
-        """w_φ(t), the adaptive weight of Eq. 8, one per sample."""
-        return self.logvar_linear(self.emb_logvar(t.reshape(-1))).reshape(-1)

@@ -32,6 +32,7 @@ from torch.nn import functional as F
 
 from .attention import attention
 from .layers import (
+    LogvarHead,
     MPConv,
     PositionalEmbedding,
     check_inputs,
@@ -117,7 +118,7 @@ class Block(torch.nn.Module):
         return x
 
 
-class EDM2UNet(torch.nn.Module):
+class EDM2UNet(LogvarHead, torch.nn.Module):
     """F_θ(x_t/σ_d, t, labels, guidance) for images (B, img_channels, R, R); `logvar(t)` is the
     adaptive weight w_φ(t) of Eq. 8.
 
@@ -232,8 +233,3 @@ class EDM2UNet(torch.nn.Module):
                 x = mp_cat(x, skips.pop(), t=self.concat_balance)
             x = layer(x, emb)
         return self.out_conv(x, gain=self.out_gain)
-
-    def logvar(self, t: torch.Tensor) -> torch.Tensor:
-        """w_φ(t), the adaptive weight of Eq. 8, one per sample."""
-        t = t.reshape(-1)
-        return self.logvar_linear(self.emb_logvar(t)).reshape(-1)

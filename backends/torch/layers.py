@@ -93,17 +93,28 @@ class PositionalEmbedding(torch.nn.Module):
         return math.sqrt(2) * embedding.positional(c, self.channels, self.max_period, endpoint=True)
 
 
-class AdaptiveWeight(torch.nn.Module):
-    """A stand-alone adaptive weight w_ψ(t) (App. C–D): a linear map of the positional embedding
-    of t to one log-weight per sample, e.g. for the aVSD loss of a generator."""
+class LogvarHead:
+    """`logvar(t)`: the adaptive weight w(t) of Eq. 8 and App. C–D, one per sample, from the
+    module's `emb_logvar` (a time embedding) and `logvar_linear` (to one output)."""
+
+    emb_logvar: torch.nn.Module
+    logvar_linear: torch.nn.Module
+
+    def logvar(self, t: torch.Tensor) -> torch.Tensor:
+        return self.logvar_linear(self.emb_logvar(t.reshape(-1))).reshape(-1)
+
+
+class AdaptiveWeight(LogvarHead, torch.nn.Module):
+    """A stand-alone adaptive weight w_ψ(t) (App. C–D), e.g. for the aVSD loss of a generator:
+    a linear map of the positional embedding of t."""
 
     def __init__(self, channels: int = 128) -> None:
         super().__init__()
-        self.emb = PositionalEmbedding(channels)
-        self.linear = torch.nn.Linear(channels, 1)
+        self.emb_logvar = PositionalEmbedding(channels)
+        self.logvar_linear = torch.nn.Linear(channels, 1)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.emb(t.reshape(-1))).reshape(-1)
+        return self.logvar(t)
 
 
 def resample(x: torch.Tensor, mode: str) -> torch.Tensor:

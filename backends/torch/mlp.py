@@ -17,10 +17,10 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from .layers import PositionalEmbedding, check_inputs
+from .layers import LogvarHead, PositionalEmbedding, check_inputs
 
 
-class MLP(torch.nn.Module):
+class MLP(LogvarHead, torch.nn.Module):
     """x ↦ F: a residual stack of `depth` SiLU layers of width `hidden`, conditioned by adding
     the embedding of t (and of the class and guidance scale, when enabled) to each layer."""
 
@@ -68,7 +68,3 @@ class MLP(torch.nn.Module):
             if self.training and self.dropout:
                 h = F.dropout(h, p=self.dropout)
         return self.out(F.silu(h))
-
-    def logvar(self, t: torch.Tensor) -> torch.Tensor:
-        """w_φ(t), the adaptive weight of Eq. 8, one per sample."""
-        return self.logvar_linear(self.emb_logvar(t.reshape(-1))).reshape(-1)

@@ -52,9 +52,9 @@ def typecheck(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """trigcore's overhead against the same formulas written directly in torch and jax.numpy,
     then the cost of sCT/sCD training steps against a teacher step (results go in
-    BENCHMARKS.md); pass `-- --quick` for a short run."""
+    BENCHMARKS.md); pass `-- --quick` for a short run (without the compiled steps, which spend
+    minutes compiling)."""
     install(session, "torch,jax,dev")
     session.run("python", "benchmarks/overhead.py", *session.posargs)
-    session.run(
-        "python", "benchmarks/steps.py", *(["--repeats", "3"] if "--quick" in session.posargs else [])
-    )
+    quick = ["--repeats", "3", "--kinds", "teacher", "sct", "scd", "sct-fused", "scd-fused"]
+    session.run("python", "benchmarks/steps.py", *(quick if "--quick" in session.posargs else []))

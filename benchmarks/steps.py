@@ -1,8 +1,10 @@
 """The cost of one sCD and one sCT training step relative to one teacher diffusion step, on the
-same network and batch (the paper reports about 2× for sCD; goals: sCD ≤ 1.8×, sCT ≤ 1.6×), and
-the tangent pass with the gradient pass done three ways: a forward-AD dual-tensor pass without a
-graph then F_θ with one (what the backend does), the same with torch.func.jvp, and one fused
-dual-tensor pass with autograd on that yields F_θ and the tangent together.
+same network and batch (the paper reports about 2× for sCD; goals: sCD ≤ 1.8×, sCT ≤ 1.6×), each
+with each of the backend's ways of making the passes (`SCMConfig.passes`): "separate" (a
+forward-AD dual-tensor pass without a graph, then F_θ with one), "fused" (one dual-tensor pass with
+autograd on, F_θ its primal) and "compiled" (separate, the tangent pass through torch.compile,
+whose compile time is left out of the timing: the warmup steps absorb it); and the separate
+tangent pass with dual tensors against torch.func.jvp.
 
 Each measurement runs in a fresh process, so the peak memory of one kind of step is not hidden
 by another's: on CUDA the peak allocated by torch, on the CPU the growth of the process's peak
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = ("teacher", "sct", "scd")
+KINDS = ("teacher", "sct", "scd", "sct-fused", "scd-fused", "sct-compiled", "scd-compiled")
 
 
 def _rss_bytes() -> int:
@@ -72,13 +74,14 @@ def _median_seconds(fn: Callable[[int], object], args: argparse.Namespace, torch
 
 
 def measure_step(args: argparse.Namespace) -> dict:
-    """Median seconds and peak memory of `args.measure` steps (teacher, sct or scd)."""
+    """Median seconds and peak memory of `args.measure` steps (one of KINDS)."""
     import copy
 
     torch, device, net, batch = _setup(args)
     from backends.torch import optim, steps
 
-    teacher = copy.deepcopy(net).eval() if args.measure == "scd" else None
+    kind, _, fused = args.measure.partition("-")
+    teacher = copy.deepcopy(net).eval() if kind == "scd" else None
     optimizer = optim.make_optimizer(net.parameters(), lr=1e-4)
     if args.measure == "teacher":
         config = steps.DiffusionConfig(precision=args.precision)
@@ -86,7 +89,7 @@ def measure_step(args: argparse.Namespace) -> dict:
         def loss_fn(step: int):
             return steps.diffusion_loss(net, batch, config)[0]
     else:
-        config = steps.SCMConfig(precision=args.precision)
+        config = steps.SCMConfig(precision=args.precision, passes=fused or "separate")
 
         def loss_fn(step: int):
             return steps.scm_loss(net, batch, config, step, teacher)[0]
@@ -107,9 +110,8 @@ def measure_step(args: argparse.Namespace) -> dict:
 
 
 def measure_tangent(args: argparse.Namespace) -> dict:
-    """Median seconds of the tangent pass plus the gradient pass, done three ways."""
-    import torch.autograd.forward_ad as fwAD
-
+    """Median seconds of the separate tangent pass plus the gradient pass, with dual tensors and
+    with torch.func.jvp."""
     torch, device, net, batch = _setup(args)
     from backends.torch.autodiff import tangent_pass
     from trigcore import tangent
@@ -134,13 +136,7 @@ def measure_tangent(args: argparse.Namespace) -> dict:
             F_minus, jvp = torch.func.jvp(F, (x / 0.5, t), (tx, tt))
         loss(F(x / 0.5, t), F_minus, jvp).backward()
 
-    def fused():
-        with fwAD.dual_level():
-            primal, jvp = fwAD.unpack_dual(F(fwAD.make_dual(x / 0.5, tx), fwAD.make_dual(t, tt)))
-            value = loss(primal, primal.detach(), jvp.detach())
-        value.backward()  # outside the dual level: backward ops need no forward derivative
-
-    ways = {"dual tensors, then F_θ": separate_dual, "func.jvp, then F_θ": separate_func, "fused": fused}
+    ways = {"dual tensors, then F_θ": separate_dual, "func.jvp, then F_θ": separate_func}
     return {name: _median_seconds(lambda _, fn=fn: fn(), args, torch, device) for name, fn in ways.items()}
 
 
@@ -150,8 +146,9 @@ def _child(args: argparse.Namespace, measure: str) -> dict:
     for key in (*options, "warmup", "threads"):
         command += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode:
-        raise RuntimeError(f"{measure} failed:\n{result.stderr}")
+    if result.returncode:  # reported, and the other measurements still run
+        print(f"{measure} failed:\n{result.stderr}", file=sys.stderr)
+        return {"error": result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "no output"}
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -167,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=10, help="timed steps per kind")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS, metavar="KIND",
+                        help=f"steps to time, teacher first (default: {' '.join(KINDS)})")  # fmt: skip
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     parser.add_argument("--measure", choices=(*KINDS, "tangent"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -181,24 +180,29 @@ def main(argv: list[str] | None = None) -> int:
     shape = f"{args.batch}×{args.channels}×{args.resolution}²"
     where = f"{args.label_dim} classes, {args.device}, {args.precision}"
     print(f"EDM2 U-Net '{args.preset}', batch {shape}, {where}")
-    rows = {kind: _child(args, kind) for kind in KINDS}
+    if args.kinds[0] != "teacher":
+        parser.error("--kinds: the teacher step comes first (the others are measured against it)")
+    rows = {kind: _child(args, kind) for kind in args.kinds}
     base = rows["teacher"]
-    print(f"{'step':<8} {'ms':>9} {'× teacher':>10} {'peak MiB':>10} {'× teacher':>10}")
+    print(f"{'step':<13} {'ms':>9} {'× teacher':>10} {'peak MiB':>10} {'× teacher':>10}")
     for kind, row in rows.items():
+        if "error" in row or "error" in base:
+            print(f"{kind:<13} failed: {row.get('error', 'no teacher step to compare with')}")
+            continue
         memory_ratio = row["peak_bytes"] / base["peak_bytes"] if base["peak_bytes"] else float("nan")
         print(
-            f"{kind:<8} {1e3 * row['seconds']:9.1f} {row['seconds'] / base['seconds']:10.2f} "
+            f"{kind:<13} {1e3 * row['seconds']:9.1f} {row['seconds'] / base['seconds']:10.2f} "
             f"{row['peak_bytes'] / 2**20:10.1f} {memory_ratio:10.2f}"
         )
     tangent_times = _child(args, "tangent")
     print("tangent pass + gradient pass (backward of an sCM-form loss):")
     first = next(iter(tangent_times.values()))
-    for name, seconds in tangent_times.items():
-        print(f"  {name:<22} {1e3 * seconds:9.1f} ms  ({seconds / first:.2f}×)")
+    for name, value in tangent_times.items():
+        print(value if name == "error" else f"  {name:<22} {1e3 * value:9.1f} ms  ({value / first:.2f}×)")
     if args.out:
         args.out.write_text(json.dumps({"config": vars(args) | {"out": str(args.out)}, "steps": rows,
                                         "tangent": tangent_times}, indent=2))  # fmt: skip
-    return 0
+    return int(any("error" in row for row in (*rows.values(), tangent_times)))
 
 
 if __name__ == "__main__":

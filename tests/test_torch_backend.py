@@ -4,6 +4,7 @@ counts, the tangent pass and the sCM losses (float64 unless a test says otherwis
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from backends.torch import optim, steps  # noqa: E402
 from backends.torch.autodiff import same_randomness, tangent_pass  # noqa: E402
 from backends.torch.ddpmpp import DDPMpp  # noqa: E402
 from backends.torch.edm2 import PRESETS, EDM2UNet  # noqa: E402
-from backends.torch.layers import AdaptiveWeight, count_parameters  # noqa: E402
+from backends.torch.layers import AdaptiveWeight, count_parameters, mp_sum  # noqa: E402
 from backends.torch.mlp import MLP  # noqa: E402
 from training.metrics import sliced_wasserstein  # noqa: E402
 from training.toy import ring  # noqa: E402
@@ -71,6 +72,36 @@ def test_a_registered_tangent_kernel_is_used(monkeypatch: pytest.MonkeyPatch) ->
     q = randn(1, 1, 3, 4)
     torch.func.jvp(attention_op.attention, (q, q, q), (q, q, q))
     assert calls == [torch.Size([1, 1, 3, 4])]
+
+
+def test_attention_under_autocast_keeps_output_tangent_and_gradient_dtypes_consistent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # autocast reaches neither the tangent formulas nor the backward: the op itself must hand the
+    # next layer a tangent in its output's dtype, or that layer's JVP sees mixed dtypes. The
+    # reference's result dtype would follow the device's autocast policy (CUDA's runs softmax in
+    # float32, the CPU's does not): here it always comes back in float32, as on CUDA.
+    import torch.autograd.forward_ad as fwAD
+
+    materialised = attention_op._materialised
+    monkeypatch.setattr(attention_op, "_materialised", lambda *a: tuple(r.float() for r in materialised(*a)))
+    q, k, v, tq, tk, tv = (randn(2, 2, 6, 8, seed=s).float() for s in range(6))
+    _, t_ref = reference.attention_jvp(*(a.double() for a in (q, k, v, tq, tk, tv)))
+    leaves = [a.clone().requires_grad_(True) for a in (q, k, v)]
+    with torch.autocast("cpu", dtype=torch.bfloat16), fwAD.dual_level():
+        out = attention_op.attention(*(fwAD.make_dual(p, tp) for p, tp in zip(leaves, (tq, tk, tv))))
+        y, t_y = fwAD.unpack_dual(out)
+    assert y.dtype == t_y.dtype == torch.bfloat16
+    assert ((t_y.double() - t_ref).norm() / t_ref.norm()).item() < 2e-2  # bf16 rounding of q, k, v, t_y
+    y.float().sum().backward()
+    assert all(a.grad is not None and a.grad.dtype == torch.float32 for a in leaves)
+
+
+def test_mp_sum_of_mixed_dtypes_is_in_the_wider_one() -> None:
+    a, b = randn(4, 3, seed=1).float(), randn(4, 3, seed=2).to(torch.bfloat16)
+    out = mp_sum(a, b, t=0.3)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, (0.7 * a + 0.3 * b.float()) / math.sqrt(0.7**2 + 0.3**2))
 
 
 def test_attention_rejects_bad_shapes() -> None:
@@ -251,15 +282,16 @@ def test_diffusion_loss_matches_a_hand_computed_reference() -> None:
     torch.testing.assert_close(loss, expected)
 
 
+@pytest.mark.parametrize("passes", ["separate", "fused"])
 @pytest.mark.parametrize("kind", ["sct", "scd", "scd-cfg"])
-def test_scm_loss_matches_algorithm_1_by_hand(kind: str) -> None:
+def test_scm_loss_matches_algorithm_1_by_hand(kind: str, passes: str) -> None:
     torch.manual_seed(0)
     cfg = kind == "scd-cfg"  # a CFG teacher at s ~ U[1, 2], s given to the student (G.2)
     net = MLP(dim=2, hidden=16, label_dim=3 if cfg else 0, guidance=cfg).to(DOUBLE)
     teacher = MLP(dim=2, hidden=16, label_dim=3 if cfg else 0).to(DOUBLE)
     sd, step = 0.5, 30
     config = steps.SCMConfig(
-        sigma_d=sd, P_mean=-1.0, P_std=1.4, warmup_steps=100, guidance_max=2.0 if cfg else 1.0
+        sigma_d=sd, P_mean=-1.0, P_std=1.4, warmup_steps=100, guidance_max=2.0 if cfg else 1.0, passes=passes
     )
     x0 = randn(5, 2, seed=1)
     labels = torch.nn.functional.one_hot(torch.tensor([0, 2, 1, 1, 0]), 3).to(DOUBLE) if cfg else None
@@ -306,11 +338,12 @@ def test_label_dropout_zeroes_whole_labels() -> None:
     assert 0.05 < 1 - kept.mean().item() < 0.15
 
 
-def test_scm_gradient_is_the_eq2_gradient_with_the_prior_weight() -> None:
+@pytest.mark.parametrize("passes", ["separate", "fused"])
+def test_scm_gradient_is_the_eq2_gradient_with_the_prior_weight(passes: str) -> None:
     torch.manual_seed(0)
     net = MLP(dim=2, hidden=16).to(DOUBLE)
     sd, x0 = 0.5, randn(8, 2, seed=1)
-    config = steps.SCMConfig(sigma_d=sd, tangent="none", warmup_steps=0)
+    config = steps.SCMConfig(sigma_d=sd, tangent="none", warmup_steps=0, passes=passes)
     params = [p for name, p in net.named_parameters() if not name.startswith("logvar")]
     loss, _ = seeded(lambda: steps.scm_loss(net, {"x0": x0}, config, step=0))
     grads = torch.autograd.grad(loss, params)
@@ -329,6 +362,65 @@ def test_scm_gradient_is_the_eq2_gradient_with_the_prior_weight() -> None:
         torch.testing.assert_close(got, want)
 
 
+@pytest.mark.parametrize("teacher", [False, True])
+def test_fused_passes_give_the_separate_loss_and_gradients_with_dropout_and_attention(teacher: bool) -> None:
+    net = tiny_unet(dropout=0.3).train()
+    batch = {"x0": randn(3, 1, 8, 8, seed=1),
+             "labels": torch.nn.functional.one_hot(torch.tensor([1, 4, 7]), 10).to(DOUBLE)}  # fmt: skip
+    frozen = copy.deepcopy(net).eval() if teacher else None
+    results = []
+    for passes in ("separate", "fused"):
+        config = steps.SCMConfig(warmup_steps=10, passes=passes)
+        loss, _ = seeded(lambda config=config: steps.scm_loss(net, batch, config, 4, frozen))
+        results.append((loss, torch.autograd.grad(loss, list(net.parameters()), allow_unused=True)))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-12, atol=0)
+    for a, b in zip(grads_a, grads_b):
+        if a is None:
+            assert b is None
+        else:
+            torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-14)
+
+
+def test_compiled_tangent_pass_gives_the_eager_loss_and_gradients_with_dropout() -> None:
+    torch.manual_seed(0)
+    net = MLP(dim=2, hidden=16, dropout=0.3).to(DOUBLE).train()
+    teacher = MLP(dim=2, hidden=16).to(DOUBLE).eval()
+    batch = {"x0": randn(8, 2, seed=1)}
+    results = []
+    for passes in ("separate", "compiled", "compiled"):  # the second compiled step reuses the graph
+        config = steps.SCMConfig(warmup_steps=10, passes=passes)
+        loss, _ = seeded(lambda config=config: steps.scm_loss(net, batch, config, 4, teacher))
+        results.append((loss, torch.autograd.grad(loss, list(net.parameters()))))
+    for loss, grads in results[1:]:
+        torch.testing.assert_close(loss, results[0][0], rtol=1e-12, atol=0)
+        for got, want in zip(grads, results[0][1]):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-14)
+    with pytest.raises(ValueError, match="cannot be combined"):
+        x = batch["x0"]
+        tangent_pass(net, x, torch.ones(8, dtype=DOUBLE), x, 0.5, graph=True, compiled=True)
+
+
+def test_compiled_bf16_tangent_pass_of_the_unet_is_finite_and_close_to_eager() -> None:
+    # a regression test: inductor's vectorised CPU code gave NaNs in this tangent (about a minute
+    # of compiling)
+    torch.manual_seed(0)
+    net = EDM2UNet(img_resolution=16, img_channels=3, label_dim=10, **PRESETS["tiny"])
+    with torch.no_grad():
+        net.out_gain.fill_(1.0)
+    x, v = 0.5 * torch.randn(16, 3, 16, 16), torch.randn(16, 3, 16, 16)
+    t = torch.rand(16) + 0.1
+    labels = torch.nn.functional.one_hot(torch.randint(10, (16,)), 10).float()
+
+    def F(u: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return net(u, tau, labels)
+
+    for got, want in zip(tangent_pass(F, x, t, v, 0.5, compiled=True), tangent_pass(F, x, t, v, 0.5)):
+        assert got.dtype == want.dtype == torch.bfloat16 and torch.isfinite(got).all()
+        assert ((got.float() - want.float()).norm() / want.float().norm()).item() < 2e-2  # bf16 rounding
+
+
 def test_scd_with_guidance_needs_labels() -> None:
     net = MLP(dim=2, hidden=8, guidance=True)
     config = steps.SCMConfig(guidance_max=2.0)
@@ -336,6 +428,8 @@ def test_scd_with_guidance_needs_labels() -> None:
         steps.scm_loss(net, {"x0": torch.zeros(2, 2)}, config, 0, teacher=MLP(dim=2, hidden=8))
     with pytest.raises(ValueError, match="tangent must be"):
         steps.SCMConfig(tangent="unit")
+    with pytest.raises(ValueError, match="passes must be 'separate', 'fused' or 'compiled', got 'both'"):
+        steps.SCMConfig(passes="both")
 
 
 # --- tiny training runs ----------------------------------------------------------------------

@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 
 from backends.torch import optim, steps  # noqa: E402
 from backends.torch.autodiff import tangent_pass  # noqa: E402
+from backends.torch.edm2 import PRESETS, EDM2UNet  # noqa: E402
 from backends.torch.layers import AdaptiveWeight  # noqa: E402
 from backends.torch.mlp import MLP  # noqa: E402
 from trigcore import ema, lr, schedule  # noqa: E402
@@ -130,16 +131,26 @@ def test_fp16_tangent_is_finite_where_the_unrearranged_jvp_overflows(t_value: fl
     assert ((rearranged.to(DOUBLE) - reference).norm() / reference.norm()) < 1e-2
 
 
+@pytest.mark.parametrize("passes", ["separate", "fused"])
+@pytest.mark.parametrize("network", ["mlp", "edm2"])
 @pytest.mark.parametrize("precision", ["bfloat16", "float16"])
-def test_mixed_precision_steps_give_finite_losses_close_to_float32(precision: str) -> None:
+def test_mixed_precision_steps_give_finite_losses_close_to_float32(
+    precision: str, network: str, passes: str
+) -> None:
     torch.manual_seed(0)
-    net, teacher = MLP(dim=2, hidden=32), MLP(dim=2, hidden=32)
-    x0 = torch.randn(64, 2)
+    if network == "mlp":
+        net, x0 = MLP(dim=2, hidden=32), torch.randn(64, 2)
+    else:  # attention, magnitude-preserving sums of a float32 stream and low-precision branches
+        net, x0 = EDM2UNet(img_resolution=8, img_channels=1, **PRESETS["tiny"]), 0.5 * torch.randn(8, 1, 8, 8)
+        with torch.no_grad():
+            net.out_gain.fill_(1.0)  # a nonzero output
+    teacher = copy.deepcopy(net).eval()
     losses = {}
     for p in ("float32", precision):
         torch.manual_seed(4)
-        config = steps.SCMConfig(sigma_d=0.5, precision=p, warmup_steps=0)
+        config = steps.SCMConfig(sigma_d=0.5, precision=p, warmup_steps=0, passes=passes)
         losses[p], _ = steps.scm_loss(net, {"x0": x0}, config, 10, teacher)
+        losses[p].backward()
     assert torch.isfinite(losses[precision])
     assert losses[precision].dtype == torch.float32
     assert losses[precision].item() == pytest.approx(losses["float32"].item(), abs=0.05)

@@ -55,11 +55,14 @@ def attention_tangent(
     tv: torch.Tensor,
     scale: float,
 ) -> torch.Tensor:
-    """t_y, the JVP of softmax(scale·q·kᵀ)·v along (tq, tk, tv), by the best available route."""
+    """t_y, the JVP of softmax(scale·q·kᵀ)·v along (tq, tk, tv), by the best available route, in
+    q's dtype (a registered kernel returns that dtype; the reference accumulates in float32)."""
     kernel = TANGENT_KERNELS.get(q.device.type)
-    if kernel is None:
-        kernel = _blockwise if q.shape[-2] * k.shape[-2] > BLOCKWISE_SCORES else _materialised
-    return kernel(q, k, v, tq, tk, tv, scale)[1]
+    if kernel is not None:
+        return kernel(q, k, v, tq, tk, tv, scale)[1]
+    route = _blockwise if q.shape[-2] * k.shape[-2] > BLOCKWISE_SCORES else _materialised
+    wide = torch.promote_types(q.dtype, torch.float32)
+    return route(*(a.to(wide) for a in (q, k, v, tq, tk, tv)), scale)[1].to(q.dtype)
 
 
 class _Attention(torch.autograd.Function):
@@ -101,4 +104,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | 
             f"q, k, v must be (batch, heads, length, channels), got shapes "
             f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
         )
-    return _Attention.apply(q, k, v, 1 / math.sqrt(q.shape[-1]) if scale is None else float(scale))
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    device = q.device.type
+    if not torch.is_autocast_enabled(device):
+        return _Attention.apply(q, k, v, scale)
+    # under autocast: q, k, v, the output, its tangent and its gradient all in the autocast dtype
+    # (autocast does not reach the tangent and gradient formulas, which would see mixed dtypes)
+    dtype = torch.get_autocast_dtype(device)
+    with torch.autocast(device, enabled=False):
+        return _Attention.apply(q.to(dtype), k.to(dtype), v.to(dtype), scale)

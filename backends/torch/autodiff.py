@@ -4,13 +4,22 @@ Forward-mode dual tensors carry the rearranged tangents of `trigcore.tangent.jvp
 through the network together with the primal, so F_θ⁻ comes out of the same pass. It runs under
 `torch.no_grad()`: no autograd graph is built for θ⁻, whose gradient is never needed.
 
-Measured (BENCHMARKS.md, `benchmarks/steps.py`): dual tensors beat `torch.func.jvp` by about 10%
-on the CPU, and a separate gradient pass beats fusing this pass with it (dual tensors with
-autograd on, F_θ taken from the primal), which records the tangent's graph for nothing.
+Two variants, chosen by the training steps with `SCMConfig.passes` (costs in BENCHMARKS.md,
+`benchmarks/steps.py`):
+- `graph=True` runs the pass with autograd on, and its primal is F_θ with its graph: the gradient
+  pass then needs no second forward pass (θ⁻ = θ, so F_θ⁻ is that primal, detached), at the price
+  of autograd also recording the tangent's operations (about 3× the activation memory).
+- `compiled=True` runs `torch.func.jvp` of the network through `torch.compile`: eager forward mode
+  launches several kernels per operation, and on a GPU the pass is bound by those launches. The
+  first call compiles (minutes for a large U-Net); random draws (dropout) stay those of eager
+  mode, so the gradient pass still sees the same masks, and so does the rounding of fp16/bf16
+  intermediates. On the CPU the compiled code is not vectorised: inductor's vectorised CPU code
+  for the bf16 tangent of the EDM2 U-Net returned NaNs in torch 2.13.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -27,17 +36,40 @@ def tangent_pass(
     dxdt: torch.Tensor,
     sigma_d: float,
     segment_start: torch.Tensor | None = None,
+    graph: bool = False,
+    compiled: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(F_θ⁻(x_t/σ_d, t), σ_d cos t sin t·dF_θ⁻/dt) for F_fn(x/σ_d, t) along dx_t/dt = dxdt.
 
     With `segment_start` s (multistep CMs, which map x_t to x_s) the factors are cos(t−s)·sin(t−s)
-    while the network still sees t."""
+    while the network still sees t. With `graph` the first output keeps its autograd graph (it is
+    F_θ); the tangent never does. `compiled` runs the pass through torch.compile."""
+    if graph and compiled:
+        raise ValueError("tangent_pass: graph=True and compiled=True cannot be combined")
     tx, tt = tangent.jvp_tangents(x_t, t if segment_start is None else t - segment_start, dxdt, sigma_d)
-    with torch.no_grad(), fwAD.dual_level():
+    if compiled:
+        with torch.no_grad():
+            return _compiled_jvp(x_t.device.type)(F_fn, (x_t / sigma_d, t), (tx, tt))
+    with torch.set_grad_enabled(graph and torch.is_grad_enabled()), fwAD.dual_level():
         out = fwAD.unpack_dual(F_fn(fwAD.make_dual(x_t / sigma_d, tx), fwAD.make_dual(t, tt)))
         if out.tangent is None:  # F does not depend on its inputs at all
             return out.primal, torch.zeros_like(out.primal)
-        return out.primal, out.tangent
+        return out.primal, out.tangent.detach()
+
+
+def _jvp(F_fn: Callable, primals: tuple, tangents: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.func.jvp(F_fn, primals, tangents)
+
+
+@functools.cache
+def _compiled_jvp(device_type: str) -> Callable:
+    """`_jvp` compiled once per process and device type; a new closure F_fn over the same code
+    and module does not recompile. Eager mode's random streams (dropout masks) and low-precision
+    rounding; no vectorised CPU code (see the module's docstring)."""
+    options: dict = {"fallback_random": True, "emulate_precision_casts": True}
+    if device_type == "cpu":
+        options["cpp.simdlen"] = 1
+    return torch.compile(_jvp, options=options)
 
 
 @contextmanager

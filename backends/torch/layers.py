@@ -39,8 +39,10 @@ def mp_silu(x: torch.Tensor) -> torch.Tensor:
 
 
 def mp_sum(a: torch.Tensor, b: torch.Tensor, t: float = 0.5) -> torch.Tensor:
-    """(1 − t)·a + t·b, rescaled to unit magnitude for independent unit-magnitude a, b."""
-    return a.lerp(b, t) / math.sqrt((1 - t) ** 2 + t**2)
+    """(1 − t)·a + t·b, rescaled to unit magnitude for independent unit-magnitude a, b; in the
+    wider of their dtypes (under autocast a residual stream and a branch may differ)."""
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    return a.to(dtype).lerp(b.to(dtype), t) / math.sqrt((1 - t) ** 2 + t**2)
 
 
 def mp_cat(a: torch.Tensor, b: torch.Tensor, dim: int = 1, t: float = 0.5) -> torch.Tensor:

@@ -58,9 +58,15 @@ class SCMConfig:
     warmup_steps: int = 10000  # H: r = min(1, step/H) (§4.2)
     guidance_max: float = 1.0  # sCD with CFG: s ~ U[1, guidance_max], given to the student (G.2)
     precision: str = "float32"  # network calls in "float32", "bfloat16" or "float16" (§5.1)
+    # "separate": the tangent pass without a graph, then F_θ with one; "fused": one tangent pass
+    # with autograd on, F_θ its primal (fewer passes, ~3× the activation memory); "compiled":
+    # separate, the tangent pass through torch.compile (autodiff.tangent_pass, BENCHMARKS.md)
+    passes: str = "separate"
 
     def __post_init__(self) -> None:
         _check_precision(self.precision)
+        if self.passes not in ("separate", "fused", "compiled"):
+            raise ValueError(f"passes must be 'separate', 'fused' or 'compiled', got {self.passes!r}")
         if self.tangent not in ("normalize", "clip", "none"):
             raise ValueError(f"tangent must be 'normalize', 'clip' or 'none', got {self.tangent!r}")
         if not self.guidance_max >= 1:
@@ -159,7 +165,9 @@ def scm_loss(
     target are Algorithm 1's with every cos t, sin t taken at t − s (the network still sees t);
     it samples with DDIM over the boundaries (`multistep_times`).
 
-    The tangent pass (θ⁻, no graph) and the gradient pass (θ) see the same dropout masks.
+    The tangent pass (θ⁻, no graph) and the gradient pass (θ) see the same dropout masks; with
+    `config.passes == "fused"` they are one pass, F_θ⁻ being F_θ detached; with "compiled" the
+    tangent pass runs through torch.compile.
     """
     x0, labels = batch["x0"], batch.get("labels")
     z, t = _draw(x0, config)
@@ -174,13 +182,18 @@ def scm_loss(
     start = segment_start(t, boundaries) if boundaries is not None else None
     local = t if start is None else t - start  # the time the CM's coefficients see
     r = tangent.warmup_ratio(step, config.warmup_steps)
+    fused = config.passes == "fused"
     with same_randomness(x0.device) as replay:
         # one forward-mode pass in the rearranged form of §5.1, finite in fp16 near t = 0, π/2
-        F_minus, jvp_out = (a.to(x0.dtype) for a in tangent_pass(F_fn, x_t, t, dxdt, config.sigma_d, start))
+        F, jvp_out = (a.to(x0.dtype) for a in tangent_pass(
+            F_fn, x_t, t, dxdt, config.sigma_d, start, graph=fused, compiled=config.passes == "compiled"
+        ))  # fmt: skip
+        F_minus = F.detach()
         target = tangent.tangent_target(x_t, local, F_minus, dxdt, jvp_out, config.sigma_d, r)
         g, g_norm = _finish_tangent(target, config)
-        replay()
-        F = F_fn(x_t / config.sigma_d, t).to(x0.dtype)
+        if not fused:
+            replay()
+            F = F_fn(x_t / config.sigma_d, t).to(x0.dtype)
     loss = weighting.scm_loss(F, F_minus, g, model.logvar(t).to(x0.dtype)).mean()
     return loss, {"loss": loss.detach(), "tangent_norm": g_norm, "r": torch.tensor(r)}
 
@@ -232,14 +245,12 @@ def discrete_scm_loss(
     x_prime = tangent.discrete_reference(x_t, t, t_prime, F_teacher, config.sigma_d)
     F_fn = _student(model, labels, scale, config.precision)
     r = tangent.warmup_ratio(step, config.warmup_steps)
-    with same_randomness(x0.device) as replay:
-        with torch.no_grad():
-            F_minus = F_fn(x_t / config.sigma_d, t).to(x0.dtype)
-            F_minus_prime = F_fn(x_prime / config.sigma_d, t_prime).to(x0.dtype)
-        g = tangent.discrete_tangent(x_t, t, t_prime, F_minus, F_minus_prime, F_teacher, config.sigma_d, r)
-        g, g_norm = _finish_tangent(g, config)
-        replay()
-        F = F_fn(x_t / config.sigma_d, t).to(x0.dtype)
+    F = F_fn(x_t / config.sigma_d, t).to(x0.dtype)
+    F_minus = F.detach()  # θ⁻ = θ: the same evaluation, dropout masks included
+    with torch.no_grad():
+        F_minus_prime = F_fn(x_prime / config.sigma_d, t_prime).to(x0.dtype)
+    g = tangent.discrete_tangent(x_t, t, t_prime, F_minus, F_minus_prime, F_teacher, config.sigma_d, r)
+    g, g_norm = _finish_tangent(g, config)
     loss = weighting.scm_loss(F, F_minus, g, model.logvar(t).to(x0.dtype)).mean()
     return loss, {"loss": loss.detach(), "tangent_norm": g_norm, "r": torch.tensor(r)}
 

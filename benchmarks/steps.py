@@ -7,7 +7,9 @@ whose compile time is left out of the timing: the warmup steps absorb it); and t
 tangent pass with dual tensors against torch.func.jvp.
 
 Each measurement runs in a fresh process, so the peak memory of one kind of step is not hidden
-by another's: on CUDA the peak allocated by torch, on the CPU the growth of the process's peak
+by another's; with --rounds N every kind is measured N times, the kinds taking turns, and the
+median is reported, so that a change in the machine's load over the run reaches every kind alike.
+Peak memory is on CUDA the peak allocated by torch, on the CPU the growth of the process's peak
 resident set over its size just before the first step.
 
     python benchmarks/steps.py                          # tiny U-Net on the CPU
@@ -152,6 +154,17 @@ def _child(args: argparse.Namespace, measure: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def _median_row(measured: list[dict]) -> dict:
+    """One kind's rounds: the median time, the largest peak, every round's time."""
+    failed = [row for row in measured if "error" in row]
+    if failed:
+        return failed[0]
+    times = [row["seconds"] for row in measured]
+    peak = max(row["peak_bytes"] for row in measured)
+    return {"kind": measured[0]["kind"], "seconds": statistics.median(times), "peak_bytes": peak,
+            "rounds": times}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="tiny", help="EDM2 U-Net preset (tiny, S, M, L, XL, XXL)")
@@ -164,11 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=10, help="timed steps per kind")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--rounds", type=int, default=1, help="measurements of each kind, taking turns")
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS, metavar="KIND",
                         help=f"steps to time, teacher first (default: {' '.join(KINDS)})")  # fmt: skip
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     parser.add_argument("--measure", choices=(*KINDS, "tangent"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     if args.measure:
         if args.threads:
             import torch
@@ -182,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"EDM2 U-Net '{args.preset}', batch {shape}, {where}")
     if args.kinds[0] != "teacher":
         parser.error("--kinds: the teacher step comes first (the others are measured against it)")
-    rows = {kind: _child(args, kind) for kind in args.kinds}
+    rounds = [{kind: _child(args, kind) for kind in args.kinds} for _ in range(args.rounds)]
+    rows = {kind: _median_row([r[kind] for r in rounds]) for kind in args.kinds}
     base = rows["teacher"]
     print(f"{'step':<13} {'ms':>9} {'× teacher':>10} {'peak MiB':>10} {'× teacher':>10}")
     for kind, row in rows.items():

@@ -34,12 +34,13 @@ def test_step_benchmark_runs_every_eager_kind_end_to_end(tmp_path: Path) -> None
     out = tmp_path / "steps.json"
     kinds = [kind for kind in steps.KINDS if not kind.endswith("compiled")]  # minutes of compiling
     argv = ["--resolution", "8", "--channels", "1", "--batch", "2", "--repeats", "1", "--warmup", "0"]
+    argv += ["--rounds", "2"]
     assert steps.main([*argv, "--kinds", *kinds, "--out", str(out)]) == 0
     import json
 
     result = json.loads(out.read_text())
     assert list(result["steps"]) == kinds
-    assert all(row["seconds"] > 0 for row in result["steps"].values())
+    assert all(row["seconds"] > 0 and len(row["rounds"]) == 2 for row in result["steps"].values())
     assert len(result["tangent"]) == 2
     with pytest.raises(SystemExit):
         steps.main(["--kinds", "sct", "teacher"])

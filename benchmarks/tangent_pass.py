@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         return tangent_pass(F, x, t, v, 0.5)
 
     def compiled() -> tuple[torch.Tensor, torch.Tensor]:
-        return tangent_pass(F, x, t, v, 0.5, compiled=True)
+        return tangent_pass(F, x, t, v, 0.5, compiled=True, low_precision=True)
 
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"EDM2 U-Net '{args.preset}', batch {shape}, bf16, {where}")

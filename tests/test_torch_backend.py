@@ -416,7 +416,8 @@ def test_compiled_bf16_tangent_pass_of_the_unet_is_finite_and_close_to_eager() -
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return net(u, tau, labels)
 
-    for got, want in zip(tangent_pass(F, x, t, v, 0.5, compiled=True), tangent_pass(F, x, t, v, 0.5)):
+    compiled = tangent_pass(F, x, t, v, 0.5, compiled=True, low_precision=True)
+    for got, want in zip(compiled, tangent_pass(F, x, t, v, 0.5)):
         assert got.dtype == want.dtype == torch.bfloat16 and torch.isfinite(got).all()
         assert ((got.float() - want.float()).norm() / want.float().norm()).item() < 2e-2  # bf16 rounding
 

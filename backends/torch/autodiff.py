@@ -13,8 +13,9 @@ Two variants, chosen by the training steps with `SCMConfig.passes` (costs in BEN
   launches several kernels per operation, and on a GPU the pass is bound by those launches. The
   first call compiles (minutes for a large U-Net); random draws (dropout) stay those of eager
   mode, so the gradient pass still sees the same masks, and so does the rounding of fp16/bf16
-  intermediates. On the CPU the compiled code is not vectorised: inductor's vectorised CPU code
-  for the bf16 tangent of the EDM2 U-Net returned NaNs in torch 2.13.
+  intermediates. With `low_precision` (F_fn runs under fp16/bf16 autocast) the CPU code is not
+  vectorised: inductor's vectorised CPU code for the bf16 tangent of the EDM2 U-Net returned
+  NaNs in torch 2.13 (float32 was exact).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def tangent_pass(
     segment_start: torch.Tensor | None = None,
     graph: bool = False,
     compiled: bool = False,
+    low_precision: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(F_θ⁻(x_t/σ_d, t), σ_d cos t sin t·dF_θ⁻/dt) for F_fn(x/σ_d, t) along dx_t/dt = dxdt.
 
@@ -49,7 +51,8 @@ def tangent_pass(
     tx, tt = tangent.jvp_tangents(x_t, t if segment_start is None else t - segment_start, dxdt, sigma_d)
     if compiled:
         with torch.no_grad():
-            return _compiled_jvp(x_t.device.type)(F_fn, (x_t / sigma_d, t), (tx, tt))
+            vectorise = x_t.device.type != "cpu" or not low_precision
+            return _compiled_jvp(vectorise)(F_fn, (x_t / sigma_d, t), (tx, tt))
     with torch.set_grad_enabled(graph and torch.is_grad_enabled()), fwAD.dual_level():
         out = fwAD.unpack_dual(F_fn(fwAD.make_dual(x_t / sigma_d, tx), fwAD.make_dual(t, tt)))
         if out.tangent is None:  # F does not depend on its inputs at all
@@ -62,12 +65,12 @@ def _jvp(F_fn: Callable, primals: tuple, tangents: tuple) -> tuple[torch.Tensor,
 
 
 @functools.cache
-def _compiled_jvp(device_type: str) -> Callable:
-    """`_jvp` compiled once per process and device type; a new closure F_fn over the same code
-    and module does not recompile. Eager mode's random streams (dropout masks) and low-precision
-    rounding; no vectorised CPU code (see the module's docstring)."""
+def _compiled_jvp(vectorise: bool) -> Callable:
+    """`_jvp` compiled once per process; a new closure F_fn over the same code and module does
+    not recompile. Eager mode's random streams (dropout masks) and low-precision rounding; CPU
+    code vectorised or not (see the module's docstring)."""
     options: dict = {"fallback_random": True, "emulate_precision_casts": True}
-    if device_type == "cpu":
+    if not vectorise:
         options["cpp.simdlen"] = 1
     return torch.compile(_jvp, options=options)
 

@@ -186,7 +186,8 @@ def scm_loss(
     with same_randomness(x0.device) as replay:
         # one forward-mode pass in the rearranged form of §5.1, finite in fp16 near t = 0, π/2
         F, jvp_out = (a.to(x0.dtype) for a in tangent_pass(
-            F_fn, x_t, t, dxdt, config.sigma_d, start, graph=fused, compiled=config.passes == "compiled"
+            F_fn, x_t, t, dxdt, config.sigma_d, start, graph=fused, compiled=config.passes == "compiled",
+            low_precision=config.precision != "float32",
         ))  # fmt: skip
         F_minus = F.detach()
         target = tangent.tangent_target(x_t, local, F_minus, dxdt, jvp_out, config.sigma_d, r)

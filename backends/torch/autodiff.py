@@ -9,13 +9,14 @@ Two variants, chosen by the training steps with `SCMConfig.passes` (costs in BEN
 - `graph=True` runs the pass with autograd on, and its primal is F_θ with its graph: the gradient
   pass then needs no second forward pass (θ⁻ = θ, so F_θ⁻ is that primal, detached), at the price
   of autograd also recording the tangent's operations (about 3× the activation memory).
-- `compiled=True` runs `torch.func.jvp` of the network through `torch.compile`: eager forward mode
-  launches several kernels per operation, and on a GPU the pass is bound by those launches. The
-  first call compiles (minutes for a large U-Net); random draws (dropout) stay those of eager
-  mode, so the gradient pass still sees the same masks, and so does the rounding of fp16/bf16
-  intermediates. With `low_precision` (F_fn runs under fp16/bf16 autocast) the CPU code is not
-  vectorised: inductor's vectorised CPU code for the bf16 tangent of the EDM2 U-Net returned
-  NaNs in torch 2.13 (float32 was exact).
+- `compiled=True` runs `torch.func.jvp` of the network through `torch.compile` (and `no_graph`,
+  the sCD teacher's evaluation, its forward pass): eager forward mode launches several kernels
+  per operation, and on a GPU the pass is bound by those launches. The first call compiles
+  (minutes for a large U-Net); random draws (dropout) stay those of eager mode, so the gradient
+  pass still sees the same masks, and so does the rounding of fp16/bf16 intermediates. With
+  `low_precision` (F_fn runs under fp16/bf16 autocast) the CPU code is not vectorised:
+  inductor's vectorised CPU code for the bf16 tangent of the EDM2 U-Net returned NaNs in
+  torch 2.13 (float32 was exact).
 """
 
 from __future__ import annotations
@@ -51,8 +52,7 @@ def tangent_pass(
     tx, tt = tangent.jvp_tangents(x_t, t if segment_start is None else t - segment_start, dxdt, sigma_d)
     if compiled:
         with torch.no_grad():
-            vectorise = x_t.device.type != "cpu" or not low_precision
-            return _compiled_jvp(vectorise)(F_fn, (x_t / sigma_d, t), (tx, tt))
+            return _compiled(_jvp, _vectorise(x_t, low_precision))(F_fn, (x_t / sigma_d, t), (tx, tt))
     with torch.set_grad_enabled(graph and torch.is_grad_enabled()), fwAD.dual_level():
         out = fwAD.unpack_dual(F_fn(fwAD.make_dual(x_t / sigma_d, tx), fwAD.make_dual(t, tt)))
         if out.tangent is None:  # F does not depend on its inputs at all
@@ -60,19 +60,40 @@ def tangent_pass(
         return out.primal, out.tangent.detach()
 
 
+def no_graph(
+    F_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    u: torch.Tensor,
+    t: torch.Tensor,
+    compiled: bool = False,
+    low_precision: bool = False,
+) -> torch.Tensor:
+    """F_fn(u, t) without an autograd graph (a teacher's or θ⁻'s evaluation), through
+    torch.compile when `compiled` (as for `tangent_pass`)."""
+    with torch.no_grad():
+        return _compiled(_call, _vectorise(u, low_precision))(F_fn, u, t) if compiled else F_fn(u, t)
+
+
 def _jvp(F_fn: Callable, primals: tuple, tangents: tuple) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.func.jvp(F_fn, primals, tangents)
 
 
+def _call(F_fn: Callable, u: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return F_fn(u, t)
+
+
+def _vectorise(x: torch.Tensor, low_precision: bool) -> bool:
+    return x.device.type != "cpu" or not low_precision
+
+
 @functools.cache
-def _compiled_jvp(vectorise: bool) -> Callable:
-    """`_jvp` compiled once per process; a new closure F_fn over the same code and module does
-    not recompile. Eager mode's random streams (dropout masks) and low-precision rounding; CPU
-    code vectorised or not (see the module's docstring)."""
+def _compiled(fn: Callable, vectorise: bool) -> Callable:
+    """fn compiled once per process; a new closure F_fn over the same code and module does not
+    recompile. Eager mode's random streams (dropout masks) and low-precision rounding; CPU code
+    vectorised or not (see the module's docstring)."""
     options: dict = {"fallback_random": True, "emulate_precision_casts": True}
     if not vectorise:
         options["cpp.simdlen"] = 1
-    return torch.compile(_jvp, options=options)
+    return torch.compile(fn, options=options)
 
 
 @contextmanager

@@ -18,7 +18,7 @@ import torch
 
 from trigcore import flow, samplers, schedule, tangent, weighting
 
-from .autodiff import same_randomness, tangent_pass
+from .autodiff import no_graph, same_randomness, tangent_pass
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -107,13 +107,21 @@ def teacher_output(
     labels: torch.Tensor | None,
     scale: torch.Tensor | None,
     sigma_d: float,
+    precision: str = "float32",
+    compiled: bool = False,
 ) -> torch.Tensor:
-    """F_pretrain(x_t/σ_d, t), with CFG F_u + s(F_c − F_u) at per-sample scales s when given."""
-    with torch.no_grad():
-        F = teacher(x_t / sigma_d, t, labels).to(x_t.dtype)
-        if scale is not None:
-            F = samplers.cfg(F, teacher(x_t / sigma_d, t, torch.zeros_like(labels)).to(x_t.dtype), scale)
-        return F
+    """F_pretrain(x_t/σ_d, t), with CFG F_u + s(F_c − F_u) at per-sample scales s when given;
+    without a graph, through torch.compile when `compiled`."""
+
+    def F_fn(conditioning: torch.Tensor | None) -> torch.Tensor:
+        def F(u: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+            with autocast(u.device, precision):
+                return teacher(u, tau, conditioning)
+
+        return no_graph(F, x_t / sigma_d, t, compiled, precision != "float32").to(x_t.dtype)
+
+    F = F_fn(labels)
+    return F if scale is None else samplers.cfg(F, F_fn(torch.zeros_like(labels)), scale)
 
 
 def _guidance_scales(
@@ -176,8 +184,10 @@ def scm_loss(
     if teacher is None:
         dxdt = flow.velocity(x0, z, t)  # sCT: the unbiased one-sample estimate
     else:
-        with autocast(x0.device, config.precision):
-            dxdt = flow.pf_ode(teacher_output(teacher, x_t, t, labels, scale, config.sigma_d), config.sigma_d)
+        F_teacher = teacher_output(
+            teacher, x_t, t, labels, scale, config.sigma_d, config.precision, config.passes == "compiled"
+        )
+        dxdt = flow.pf_ode(F_teacher, config.sigma_d)
     F_fn = _student(model, labels, scale, config.precision)
     start = segment_start(t, boundaries) if boundaries is not None else None
     local = t if start is None else t - start  # the time the CM's coefficients see
@@ -241,8 +251,7 @@ def discrete_scm_loss(
     z = config.sigma_d * torch.randn_like(x0)
     x_t = flow.noisy(x0, z, t)
     scale = _guidance_scales(x0, labels, config.guidance_max)
-    with autocast(x0.device, config.precision):
-        F_teacher = teacher_output(teacher, x_t, t, labels, scale, config.sigma_d)
+    F_teacher = teacher_output(teacher, x_t, t, labels, scale, config.sigma_d, config.precision)
     x_prime = tangent.discrete_reference(x_t, t, t_prime, F_teacher, config.sigma_d)
     F_fn = _student(model, labels, scale, config.precision)
     r = tangent.warmup_ratio(step, config.warmup_steps)
@@ -299,8 +308,8 @@ def avsd_loss(
     x0 = generate(model, config.sigma_d * torch.randn_like(x_data), labels, scale, config)
     z, t = _draw(x0, config)
     x_t = flow.noisy(x0.detach(), z, t)
+    F_teacher = teacher_output(teacher, x_t, t, labels, scale, config.sigma_d, config.precision)
     with autocast(x0.device, config.precision):
-        F_teacher = teacher_output(teacher, x_t, t, labels, scale, config.sigma_d)
         with torch.no_grad():
             F_fake = fake(x_t / config.sigma_d, t, labels).to(x0.dtype)
     loss = weighting.avsd_loss(x0, x0.detach(), F_teacher, F_fake, weight(t).to(x0.dtype)).mean()

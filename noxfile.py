@@ -19,7 +19,7 @@ def install(session: nox.Session, extras: str) -> None:
 def tests(session: nox.Session) -> None:
     """Run the test suite (pytest + hypothesis, doctests included) on every installed array
     namespace: array_api_strict, numpy, torch (CPU build) and JAX, also under jit."""
-    install(session, "torch,jax,dev")
+    install(session, "torch,jax,train,dev")
     session.run("pytest", "-n", "2", *session.posargs, env={"HYPOTHESIS_PROFILE": "ci"})
 
 
@@ -58,3 +58,11 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/overhead.py", *session.posargs)
     quick = ["--repeats", "3", "--kinds", "teacher", "sct", "scd", "sct-fused", "scd-fused"]
     session.run("python", "benchmarks/steps.py", *(quick if "--quick" in session.posargs else []))
+
+
+@nox.session
+def train(session: nox.Session) -> None:
+    """The default training run (`python training/torch_run.py`: digits, about 8 minutes on 2 CPU
+    cores); arguments after `--` go to the script, e.g. `-- --preset toy2d`."""
+    install(session, "torch,train")
+    session.run("python", "training/torch_run.py", *session.posargs)

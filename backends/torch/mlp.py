@@ -1,5 +1,5 @@
-"""A small MLP F_θ(x_t/σ_d, t) for 2-D toy data, with the same conditioning interface and
-adaptive-weighting head as the U-Nets.
+"""A small MLP F_θ(x_t/σ_d, t) for 2-D toy data and tiny images (flattened: the 8×8 digits of the
+default run), with the same conditioning interface and adaptive-weighting head as the U-Nets.
 
 Parameter names (shared with the JAX backend): `emb_noise.{weight,bias}`,
 `emb_label.{weight,bias}`, `emb_guidance.{weight,bias}`, `inp.{weight,bias}`,
@@ -10,6 +10,8 @@ Parameter names (shared with the JAX backend): `emb_noise.{weight,bias}`,
 >>> net = MLP(dim=2)
 >>> net(torch.zeros(5, 2), torch.ones(5)).shape
 torch.Size([5, 2])
+>>> MLP(dim=64)(torch.zeros(5, 1, 8, 8), torch.ones(5)).shape  # samples of 64 values, any shape
+torch.Size([5, 1, 8, 8])
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from .layers import LogvarHead, PositionalEmbedding, check_inputs
+from .layers import LogvarHead, PositionalEmbedding, check_inputs, normalize
 
 
 class MLP(LogvarHead, torch.nn.Module):
@@ -54,6 +56,8 @@ class MLP(LogvarHead, torch.nn.Module):
         class_labels: torch.Tensor | None = None,
         guidance: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(shape[0], -1) if x.ndim > 2 else x
         t = check_inputs(
             x, (self.dim,), t, class_labels, self.label_dim, guidance, self.emb_guidance is not None
         )
@@ -64,7 +68,7 @@ class MLP(LogvarHead, torch.nn.Module):
             emb = emb + self.emb_guidance(self.emb_time(guidance.to(x.dtype).expand(x.shape[0])))
         h = self.inp(x)
         for layer in self.hidden:
-            h = h + layer(F.silu(h + emb))
+            h = h + layer(F.silu(normalize(h, dim=1) + emb))  # bounded branches: linear growth off the data
             if self.training and self.dropout:
                 h = F.dropout(h, p=self.dropout)
-        return self.out(F.silu(h))
+        return self.out(F.silu(h)).reshape(shape)

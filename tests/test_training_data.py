@@ -1,0 +1,196 @@
+"""The run scripts' shared parts: data sources and batches, the metrics, checkpoints and plots."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")
+pytest.importorskip("safetensors")
+pytest.importorskip("PIL")
+
+from PIL import Image  # noqa: E402
+
+from training import checkpoint, data, plots  # noqa: E402
+from training.metrics import DigitsFeatures, frechet_distance, gaussian_statistics  # noqa: E402
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def test_digits_split_is_fixed_disjoint_and_scaled() -> None:
+    train, held_out = data.digits()
+    again, _ = data.digits()
+    np.testing.assert_array_equal(train.x, again.x)
+    assert len(train) + len(held_out) == 1797 and train.sample_shape == (1, 8, 8)
+    assert train.x.min() == -1 and train.x.max() == 1 and train.x.dtype == np.float32
+    rows = {row.tobytes() for row in train.x}
+    # the digits set holds a few exact duplicates; the split itself never puts one image in both
+    assert sum(row.tobytes() in rows for row in held_out.x) < 10
+    assert set(np.unique(train.labels)) == set(range(10))
+    np.testing.assert_array_equal(train.one_hot(np.array([0, 1])).argmax(1), train.labels[:2])
+
+
+def test_batch_stream_covers_each_epoch_once_and_resumes_exactly() -> None:
+    stream = data.BatchStream(10, 3, seed=4)
+    epoch = np.concatenate([next(stream) for _ in range(3)])  # 3 batches of 3; 1 sample left over
+    assert len(set(epoch.tolist())) == 9
+    state = stream.state()
+    ahead = [next(stream) for _ in range(5)]
+    resumed = data.BatchStream(10, 3, seed=4)
+    resumed.restore(state)
+    for a, b in zip(ahead, (next(resumed) for _ in range(5))):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="has 2 samples, fewer than one batch of 3"):
+        data.BatchStream(2, 3)
+
+
+def test_arrays_in_any_layout_become_channels_first_in_unit_range() -> None:
+    pixels = np.random.default_rng(0).integers(0, 256, size=(5, 6, 7, 3), dtype=np.uint8)
+    dataset = data.from_arrays("rgb", pixels, np.array([0, 1, 2, 1, 0]))
+    assert dataset.x.shape == (5, 3, 6, 7) and dataset.num_classes == 3
+    np.testing.assert_allclose(dataset.x[:, 0], pixels[..., 0] / 127.5 - 1, atol=1e-6)
+    with pytest.raises(ValueError, match=r"float images must lie in \[-1, 1\]"):
+        data.from_arrays("bad", np.full((2, 1, 4, 4), 3.0))
+    with pytest.raises(ValueError, match="labels must be integers"):
+        data.from_arrays("bad", pixels, np.zeros(5))
+    with pytest.raises(ValueError, match="4 labels for 5 samples"):
+        data.from_arrays("bad", pixels, np.zeros(4, dtype=int))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        data.from_arrays("bad", np.full((2, 1, 4, 4), np.nan, dtype=np.float32))
+
+
+def test_npz_folder_and_zip_sources(tmp_path: Path) -> None:
+    images = np.random.default_rng(1).integers(0, 256, size=(4, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", x=images, labels=np.array([3, 1, 0, 2]))
+    from_npz = data.load_npz(tmp_path / "d.npz")
+    assert from_npz.x.shape == (4, 1, 8, 8) and from_npz.num_classes == 4
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{i}.png")
+    np.testing.assert_allclose(data.load_image_folder(folder).x, from_npz.x)
+    with zipfile.ZipFile(tmp_path / "d.zip", "w") as archive:
+        for i in range(4):
+            archive.write(folder / f"{i}.png", f"img/{i}.png")
+        archive.writestr("dataset.json", json.dumps({"labels": [[f"img/{i}.png", int(c)] for i, c in
+                                                                 enumerate([3, 1, 0, 2])]}))  # fmt: skip
+    from_zip = data.load_zip(tmp_path / "d.zip")
+    np.testing.assert_array_equal(from_zip.labels, from_npz.labels)
+    np.testing.assert_allclose(from_zip.x, from_npz.x)
+
+
+def test_bad_data_files_are_refused_with_the_reason(tmp_path: Path) -> None:
+    (tmp_path / "mixed").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "mixed" / "a.png")
+    Image.fromarray(np.zeros((9, 8), np.uint8)).save(tmp_path / "mixed" / "b.png")
+    with pytest.raises(ValueError, match="images of different sizes"):
+        data.load_image_folder(tmp_path / "mixed")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images found"):
+        data.load_image_folder(tmp_path / "empty")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "x.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="cannot read image x.png"):
+        data.load_image_folder(tmp_path / "junk")
+    (tmp_path / "bad.npz").write_text("nonsense")
+    with pytest.raises(ValueError, match="not a readable .npz"):
+        data.load_npz(tmp_path / "bad.npz")
+    np.savez(tmp_path / "nox.npz", images=np.zeros((2, 8, 8), np.uint8))
+    with pytest.raises(ValueError, match="no array 'x'"):
+        data.load_npz(tmp_path / "nox.npz")
+
+
+def test_latents_are_normalised_with_the_app_g1_constants(tmp_path: Path) -> None:
+    raw = np.random.default_rng(2).normal(size=(3, 4, 2, 2)).astype(np.float32) * 5
+    np.savez(tmp_path / "lat.npz", x=raw)
+    latents = data.load_latents(tmp_path / "lat.npz")
+    # channel 1: (x − (−0.695))·0.5/5.91
+    np.testing.assert_allclose(latents.x[:, 1], (raw[:, 1] + 0.695) * 0.5 / 5.91, rtol=1e-6)
+    np.testing.assert_allclose(data.decode_latents(latents.x), raw, rtol=1e-5, atol=1e-5)
+    np.savez(tmp_path / "rgb.npz", x=raw[:, :3])
+    with pytest.raises(ValueError, match=r"SD-VAE latents are \(N, 4, h, w\)"):
+        data.load_latents(tmp_path / "rgb.npz")
+
+
+# --- metrics ---------------------------------------------------------------------------------
+
+
+def test_frechet_distance_matches_the_matrix_square_root_formula() -> None:
+    from scipy import linalg
+
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(6, 6)), rng.normal(size=(6, 6))
+    cov1, cov2 = a @ a.T + 0.1 * np.eye(6), b @ b.T + 0.1 * np.eye(6)
+    mu1, mu2 = rng.normal(size=6), rng.normal(size=6)
+    expected = np.sum((mu1 - mu2) ** 2) + np.trace(cov1 + cov2 - 2 * linalg.sqrtm(cov1 @ cov2).real)
+    assert frechet_distance(mu1, cov1, mu2, cov2) == pytest.approx(expected, rel=1e-8)
+    assert frechet_distance(mu1, cov1, mu1, cov1) == pytest.approx(0, abs=1e-9)
+    with pytest.raises(ValueError, match="N ≥ 2"):
+        gaussian_statistics(np.zeros((1, 3)))
+
+
+def test_digits_classifier_is_accurate_and_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRIGCORE_CACHE", str(tmp_path))
+    train, held_out = data.digits()
+    classifier = DigitsFeatures.load_or_train(train, held_out)
+    assert classifier.accuracy >= 0.95
+    assert np.mean(classifier.predict(held_out.x) == held_out.labels) == classifier.accuracy
+    (cached,) = tmp_path.glob("digits_classifier*.npz")
+    again = DigitsFeatures.load_or_train(train, held_out)  # read back, not retrained
+    np.testing.assert_array_equal(again.w1, classifier.w1)
+    cached.write_bytes(b"garbage")  # a broken cache entry is replaced
+    assert DigitsFeatures.load_or_train(train, held_out).accuracy == classifier.accuracy
+    # the held-out digits are much closer to the training digits than noise is
+    reference = gaussian_statistics(classifier.features(held_out.x))
+    close = frechet_distance(*gaussian_statistics(classifier.features(train.x)), *reference)
+    noise = np.random.default_rng(0).uniform(-1, 1, size=held_out.x.shape)
+    far = frechet_distance(*gaussian_statistics(classifier.features(noise)), *reference)
+    assert close < 0.2 * far
+
+
+# --- checkpoints and plots -------------------------------------------------------------------
+
+
+def test_checkpoints_round_trip_atomically_and_refuse_foreign_files(tmp_path: Path) -> None:
+    arrays = {
+        "model/w": np.arange(6, dtype=np.float32).reshape(2, 3),
+        "rng/torch": np.arange(4, dtype=np.uint8),
+    }
+    checkpoint.save(tmp_path / "teacher-000010", arrays, {"step": 10, "phase": "teacher"})
+    checkpoint.save(tmp_path / "teacher-000020", arrays, {"step": 20, "phase": "teacher"})
+    names = sorted(p.name for p in tmp_path.iterdir())  # and no temporary files left
+    assert names == [f"teacher-0000{s}.{e}" for s in (10, 20) for e in ("json", "safetensors")]
+    loaded, meta = checkpoint.load(tmp_path / "teacher-000020.json")
+    np.testing.assert_array_equal(loaded["model/w"], arrays["model/w"])
+    assert meta["step"] == 20 and meta["format"] == checkpoint.FORMAT
+    assert checkpoint.latest(tmp_path, "teacher") == tmp_path / "teacher-000020"
+    assert checkpoint.latest(tmp_path, "sct") is None
+    (tmp_path / "teacher-000020.json").unlink()  # an interrupted write leaves no JSON: not a checkpoint
+    assert checkpoint.latest(tmp_path, "teacher") == tmp_path / "teacher-000010"
+    with pytest.raises(ValueError, match="no such checkpoint"):
+        checkpoint.load(tmp_path / "teacher-000020")
+    (tmp_path / "other.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(ValueError, match="not a trigcore checkpoint"):
+        checkpoint.load(tmp_path / "other")
+    (tmp_path / "broken.json").write_text(json.dumps({"format": checkpoint.FORMAT}))
+    (tmp_path / "broken.safetensors").write_bytes(b"\x00" * 5)
+    with pytest.raises(ValueError, match="cannot read the checkpoint's arrays"):
+        checkpoint.load(tmp_path / "broken")
+
+
+def test_plots_write_files(tmp_path: Path) -> None:
+    image = plots.image_grid(
+        np.linspace(-1, 1, 3 * 64).reshape(3, 1, 8, 8), tmp_path / "g.png", columns=2, scale=3
+    )
+    assert image.size == ((2 * 9 + 1) * 3, (2 * 9 + 1) * 3)
+    assert np.asarray(Image.open(tmp_path / "g.png")).max() == 255
+    results = [{"model": "teacher", "nfe": n, "value": 1.0 / n} for n in (5, 9)] + [
+        {"model": "scd", "nfe": 1, "value": 0.5}
+    ]
+    plots.metric_plot(results, "fd", tmp_path / "m.png")
+    assert (tmp_path / "m.png").stat().st_size > 1000

@@ -1,0 +1,248 @@
+"""The data of a run as numpy arrays, for both backends: images (N, C, H, W) float32 in [−1, 1]
+(σ_d = 0.5, as in EDM), or points (N, d), with optional integer class labels (N,).
+
+Sources: scikit-learn's bundled digits (the default: 8×8, 1,797 images, 10 classes, a fixed
+train/held-out split), generated 2-D toys, an `.npz` file, a folder of images, an EDM-style zip
+(images plus an optional `dataset.json` of labels), and pre-encoded latents rescaled with the
+paper's SD-VAE channel statistics (App. G.1). Batches come from `BatchStream`, whose position is
+two integers, so a resumed run draws exactly the batches the killed one would have.
+
+>>> train, held_out = digits()
+>>> train.x.shape, held_out.x.shape, train.num_classes
+((1500, 1, 8, 8), (297, 1, 8, 8), 10)
+>>> float(train.x.min()), float(train.x.max())
+(-1.0, 1.0)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .toy import ring
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+# App. G.1: SD-VAE latents (images in [−1, 1]) have channel means μ_c and stds σ_c; each latent is
+# shifted by μ_c and scaled by σ_d/σ_c
+SD_VAE_MEAN = (1.56, -0.695, 0.483, 0.729)
+SD_VAE_STD = (5.27, 5.91, 4.21, 4.31)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    x: np.ndarray  # (N, C, H, W) images in [−1, 1], or (N, d) points; float32
+    labels: np.ndarray | None  # (N,) int64 classes in [0, num_classes), or None
+    num_classes: int  # 0 when unlabelled
+
+    def __post_init__(self) -> None:
+        if self.x.ndim not in (2, 4) or self.x.shape[0] == 0:
+            shape = self.x.shape
+            raise ValueError(f"{self.name}: need (N, C, H, W) images or (N, d) points, got shape {shape}")
+        if not np.isfinite(self.x).all():
+            raise ValueError(f"{self.name}: the data hold NaN or Inf values")
+        if self.labels is not None:
+            if self.labels.shape != (self.x.shape[0],):
+                raise ValueError(f"{self.name}: {self.labels.shape[0]} labels for {self.x.shape[0]} samples")
+            if self.labels.min() < 0 or self.labels.max() >= self.num_classes:
+                raise ValueError(
+                    f"{self.name}: labels must lie in [0, {self.num_classes}), got "
+                    f"[{self.labels.min()}, {self.labels.max()}]"
+                )
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def one_hot(self, index: np.ndarray) -> np.ndarray | None:
+        """The one-hot labels (float32) of the samples at `index`, or None when unlabelled."""
+        if self.labels is None:
+            return None
+        return np.eye(self.num_classes, dtype=np.float32)[self.labels[index]]
+
+
+def digits(held_out: int = 297, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """scikit-learn's 8×8 digits (pixel values 0–16 mapped to [−1, 1]) split once, by a fixed
+    permutation, into a training set and `held_out` images for evaluation."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.images.astype(np.float32) / 8 - 1)[:, None]
+    labels = bunch.target.astype(np.int64)
+    order = np.random.default_rng(seed).permutation(len(x))
+    test, train = order[:held_out], order[held_out:]
+    return Dataset("digits", x[train], labels[train], 10), Dataset(
+        "digits (held out)", x[test], labels[test], 10
+    )
+
+
+def toy2d(num: int = 20000, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """Points from 8 Gaussians on a ring (`training.toy.ring`), unlabelled: a training set of
+    `num` and a held-out set of the same size."""
+    mixture = ring()
+    rng = np.random.default_rng(seed)
+    train, test = (mixture.sample(num, rng).astype(np.float32) for _ in range(2))
+    return Dataset("toy2d", train, None, 0), Dataset("toy2d (held out)", test, None, 0)
+
+
+def from_arrays(name: str, x: np.ndarray, labels: np.ndarray | None = None) -> Dataset:
+    """Images as uint8 (0–255) or floats already in [−1, 1], channels first (N, C, H, W) or last
+    (N, H, W, C with C ≤ 4), or (N, H, W) grey; labels as integers."""
+    x = np.asarray(x)
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] <= 4 < x.shape[1]:
+        x = x.transpose(0, 3, 1, 2)
+    if x.ndim != 4:
+        raise ValueError(f"{name}: need images (N, C, H, W), (N, H, W, C) or (N, H, W), got shape {x.shape}")
+    if x.dtype == np.uint8:
+        x = x.astype(np.float32) / 127.5 - 1
+    elif np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float32)
+        if x.size and (x.min() < -1.0001 or x.max() > 1.0001):
+            raise ValueError(f"{name}: float images must lie in [-1, 1], got [{x.min():.3g}, {x.max():.3g}]")
+    else:
+        raise ValueError(f"{name}: images must be uint8 or float, got {x.dtype}")
+    if labels is None:
+        return Dataset(name, x, None, 0)
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{name}: labels must be integers, got {labels.dtype}")
+    labels = labels.astype(np.int64)
+    return Dataset(name, x, labels, int(labels.max()) + 1 if labels.size else 0)
+
+
+def load_npz(path: Path) -> Dataset:
+    """An `.npz` with an array "x" of images (see `from_arrays`) and optionally "labels"."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {key: f[key] for key in f.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, AttributeError) as error:
+        raise ValueError(f"{path}: not a readable .npz file ({error})") from error
+    if "x" not in arrays:
+        held = ", ".join(arrays) or "nothing"
+        raise ValueError(f"{path}: no array 'x' in the file (it holds {held})")
+    return from_arrays(str(path), arrays["x"], arrays.get("labels"))
+
+
+def _decode_images(name: str, items: Iterable[tuple[str, bytes]]) -> tuple[list[str], np.ndarray]:
+    """Decode (file name, bytes) pairs with Pillow into one uint8 array; every image must have the
+    size and mode of the first."""
+    from PIL import Image
+
+    names, arrays = [], []
+    for file_name, data in items:
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                array = np.asarray(image.convert("L" if image.mode in ("1", "L", "P", "I;16") else "RGB"))
+        except OSError as error:
+            raise ValueError(f"{name}: cannot read image {file_name} ({error})") from error
+        if arrays and array.shape != arrays[0].shape:
+            raise ValueError(
+                f"{name}: images of different sizes or modes: {names[0]} is {arrays[0].shape}, "
+                f"{file_name} is {array.shape}; resize them to one size first"
+            )
+        names.append(file_name)
+        arrays.append(array)
+    if not arrays:
+        raise ValueError(f"{name}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
+    return names, np.stack(arrays)
+
+
+def load_image_folder(path: Path) -> Dataset:
+    """Every image file under `path` (sorted by name), unlabelled."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"{path}: not a folder")
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    _, x = _decode_images(str(path), ((str(p.relative_to(path)), p.read_bytes()) for p in files))
+    return from_arrays(str(path), x)
+
+
+def load_zip(path: Path) -> Dataset:
+    """An EDM-style dataset zip: image files and an optional `dataset.json` whose "labels" lists
+    [file name, class] pairs."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            files = sorted(n for n in archive.namelist() if Path(n).suffix.lower() in IMAGE_SUFFIXES)
+            names, x = _decode_images(str(path), ((n, archive.read(n)) for n in files))
+            meta = json.loads(archive.read("dataset.json")) if "dataset.json" in archive.namelist() else {}
+    except (OSError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path}: not a readable zip file ({error})") from error
+    pairs = dict(meta.get("labels") or [])
+    if not pairs:
+        return from_arrays(str(path), x)
+    missing = [n for n in names if n not in pairs]
+    if missing:
+        raise ValueError(f"{path}: dataset.json has no label for {missing[0]} (and {len(missing) - 1} more)")
+    return from_arrays(str(path), x, np.array([pairs[n] for n in names]))
+
+
+def load_latents(path: Path, sigma_d: float = 0.5) -> Dataset:
+    """SD-VAE latents (N, 4, h, w) from an `.npz` ("x", optional "labels"), normalised as in
+    App. G.1: (latent − μ_c)·σ_d/σ_c per channel. Encoding images needs the VAE's weights, which
+    the user supplies; nothing is downloaded here."""
+    path = Path(path)
+    with np.load(path) as f:
+        x, labels = np.asarray(f["x"], dtype=np.float32), (f["labels"] if "labels" in f else None)
+    if x.ndim != 4 or x.shape[1] != 4:
+        raise ValueError(f"{path}: SD-VAE latents are (N, 4, h, w), got shape {x.shape}")
+    mean, std = (np.array(c, dtype=np.float32)[None, :, None, None] for c in (SD_VAE_MEAN, SD_VAE_STD))
+    x = (x - mean) * (sigma_d / std)
+    if labels is None:
+        return Dataset(str(path), x, None, 0)
+    labels = np.asarray(labels).astype(np.int64)
+    return Dataset(str(path), x, labels, int(labels.max()) + 1)
+
+
+def decode_latents(x: np.ndarray, sigma_d: float = 0.5) -> np.ndarray:
+    """The inverse of `load_latents`' normalisation, for the VAE decoder."""
+    mean, std = (np.array(c, dtype=np.float32)[None, :, None, None] for c in (SD_VAE_MEAN, SD_VAE_STD))
+    return x * (std / sigma_d) + mean
+
+
+class BatchStream:
+    """Indices of shuffled minibatches, epoch after epoch: epoch e is a permutation drawn from
+    numpy's generator seeded with (seed, e), cut into batches (the last incomplete one dropped).
+    The position (epoch, batch) is the whole state, for checkpoints."""
+
+    def __init__(self, size: int, batch: int, seed: int = 0) -> None:
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, got {batch}")
+        if size < batch:
+            raise ValueError(f"the dataset has {size} samples, fewer than one batch of {batch}")
+        self.size, self.batch, self.seed = size, batch, seed
+        self.epoch, self.index = 0, 0
+        self._order = self._permutation()
+
+    def _permutation(self) -> np.ndarray:
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
+
+    def __next__(self) -> np.ndarray:
+        if (self.index + 1) * self.batch > self.size:
+            self.epoch, self.index = self.epoch + 1, 0
+            self._order = self._permutation()
+        start = self.index * self.batch
+        self.index += 1
+        return self._order[start : start + self.batch]
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def restore(self, state: dict) -> None:
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+        self._order = self._permutation()

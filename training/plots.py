@@ -1,0 +1,76 @@
+"""Pictures of a run: sample grids (PNG, upscaled so that 8×8 digits are visible), scatter plots
+of 2-D samples, and the metric against the number of network evaluations (NFE) per model.
+
+>>> import numpy as np, tempfile, pathlib
+>>> folder = pathlib.Path(tempfile.mkdtemp())
+>>> image_grid(np.zeros((12, 1, 8, 8)), folder / "grid.png", columns=6, scale=2).size
+(110, 38)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def image_grid(x: np.ndarray, path: Path, columns: int = 10, scale: int = 8, pad: int = 1):
+    """Save images (N, C, H, W) in [−1, 1] as one PNG grid, each pixel a scale×scale block, with
+    `pad` pixels (before scaling) of grey between images. Returns the Pillow image."""
+    from PIL import Image
+
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"need images (N, 1 or 3, H, W), got shape {x.shape}")
+    n, c, h, w = x.shape
+    rows = -(-n // columns)
+    cols = min(columns, n)
+    grid = np.full((c, rows * (h + pad) + pad, cols * (w + pad) + pad), 0.0)
+    for i, image in enumerate(np.clip(x, -1, 1)):
+        r, q = divmod(i, columns)
+        top, left = pad + r * (h + pad), pad + q * (w + pad)
+        grid[:, top : top + h, left : left + w] = image
+    pixels = np.round((grid + 1) * 127.5).astype(np.uint8).transpose(1, 2, 0)
+    pixels = pixels.repeat(scale, axis=0).repeat(scale, axis=1)
+    image = Image.fromarray(pixels[..., 0] if c == 1 else pixels)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return image
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def points_plot(samples: np.ndarray, reference: np.ndarray, path: Path, title: str) -> None:
+    """2-D samples over the reference data."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(4, 4))
+    axis.scatter(*reference[:2000].T, s=2, alpha=0.3, label="data", color="grey")
+    axis.scatter(*samples[:2000].T, s=2, alpha=0.6, label="samples", color="C0")
+    axis.set_title(title)
+    axis.set_aspect("equal")
+    axis.legend(loc="upper right", markerscale=4)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(figure)
+
+
+def metric_plot(results: list[dict], metric: str, path: Path) -> None:
+    """The metric against NFE (log scale), one line per model (summary.json's "results")."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(5, 3.5))
+    for model in dict.fromkeys(r["model"] for r in results):
+        rows = sorted((r["nfe"], r["value"]) for r in results if r["model"] == model)
+        axis.plot(*zip(*rows), marker="o", label=model)
+    axis.set_xscale("log")
+    axis.set_xlabel("network evaluations per sample (NFE)")
+    axis.set_ylabel(metric)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(figure)

@@ -1,0 +1,253 @@
+"""What `torch_run.py` and `jax_run.py` share around their training loops: the command line, the
+run folder (config.json, metrics.jsonl, checkpoints/, samples/, summary.json), the data of a
+config, the metric, sample pictures and the consistency models' sampling times.
+
+>>> round(consistency_times(2, 0.5)[1], 2)  # G.2: two steps, at t_max then t = 1.1
+1.1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from trigcore import schedule
+
+from . import data, plots
+from .config import RunConfig
+from .metrics import DigitsFeatures, frechet_distance, gaussian_statistics, sliced_wasserstein
+
+MAX_SKIPPED = 10  # non-finite steps in a row before a phase gives up
+
+
+def consistency_times(num_steps: int, sigma_d: float) -> list[float]:
+    """Times of multistep consistency sampling: [t_max] for one step, [t_max, 1.1] for two (G.2),
+    and for more steps t_max followed by EDM levels (ρ = 7) between σ_max and σ_d·tan 1.1."""
+    if num_steps < 1:
+        raise ValueError(f"steps must be at least 1, got {num_steps}")
+    t_max = schedule.t_max(sigma_d)
+    if num_steps <= 2:
+        return [t_max, 1.1][:num_steps]
+    grid = schedule.trigflow_timesteps(num_steps, sigma_d, sigma_min=sigma_d * np.tan(1.1), xp=np)
+    return [float(t) for t in grid[:num_steps]]
+
+
+# --- the run folder --------------------------------------------------------------------------
+
+
+class Run:
+    """A run's folder. `log` appends one JSON line to metrics.jsonl."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.checkpoints = self.folder / "checkpoints"
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        self._clock = self.folder / ".elapsed"
+
+    def log(self, record: dict) -> None:
+        with open(self.folder / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+
+    def elapsed(self) -> float:
+        """Seconds spent by earlier attempts of this run (for the summary's wall time)."""
+        return float(self._clock.read_text()) if self._clock.exists() else 0.0
+
+    def write_summary(self, summary: dict) -> None:
+        _write_atomically(self.folder / "summary.json", json.dumps(summary, indent=2))
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def progress(iterable, desc: str, initial: int = 0, total: int | None = None):
+    """A tqdm progress bar on stderr (plain iteration when tqdm is missing)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a requirement of the run scripts
+        return _Plain(iterable)
+    return tqdm(
+        iterable, desc=f"{desc:<8}", initial=initial, total=total, dynamic_ncols=True, file=sys.stderr
+    )
+
+
+class _Plain:
+    def __init__(self, iterable) -> None:
+        self.iterable = iterable
+
+    def __iter__(self):
+        return iter(self.iterable)
+
+    def set_postfix(self, **_: object) -> None:
+        pass
+
+
+# --- data and the metric ---------------------------------------------------------------------
+
+
+def load_data(config: RunConfig) -> tuple[data.Dataset, data.Dataset]:
+    """The training and held-out sets of `config.data`; file sources hold out a fixed 10%."""
+    if config.data == "digits":
+        return data.digits(seed=config.seed)
+    if config.data == "toy2d":
+        return data.toy2d(seed=config.seed)
+    kind, _, path = config.data.partition(":")
+    loaders = {
+        "npz": data.load_npz,
+        "folder": data.load_image_folder,
+        "zip": data.load_zip,
+        "latents": data.load_latents,
+    }
+    if kind not in loaders or not path:
+        raise ValueError(
+            f"--data must be digits, toy2d, npz:PATH, folder:PATH, zip:PATH or latents:PATH, got "
+            f"{config.data!r}"
+        )
+    if not Path(path).exists():
+        raise FileNotFoundError(f"--data {config.data}: {path} does not exist")
+    full = loaders[kind](Path(path))
+    order = np.random.default_rng(config.seed).permutation(len(full))
+    cut = max(1, len(full) // 10)
+
+    def part(index: np.ndarray, name: str) -> data.Dataset:
+        labels = None if full.labels is None else full.labels[index]
+        return data.Dataset(name, full.x[index], labels, full.num_classes)
+
+    return part(order[cut:], full.name), part(order[:cut], f"{full.name} (held out)")
+
+
+class Metric:
+    """The run's sample-quality score against the held-out set (lower is better): "fd_digits"
+    (Fréchet distance in a digits classifier's features), "sliced_w2" for 2-D data, else
+    "fd_pixels" (Fréchet distance of the pixels, average-pooled to at most 8×8)."""
+
+    def __init__(self, config: RunConfig, train: data.Dataset, held_out: data.Dataset) -> None:
+        self.held_out = held_out.x
+        self.seed = config.seed
+        if config.data == "digits":
+            self.name = "fd_digits"
+            classifier = DigitsFeatures.load_or_train(train, held_out)
+            print(f"digits classifier: held-out accuracy {classifier.accuracy:.3f}", file=sys.stderr)
+            self.features = classifier.features
+        elif held_out.x.ndim == 2:
+            self.name = "sliced_w2"
+        else:
+            self.name = "fd_pixels"
+            self.features = _pooled_pixels
+        if self.name != "sliced_w2":
+            self.reference = gaussian_statistics(self.features(held_out.x))
+
+    def of_training_data(self, train: data.Dataset, num: int) -> float:
+        """The metric of `num` training samples: what a perfect model scores at this size."""
+        index = np.random.default_rng(self.seed).choice(len(train), min(num, len(train)), replace=False)
+        return self(train.x[index])
+
+    def __call__(self, samples: np.ndarray) -> float:
+        if self.name == "sliced_w2":
+            n = min(len(samples), len(self.held_out))
+            return sliced_wasserstein(samples[:n], self.held_out[:n], np.random.default_rng(self.seed))
+        return frechet_distance(*gaussian_statistics(self.features(samples)), *self.reference)
+
+
+def _pooled_pixels(x: np.ndarray) -> np.ndarray:
+    factor = max(1, x.shape[-1] // 8)
+    n, c, h, w = x.shape
+    pooled = x[:, :, : h - h % factor, : w - w % factor].reshape(
+        n, c, h // factor, factor, w // factor, factor
+    )
+    return pooled.mean(axis=(3, 5)).reshape(n, -1)
+
+
+def save_samples(samples: np.ndarray, path: Path) -> None:
+    """A PNG of samples: a grid of images, or 2-D points."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if samples.ndim == 4:
+        plots.image_grid(samples, path, columns=10, scale=8 if samples.shape[-1] <= 16 else 2)
+    else:
+        plots.points_plot(samples, samples, path, path.stem)
+
+
+# --- the command line ------------------------------------------------------------------------
+
+
+def argument_parser(doc: str, presets: dict) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    parser = argparse.ArgumentParser(
+        description=doc.split("\n\n")[0],
+        epilog=doc.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(command="train")
+    parser.add_argument("--preset", default="digits", choices=sorted(presets), help="settings to start from")
+    parser.add_argument("--data", help="digits, toy2d, npz:PATH, folder:PATH, zip:PATH or latents:PATH")
+    parser.add_argument("--runs", type=Path, default=Path("runs"), help="folder for new run folders")
+    parser.add_argument(
+        "--resume", type=Path, metavar="RUN_FOLDER", help="continue a run from its checkpoints"
+    )
+    for phase in ("teacher", "scd", "sct"):
+        parser.add_argument(
+            f"--{phase}-steps", type=int, metavar="N", help=f"{phase} training steps (0: skip)"
+        )
+        parser.add_argument(f"--{phase}-batch", type=int, metavar="N", help=f"{phase} batch size")
+    parser.add_argument("--checkpoint-every", type=int, metavar="N", help="steps between checkpoints")
+    parser.add_argument("--log-every", type=int, metavar="N", help="steps between lines of metrics.jsonl")
+    parser.add_argument("--eval-num", type=int, metavar="N", help="samples per model and sampler")
+    parser.add_argument("--precision", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--seed", type=int)
+    commands = parser.add_subparsers(dest="command")
+    sample = commands.add_parser("sample", help="draw samples from a checkpoint")
+    sample.add_argument("--checkpoint", type=Path, required=True, help="PATH (without suffix) or PATH.json")
+    sample.add_argument("--steps", type=int, default=1, help="consistency steps (a teacher: Heun steps)")
+    sample.add_argument("--num", type=int, default=64, help="number of samples")
+    sample.add_argument("--seed", type=int, default=0, help="seed of numpy's generator for all noise")
+    sample.add_argument("--guidance", type=float, default=1.0, help="CFG scale (1: none)")
+    sample.add_argument("--out", type=Path, default=Path("samples.npz"), help="an .npz (and a PNG beside it)")
+    return parser, sample
+
+
+def start(args: argparse.Namespace, presets: dict) -> tuple[RunConfig, Run]:
+    """The config and run folder: a resumed run's own config.json, or the preset with the
+    command line's overrides in a new folder."""
+    if args.resume is not None:
+        config_path = args.resume / "config.json"
+        if not config_path.exists():
+            raise FileNotFoundError(f"--resume {args.resume}: no config.json there (not a run folder)")
+        return RunConfig.from_dict(json.loads(config_path.read_text())), Run(args.resume)
+    config = presets[args.preset]
+    if args.data is not None:
+        config = replace(config, data=args.data)
+    for phase in ("teacher", "scd", "sct"):
+        updates = {
+            k: getattr(args, f"{phase}_{k}")
+            for k in ("steps", "batch")
+            if getattr(args, f"{phase}_{k}") is not None
+        }
+        if args.checkpoint_every is not None:
+            updates["checkpoint_every"] = args.checkpoint_every
+        if any(v < (0 if k == "steps" else 1) for k, v in updates.items()):
+            raise ValueError(
+                f"--{phase}-steps must be ≥ 0, --{phase}-batch and --checkpoint-every ≥ 1, got {updates}"
+            )
+        config = replace(config, **{phase: replace(getattr(config, phase), **updates)})
+    if args.eval_num is not None:
+        config = replace(config, eval=replace(config.eval, num=args.eval_num))
+    if args.log_every is not None and args.log_every < 1:
+        raise ValueError(f"--log-every must be at least 1, got {args.log_every}")
+    for key in ("precision", "seed", "log_every"):
+        if getattr(args, key) is not None:
+            config = replace(config, **{key: getattr(args, key)})
+    stem = args.runs / f"{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder, n = stem, 1
+    while folder.exists():  # two runs started in the same second
+        folder, n = stem.with_name(f"{stem.name}-{n}"), n + 1
+    run = Run(folder)
+    _write_atomically(folder / "config.json", json.dumps(config.to_dict(), indent=2))
+    return config, run

@@ -114,10 +114,7 @@ def teacher_output(
     without a graph, through torch.compile when `compiled`."""
 
     def F_fn(conditioning: torch.Tensor | None) -> torch.Tensor:
-        def F(u: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-            with autocast(u.device, precision):
-                return teacher(u, tau, conditioning)
-
+        F = _conditioned(teacher, conditioning, None, precision)
         return no_graph(F, x_t / sigma_d, t, compiled, precision != "float32").to(x_t.dtype)
 
     F = F_fn(labels)
@@ -135,10 +132,10 @@ def _guidance_scales(
     return 1 + (guidance_max - 1) * torch.rand(x0.shape[0], dtype=x0.dtype, device=x0.device)
 
 
-def _student(
+def _conditioned(
     model: torch.nn.Module, labels: torch.Tensor | None, scale: torch.Tensor | None, precision: str
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """F_θ(u, τ) with the batch's conditioning, under the chosen precision."""
+    """F(u, τ) of a network with the batch's conditioning, under the chosen precision."""
 
     def F_fn(u: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         with autocast(u.device, precision):
@@ -188,7 +185,7 @@ def scm_loss(
             teacher, x_t, t, labels, scale, config.sigma_d, config.precision, config.passes == "compiled"
         )
         dxdt = flow.pf_ode(F_teacher, config.sigma_d)
-    F_fn = _student(model, labels, scale, config.precision)
+    F_fn = _conditioned(model, labels, scale, config.precision)
     start = segment_start(t, boundaries) if boundaries is not None else None
     local = t if start is None else t - start  # the time the CM's coefficients see
     r = tangent.warmup_ratio(step, config.warmup_steps)
@@ -253,7 +250,7 @@ def discrete_scm_loss(
     scale = _guidance_scales(x0, labels, config.guidance_max)
     F_teacher = teacher_output(teacher, x_t, t, labels, scale, config.sigma_d, config.precision)
     x_prime = tangent.discrete_reference(x_t, t, t_prime, F_teacher, config.sigma_d)
-    F_fn = _student(model, labels, scale, config.precision)
+    F_fn = _conditioned(model, labels, scale, config.precision)
     r = tangent.warmup_ratio(step, config.warmup_steps)
     F = F_fn(x_t / config.sigma_d, t).to(x0.dtype)
     F_minus = F.detach()  # θ⁻ = θ: the same evaluation, dropout masks included
@@ -288,7 +285,7 @@ def generate(
 ) -> torch.Tensor:
     """One-step samples g_θ(z′) = f_θ(z′, π/2) = −σ_d F_θ(z′/σ_d, π/2) of a CM (App. C.2)."""
     t = torch.full((z.shape[0],), math.pi / 2, dtype=z.dtype, device=z.device)
-    F = _student(model, labels, scale, config.precision)(z / config.sigma_d, t).to(z.dtype)
+    F = _conditioned(model, labels, scale, config.precision)(z / config.sigma_d, t).to(z.dtype)
     return flow.denoise(z, t, F, config.sigma_d)
 
 

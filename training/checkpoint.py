@@ -33,8 +33,10 @@ def _paths(path: Path) -> tuple[Path, Path]:
     return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
 
 
-def _replace_atomically(target: Path, write) -> None:
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+def write_atomically(target: Path, write) -> None:
+    """`write(path)` into a temporary file beside `target`, then rename it into place: readers
+    see the old file or the whole new one, never a part."""
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp{target.suffix}")
     try:
         write(temporary)
         os.replace(temporary, target)
@@ -49,9 +51,9 @@ def save(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
     tensors_path, meta_path = _paths(path)
     tensors_path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {key: np.ascontiguousarray(value) for key, value in arrays.items()}
-    _replace_atomically(tensors_path, lambda p: save_file(arrays, str(p)))
+    write_atomically(tensors_path, lambda p: save_file(arrays, str(p)))
     document = {"format": FORMAT, **meta, "arrays": tensors_path.name}
-    _replace_atomically(meta_path, lambda p: p.write_text(json.dumps(document, indent=2)))
+    write_atomically(meta_path, lambda p: p.write_text(json.dumps(document, indent=2)))
 
 
 def load(path: Path) -> tuple[dict[str, np.ndarray], dict]:
@@ -84,6 +86,8 @@ def latest(folder: Path, prefix: str = "") -> Path | None:
     folder = Path(folder)
     found = []
     for meta_path in folder.glob(f"{prefix}*.json"):
+        if meta_path.name.startswith("."):  # a write in progress
+            continue
         try:
             step = int(json.loads(meta_path.read_text()).get("step", -1))
         except (OSError, ValueError, AttributeError):

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import write_atomically
+
 
 def sliced_wasserstein(
     a: np.ndarray, b: np.ndarray, rng: np.random.Generator, projections: int = 256
@@ -100,7 +102,5 @@ class DigitsFeatures:
         result = cls(w1, b1, w2, b2, 0.0)
         accuracy = float(np.mean(result.predict(held_out.x) == held_out.labels))
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-        np.savez(temporary, w1=w1, b1=b1, w2=w2, b2=b2, accuracy=accuracy)
-        os.replace(temporary, path)
+        write_atomically(path, lambda p: np.savez(p, w1=w1, b1=b1, w2=w2, b2=b2, accuracy=accuracy))
         return cls(w1, b1, w2, b2, accuracy)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import replace
@@ -20,7 +19,7 @@ import numpy as np
 
 from trigcore import schedule
 
-from . import data, plots
+from . import checkpoint, data, plots
 from .config import RunConfig
 from .metrics import DigitsFeatures, frechet_distance, gaussian_statistics, sliced_wasserstein
 
@@ -60,35 +59,17 @@ class Run:
         return float(self._clock.read_text()) if self._clock.exists() else 0.0
 
     def write_summary(self, summary: dict) -> None:
-        _write_atomically(self.folder / "summary.json", json.dumps(summary, indent=2))
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+        path = self.folder / "summary.json"
+        checkpoint.write_atomically(path, lambda p: p.write_text(json.dumps(summary, indent=2)))
 
 
 def progress(iterable, desc: str, initial: int = 0, total: int | None = None):
-    """A tqdm progress bar on stderr (plain iteration when tqdm is missing)."""
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a requirement of the run scripts
-        return _Plain(iterable)
+    """A tqdm progress bar on stderr."""
+    from tqdm import tqdm
+
     return tqdm(
         iterable, desc=f"{desc:<8}", initial=initial, total=total, dynamic_ncols=True, file=sys.stderr
     )
-
-
-class _Plain:
-    def __init__(self, iterable) -> None:
-        self.iterable = iterable
-
-    def __iter__(self):
-        return iter(self.iterable)
-
-    def set_postfix(self, **_: object) -> None:
-        pass
 
 
 # --- data and the metric ---------------------------------------------------------------------
@@ -249,5 +230,6 @@ def start(args: argparse.Namespace, presets: dict) -> tuple[RunConfig, Run]:
     while folder.exists():  # two runs started in the same second
         folder, n = stem.with_name(f"{stem.name}-{n}"), n + 1
     run = Run(folder)
-    _write_atomically(folder / "config.json", json.dumps(config.to_dict(), indent=2))
+    text = json.dumps(config.to_dict(), indent=2)
+    checkpoint.write_atomically(folder / "config.json", lambda p: p.write_text(text))
     return config, run

@@ -57,20 +57,23 @@ def _setup(args: argparse.Namespace):
     return torch, device, net, {"x0": x0, "labels": labels}
 
 
-def _sync(torch, device) -> None:
+def sync(device: Any) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously)."""
     if device.type == "cuda":
+        import torch
+
         torch.cuda.synchronize(device)
 
 
-def _median_seconds(fn: Callable[[int], object], args: argparse.Namespace, torch: Any, device: Any) -> float:
-    """Median wall time of fn(i) over args.repeats calls after args.warmup untimed ones."""
+def median_seconds(fn: Callable[[int], object], device: Any, repeats: int, warmup: int) -> float:
+    """Median wall time of fn(i) over `repeats` calls after `warmup` untimed ones."""
     times = []
-    for i in range(args.warmup + args.repeats):
-        _sync(torch, device)
+    for i in range(warmup + repeats):
+        sync(device)
         start = time.perf_counter()
         fn(i)
-        _sync(torch, device)
-        if i >= args.warmup:
+        sync(device)
+        if i >= warmup:
             times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -101,8 +104,11 @@ def measure_step(args: argparse.Namespace) -> dict:
         base = torch.cuda.memory_allocated(device)
     else:
         base = _rss_bytes()
-    seconds = _median_seconds(
-        lambda step: optim.apply_gradients(loss_fn(step), optimizer, model=net), args, torch, device
+    seconds = median_seconds(
+        lambda step: optim.apply_gradients(loss_fn(step), optimizer, model=net),
+        device,
+        args.repeats,
+        args.warmup,
     )
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) - base
@@ -139,7 +145,10 @@ def measure_tangent(args: argparse.Namespace) -> dict:
         loss(F(x / 0.5, t), F_minus, jvp).backward()
 
     ways = {"dual tensors, then F_θ": separate_dual, "func.jvp, then F_θ": separate_func}
-    return {name: _median_seconds(lambda _, fn=fn: fn(), args, torch, device) for name, fn in ways.items()}
+    return {
+        name: median_seconds(lambda _, fn=fn: fn(), device, args.repeats, args.warmup)
+        for name, fn in ways.items()
+    }
 
 
 def _child(args: argparse.Namespace, measure: str) -> dict:

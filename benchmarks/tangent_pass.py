@@ -12,7 +12,6 @@ difference from the eager pass.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -21,25 +20,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from steps import median_seconds, sync  # noqa: E402  (benchmarks/steps.py, beside this script)
+
 from backends.torch.autodiff import tangent_pass  # noqa: E402
 from backends.torch.edm2 import PRESETS, EDM2UNet  # noqa: E402
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def milliseconds(fn, device: torch.device, repeats: int = 10, warmup: int = 3) -> float:
-    times = []
-    for i in range(warmup + repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return 1e3 * median_seconds(lambda _: fn(), device, repeats, warmup)
 
 
 def kernel_milliseconds(fn, device: torch.device) -> float:

@@ -63,6 +63,17 @@ class Dataset:
     def __len__(self) -> int:
         return self.x.shape[0]
 
+    def split(self, held_out: int, seed: int = 0) -> tuple[Dataset, Dataset]:
+        """A fixed split by numpy's permutation seeded with `seed`: (the rest, `held_out` samples)."""
+        order = np.random.default_rng(seed).permutation(len(self))
+        return self._subset(order[held_out:], self.name), self._subset(
+            order[:held_out], f"{self.name} (held out)"
+        )
+
+    def _subset(self, index: np.ndarray, name: str) -> Dataset:
+        labels = None if self.labels is None else self.labels[index]
+        return Dataset(name, self.x[index], labels, self.num_classes)
+
     def one_hot(self, index: np.ndarray) -> np.ndarray | None:
         """The one-hot labels (float32) of the samples at `index`, or None when unlabelled."""
         if self.labels is None:
@@ -77,12 +88,7 @@ def digits(held_out: int = 297, seed: int = 0) -> tuple[Dataset, Dataset]:
 
     bunch = load_digits()
     x = (bunch.images.astype(np.float32) / 8 - 1)[:, None]
-    labels = bunch.target.astype(np.int64)
-    order = np.random.default_rng(seed).permutation(len(x))
-    test, train = order[:held_out], order[held_out:]
-    return Dataset("digits", x[train], labels[train], 10), Dataset(
-        "digits (held out)", x[test], labels[test], 10
-    )
+    return Dataset("digits", x, bunch.target.astype(np.int64), 10).split(held_out, seed)
 
 
 def toy2d(num: int = 20000, seed: int = 0) -> tuple[Dataset, Dataset]:
@@ -198,7 +204,7 @@ def load_latents(path: Path, sigma_d: float = 0.5) -> Dataset:
         x, labels = np.asarray(f["x"], dtype=np.float32), (f["labels"] if "labels" in f else None)
     if x.ndim != 4 or x.shape[1] != 4:
         raise ValueError(f"{path}: SD-VAE latents are (N, 4, h, w), got shape {x.shape}")
-    mean, std = (np.array(c, dtype=np.float32)[None, :, None, None] for c in (SD_VAE_MEAN, SD_VAE_STD))
+    mean, std = _sd_vae_statistics()
     x = (x - mean) * (sigma_d / std)
     if labels is None:
         return Dataset(str(path), x, None, 0)
@@ -208,8 +214,13 @@ def load_latents(path: Path, sigma_d: float = 0.5) -> Dataset:
 
 def decode_latents(x: np.ndarray, sigma_d: float = 0.5) -> np.ndarray:
     """The inverse of `load_latents`' normalisation, for the VAE decoder."""
-    mean, std = (np.array(c, dtype=np.float32)[None, :, None, None] for c in (SD_VAE_MEAN, SD_VAE_STD))
+    mean, std = _sd_vae_statistics()
     return x * (std / sigma_d) + mean
+
+
+def _sd_vae_statistics() -> tuple[np.ndarray, np.ndarray]:
+    """μ_c and σ_c shaped (1, 4, 1, 1)."""
+    return tuple(np.array(c, dtype=np.float32)[None, :, None, None] for c in (SD_VAE_MEAN, SD_VAE_STD))
 
 
 class BatchStream:

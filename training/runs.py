@@ -96,14 +96,7 @@ def load_data(config: RunConfig) -> tuple[data.Dataset, data.Dataset]:
     if not Path(path).exists():
         raise FileNotFoundError(f"--data {config.data}: {path} does not exist")
     full = loaders[kind](Path(path))
-    order = np.random.default_rng(config.seed).permutation(len(full))
-    cut = max(1, len(full) // 10)
-
-    def part(index: np.ndarray, name: str) -> data.Dataset:
-        labels = None if full.labels is None else full.labels[index]
-        return data.Dataset(name, full.x[index], labels, full.num_classes)
-
-    return part(order[cut:], full.name), part(order[:cut], f"{full.name} (held out)")
+    return full.split(max(1, len(full) // 10), config.seed)
 
 
 class Metric:

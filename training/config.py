@@ -29,15 +29,56 @@ class NetworkConfig:
 class PhaseConfig:
     steps: int  # optimiser steps; 0 skips the phase
     batch: int = 128  # global batch size
-    lr: float = 1e-3  # Adam learning rate (constant after `lr_rampup` steps)
-    lr_rampup: int = 100  # linear warmup of the learning rate
-    ema_halflife: float = 2000.0  # samples: the half-life EMA the evaluation uses (EDM)
-    label_dropout: float = 0.1  # teacher: drop the class so it also learns p(x) (CFG)
+    init: str = "teacher"  # consistency models: "teacher" (its EMA weights, G.2) or "scratch"
+    # the optimiser: Adam or RAdam, at EDM2's rate α_ref/√max(step/t_ref, 1) after a linear ramp-up
+    optimizer: str = "adam"
+    lr: float = 1e-3  # α_ref
+    betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = 1e-11
+    lr_decay: float = 0  # t_ref in steps (Tables 3–4: 35000, 70000); 0: constant
+    lr_rampup: int = 100  # steps of linear warmup
+    dropout: float = 0.0  # the network's dropout in this phase
+    dropout_res: int = 0  # U-Nets: dropout only at resolutions ≤ this (G.2: 16); 0: everywhere
+    # weight averages: EDM's half-life EMA and EDM2's power EMAs, whose snapshots a run saves
+    ema_halflife: float = 0.0  # images (0: none)
+    ema_sigma_rels: tuple[float, ...] = ()  # power EMAs tracked (EDM2: 0.05, 0.10)
+    ema_use: float = 0.0  # σ_rel that is evaluated and passed on, reconstructed post hoc from the
+    # snapshots when not tracked; 0: the half-life EMA (or the weights themselves without one)
+    snapshot_every: int = 0  # steps between power-EMA snapshots (0: at checkpoints only)
+    label_dropout: float = 0.0  # teacher: drop the class so it also learns p(x) (CFG)
     P_mean: float = -0.8  # log-normal proposal of σ = σ_d tan t
     P_std: float = 1.6
-    warmup_steps: int = 0  # sCM: tangent warmup H (§4.2)
-    guidance_max: float = 1.0  # sCD: CFG scales s ~ U[1, guidance_max] (G.2)
+    warmup_steps: int = 10000  # sCM: tangent warmup H (§4.2)
+    guidance_max: float = 1.0  # distillation: CFG scales s ~ U[1, guidance_max] (G.2)
+    discrete_steps: int = 1024  # dsCD: N intervals of the discrete grid (Alg. 2, Fig. 5c)
+    # sCD + aVSD (App. C.2, Table 4): λ_VSD and the proposals of L_VSD(θ) and L_Diff(φ); F_φ
+    # starts from the teacher, trains at the phase's rate and keeps no EMA
+    vsd_weight: float = 1.0
+    vsd_P_mean: float = 0.4
+    vsd_P_std: float = 2.0
+    fake_P_mean: float = -0.8
+    fake_P_std: float = 1.6
+    fake_dropout: float = 0.0
     checkpoint_every: int = 500  # steps between checkpoints (and at the end)
+
+    def __post_init__(self) -> None:
+        checks = {
+            "init": (self.init in ("teacher", "scratch"), "'teacher' or 'scratch'"),
+            "optimizer": (self.optimizer in ("adam", "radam"), "'adam' or 'radam'"),
+            "steps": (self.steps >= 0, "≥ 0"),
+            "batch": (self.batch >= 1, "≥ 1"),
+            "checkpoint_every": (self.checkpoint_every >= 1, "≥ 1"),
+            "ema_use": (self.ema_use == 0 or 0 < self.ema_use < 0.2, "0 or in (0, 0.2)"),
+            "dropout": (0 <= self.dropout < 1, "in [0, 1)"),
+            "guidance_max": (self.guidance_max >= 1, "≥ 1"),
+        }
+        bad = [
+            f"{name} = {getattr(self, name)!r}, expected {expected}"
+            for name, (ok, expected) in checks.items()
+            if not ok
+        ]
+        if bad:
+            raise ValueError("; ".join(bad))
 
 
 @dataclass(frozen=True)
@@ -45,8 +86,22 @@ class EvalConfig:
     num: int = 1000  # samples per model and sampler
     heun_steps: tuple[int, ...] = (3, 5, 9, 18)  # the teacher's Heun steps (NFE 2n − 1)
     cm_steps: tuple[int, ...] = (1, 2)  # consistency sampling steps
-    guidance: float = 1.0  # CFG scale of the samples (1: none)
+    # CFG scale of the samples by "model/steps" or "model" (1 where absent: none)
+    guidance: dict = field(default_factory=dict)
     grid: int = 100  # samples in each PNG grid
+    # "auto" (digits: fd_digits, 2-D: sliced_w2, else fd_pixels), "fid" or "fd_dinov2"
+    metric: str = "auto"
+    feature_weights: str = ""  # fid / fd_dinov2: the feature network's weights file
+    vae: str = ""  # latents: a diffusers AutoencoderKL folder, to score decoded images
+
+    def guidance_of(self, model: str, steps: int) -> float:
+        return float(self.guidance.get(f"{model}/{steps}", self.guidance.get(model, 1.0)))
+
+
+# the phases in the order a run trains them; all but the teacher are consistency models, and
+# the distilled ones learn from the teacher's PF-ODE
+PHASES = ("teacher", "scd", "sct", "scd_avsd", "dscd")
+DISTILLED = ("scd", "scd_avsd", "dscd")
 
 
 @dataclass(frozen=True)
@@ -54,14 +109,20 @@ class RunConfig:
     preset: str
     data: str  # "digits", "toy2d", or "npz:PATH", "folder:PATH", "zip:PATH", "latents:PATH"
     network: NetworkConfig
-    teacher: PhaseConfig
-    scd: PhaseConfig
-    sct: PhaseConfig
+    teacher: PhaseConfig  # TrigFlow diffusion (Eq. 4, adaptive weighting)
+    scd: PhaseConfig  # sCD (Alg. 1 with the teacher's PF-ODE)
+    sct: PhaseConfig  # sCT (Alg. 1 with dx_t/dt = v_t)
+    scd_avsd: PhaseConfig = PhaseConfig(steps=0)  # sCD + λ_VSD·aVSD (App. C.2)
+    dscd: PhaseConfig = PhaseConfig(steps=0)  # discrete-time sCD (Alg. 2)
     eval: EvalConfig = EvalConfig()
     sigma_d: float = 0.5  # data standard deviation
-    precision: str = "float32"  # network calls: float32, bfloat16 or float16
+    precision: str = "float32"  # network calls: float32, bfloat16 or float16 (with loss scaling)
+    passes: str = "separate"  # sCM passes: "separate", "fused" or "compiled" (steps.SCMConfig)
+    micro_batches: int = 1  # per process and step (gradient accumulation); the batch splits
+    # into processes × micro_batches shards, each with its own random stream
     seed: int = 0
     log_every: int = 25  # steps between lines of metrics.jsonl
+    teacher_checkpoint: str = ""  # a trained teacher's checkpoint (its phase is then skipped)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -89,42 +150,140 @@ class RunConfig:
 
 _types = {"NetworkConfig": NetworkConfig, "PhaseConfig": PhaseConfig, "EvalConfig": EvalConfig}
 
-# G.2 starts sCD from the teacher's weights; sCT here trains from scratch. Step counts fit the
-# whole default run in about 15 minutes on 2 CPU cores.
-PRESETS: dict[str, RunConfig] = {
-    "digits": RunConfig(
+
+def _digits() -> RunConfig:
+    # sCD starts from the teacher (G.2); sCT trains from scratch. Step counts fit the whole run
+    # in about 7 minutes on 2 CPU cores.
+    cm = dict(P_mean=-1.0, P_std=1.4, ema_halflife=20_000)
+    return RunConfig(
         preset="digits",
         data="digits",
         network=NetworkConfig("mlp", label_dim=10, options={"hidden": 512, "depth": 4}),
-        teacher=PhaseConfig(steps=8000, lr=2e-3, ema_halflife=50_000, P_mean=-0.8, P_std=1.6),
-        scd=PhaseConfig(
-            steps=4000,
-            lr=5e-4,
-            ema_halflife=20_000,
-            P_mean=-1.0,
-            P_std=1.4,
-            guidance_max=2.0,
-            label_dropout=0.0,
-        ),
-        sct=PhaseConfig(
-            steps=4000,
-            lr=1e-3,
-            ema_halflife=20_000,
-            P_mean=-1.0,
-            P_std=1.4,
-            warmup_steps=1000,
-            label_dropout=0.0,
-        ),
-    ),
-    "toy2d": RunConfig(
+        teacher=PhaseConfig(steps=8000, lr=2e-3, ema_halflife=50_000, label_dropout=0.1),
+        scd=PhaseConfig(steps=4000, lr=5e-4, warmup_steps=0, guidance_max=2.0, **cm),
+        sct=PhaseConfig(steps=4000, lr=1e-3, warmup_steps=1000, init="scratch", **cm),
+    )
+
+
+def _toy2d() -> RunConfig:
+    cm = dict(batch=256, lr=5e-4, P_mean=-1.0, P_std=1.4, ema_halflife=2000)
+    return RunConfig(
         preset="toy2d",
         data="toy2d",
         network=NetworkConfig("mlp", options={"hidden": 128}),
-        teacher=PhaseConfig(steps=2000, batch=256, lr=2e-3, label_dropout=0.0),
-        scd=PhaseConfig(steps=1000, batch=256, lr=5e-4, P_mean=-1.0, P_std=1.4, label_dropout=0.0),
-        sct=PhaseConfig(
-            steps=1000, batch=256, lr=5e-4, P_mean=-1.0, P_std=1.4, warmup_steps=200, label_dropout=0.0
-        ),
+        teacher=PhaseConfig(steps=2000, batch=256, lr=2e-3, ema_halflife=2000),
+        scd=PhaseConfig(steps=1000, warmup_steps=0, **cm),
+        sct=PhaseConfig(steps=1000, warmup_steps=200, init="scratch", **cm),
         eval=EvalConfig(num=2000),
-    ),
+    )
+
+
+def _cifar10() -> RunConfig:
+    """G.1–G.2: DDPM++ on unconditional CIFAR-10. The teacher takes EDM's settings (Adam, lr 1e-3
+    after a 10 Mimg ramp-up, dropout 0.13, batch 512, 400k steps, EMA half-life 0.5 Mimg, EDM's
+    proposal); sCT and sCD start from it with RAdam at 1e-4, no schedule. G.2 gives no step count
+    for the CMs: they take the teacher's."""
+    teacher = PhaseConfig(
+        steps=400_000, batch=512, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, lr_rampup=19_531,
+        dropout=0.13, ema_halflife=500_000, P_mean=-1.2, P_std=1.2, checkpoint_every=10_000,
+    )  # fmt: skip
+    cm = dict(
+        steps=400_000, batch=512, optimizer="radam", lr=1e-4, betas=(0.9, 0.99), eps=1e-8,
+        lr_rampup=0, ema_halflife=500_000, P_mean=-1.0, P_std=1.4, checkpoint_every=10_000,
+    )  # fmt: skip
+    return RunConfig(
+        preset="cifar10",
+        data="zip:datasets/cifar10-32x32.zip",
+        network=NetworkConfig("ddpmpp"),
+        teacher=teacher,
+        sct=PhaseConfig(dropout=0.2, **cm),
+        scd=PhaseConfig(dropout=0.0, **cm),
+        eval=EvalConfig(num=50_000, heun_steps=(18,), metric="fid"),
+    )
+
+
+# Tables 3 and 4 by model size: the teacher's α_ref, its dropout, the EMA length of the teacher
+# used for distillation, the CMs' α_ref, sCT's and sCD's dropout at resolutions ≤ 16
+# (and for ImageNet 512 the teacher's training steps).
+_IMAGENET64 = {
+    "S": (1.0e-2, 0.0, 0.075, 1.0e-4, 0.45, 0.0, 1_048_576),
+    "M": (9.0e-3, 0.1, 0.06, 9.0e-5, 0.45, 0.0, 1_486_000),
+    "L": (8.0e-3, 0.1, 0.04, 8.0e-5, 0.45, 0.0, 761_000),
+    "XL": (7.0e-3, 0.1, 0.04, 7.0e-5, 0.45, 0.0, 540_000),
+}
+_IMAGENET512 = {
+    "S": (1.0e-2, 0.0, 0.025, 1.0e-4, 0.25, 0.0, 1_048_576),
+    "M": (9.0e-3, 0.1, 0.03, 9.0e-5, 0.35, 0.1, 1_048_576),
+    "L": (8.0e-3, 0.1, 0.015, 8.0e-5, 0.35, 0.1, 696_000),
+    "XL": (7.0e-3, 0.1, 0.02, 7.0e-5, 0.35, 0.1, 598_000),
+    "XXL": (6.5e-3, 0.1, 0.015, 6.5e-5, 0.35, 0.1, 376_000),
+}
+# Table 5: CFG scales for FID: the teacher, sCD 1 and 2 steps, sCD + aVSD
+_IMAGENET512_GUIDANCE = {
+    "S": (1.4, 1.5, 1.4, 1.2),
+    "M": (1.2, 1.3, 1.2, 1.0),
+    "L": (1.2, 1.3, 1.2, 1.0),
+    "XL": (1.2, 1.3, 1.2, 1.0),
+    "XXL": (1.2, 1.3, 1.2, 1.0),
+}
+
+
+def _imagenet(resolution: int, size: str) -> RunConfig:
+    """EDM2 config G with TrigFlow (G.1): Adam β = (0.9, 0.99), ε = 1e-11, batch 2048, a 10 Mimg
+    ramp-up then α_ref/√(step/t_ref), power EMAs σ_rel 0.05 and 0.10 with snapshots every 8 Mimg,
+    fp16. The CMs start from the teacher's EMA at Table 3/4's length, at 1% of its rate, dropout
+    only at resolutions ≤ 16 (G.2), and are sampled at σ_rel = 0.05."""
+    latent = resolution == 512
+    lr, dropout, teacher_ema, cm_lr, sct_dropout, scd_dropout, teacher_steps = (
+        _IMAGENET512 if latent else _IMAGENET64
+    )[size]
+    shared = dict(
+        batch=2048, lr_decay=70_000 if latent else 35_000, lr_rampup=4883,
+        ema_sigma_rels=(0.05, 0.10), snapshot_every=4096, checkpoint_every=4096,
+    )  # fmt: skip
+    teacher = PhaseConfig(
+        steps=teacher_steps, lr=lr, dropout=dropout, ema_use=teacher_ema,
+        label_dropout=0.1 if latent else 0.0, P_mean=-0.4 if latent else -0.8,
+        P_std=1.0 if latent else 1.6, **shared,
+    )  # fmt: skip
+    cm = dict(
+        lr=cm_lr, dropout_res=16, ema_use=0.05, P_mean=-0.8 if latent else -1.0, P_std=1.6,
+        guidance_max=2.0 if latent else 1.0, **shared,
+    )  # fmt: skip
+    scd = PhaseConfig(steps=200_000 if latent else 400_000, dropout=scd_dropout, **cm)
+    guidance: dict = {}
+    if latent:
+        g_teacher, g_scd1, g_scd2, g_avsd = _IMAGENET512_GUIDANCE[size]
+        guidance = {"teacher": g_teacher, "scd/1": g_scd1, "scd/2": g_scd2, "dscd": g_scd2,
+                    "scd_avsd": g_avsd}  # fmt: skip
+    return RunConfig(
+        preset=f"imagenet{resolution}-{size.lower()}",
+        data="latents:datasets/img512-sd.npz" if latent else "zip:datasets/img64.zip",
+        network=NetworkConfig("edm2", preset=size, label_dim=1000),
+        teacher=teacher,
+        scd=scd,
+        sct=PhaseConfig(steps=100_000 if latent else 400_000, dropout=sct_dropout, **cm),
+        scd_avsd=(
+            PhaseConfig(steps=20_000, dropout=scd_dropout, fake_dropout=dropout, **cm)
+            if latent
+            else PhaseConfig(steps=0)
+        ),
+        dscd=dataclasses.replace(scd, discrete_steps=1024) if latent else PhaseConfig(steps=0),
+        eval=EvalConfig(
+            num=50_000,
+            heun_steps=(32,),
+            guidance=guidance,
+            metric="fid",
+            grid=64,
+        ),  # fmt: skip
+        precision="float16",
+    )
+
+
+PRESETS: dict[str, RunConfig] = {
+    "digits": _digits(),
+    "toy2d": _toy2d(),
+    "cifar10": _cifar10(),
+    **{f"imagenet64-{size.lower()}": _imagenet(64, size) for size in _IMAGENET64},
+    **{f"imagenet512-{size.lower()}": _imagenet(512, size) for size in _IMAGENET512},
 }

@@ -12,15 +12,17 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from trigcore import schedule
 
 from . import checkpoint, data, plots
-from .config import RunConfig
+from .config import PHASES, RunConfig
 from .metrics import DigitsFeatures, frechet_distance, gaussian_statistics, sliced_wasserstein
 
 MAX_SKIPPED = 10  # non-finite steps in a row before a phase gives up
@@ -63,12 +65,18 @@ class Run:
         checkpoint.write_atomically(path, lambda p: p.write_text(json.dumps(summary, indent=2)))
 
 
-def progress(iterable, desc: str, initial: int = 0, total: int | None = None):
-    """A tqdm progress bar on stderr."""
+def progress(iterable, desc: str, initial: int = 0, total: int | None = None, disable: bool = False):
+    """A tqdm progress bar on stderr (`disable`: none, e.g. on all processes but the main one)."""
     from tqdm import tqdm
 
     return tqdm(
-        iterable, desc=f"{desc:<8}", initial=initial, total=total, dynamic_ncols=True, file=sys.stderr
+        iterable,
+        desc=f"{desc:<8}",
+        initial=initial,
+        total=total,
+        dynamic_ncols=True,
+        file=sys.stderr,
+        disable=disable,
     )
 
 
@@ -145,6 +153,8 @@ def save_samples(samples: np.ndarray, path: Path) -> None:
     """A PNG of samples: a grid of images, or 2-D points."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if samples.ndim == 4:
+        if samples.shape[1] not in (1, 3):  # latents (not decoded): their first three channels as RGB
+            samples = np.clip(samples[:, :3], -1, 1)
         plots.image_grid(samples, path, columns=10, scale=8 if samples.shape[-1] <= 16 else 2)
     else:
         plots.points_plot(samples, samples, path, path.stem)
@@ -166,16 +176,40 @@ def argument_parser(doc: str, presets: dict) -> tuple[argparse.ArgumentParser, a
     parser.add_argument(
         "--resume", type=Path, metavar="RUN_FOLDER", help="continue a run from its checkpoints"
     )
-    for phase in ("teacher", "scd", "sct"):
+    for phase in PHASES:
+        flag = phase.replace("_", "-")
         parser.add_argument(
-            f"--{phase}-steps", type=int, metavar="N", help=f"{phase} training steps (0: skip)"
+            f"--{flag}-steps", type=int, metavar="N", help=f"{phase} training steps (0: skip)"
         )
-        parser.add_argument(f"--{phase}-batch", type=int, metavar="N", help=f"{phase} batch size")
+        parser.add_argument(f"--{flag}-batch", type=int, metavar="N", help=f"{phase} global batch size")
     parser.add_argument("--checkpoint-every", type=int, metavar="N", help="steps between checkpoints")
     parser.add_argument("--log-every", type=int, metavar="N", help="steps between lines of metrics.jsonl")
     parser.add_argument("--eval-num", type=int, metavar="N", help="samples per model and sampler")
     parser.add_argument("--precision", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument(
+        "--passes", choices=("separate", "fused", "compiled"), help="how sCM steps run the tangent"
+    )
     parser.add_argument("--seed", type=int)
+    parser.add_argument(
+        "--micro-batches", type=int, metavar="N", help="micro-batches per process and step (accumulation)"
+    )
+    parser.add_argument(
+        "--teacher-checkpoint", metavar="PATH", help="a trained teacher to distil (skips the teacher phase)"
+    )
+    parser.add_argument(
+        "--metric", choices=("auto", "fid", "fd_dinov2"), help="sample-quality metric (auto: by the data)"
+    )
+    parser.add_argument(
+        "--feature-weights",
+        metavar="PATH",
+        help="fid: Inception weights (.pth); fd_dinov2: DINOv2 ViT-L/14 weights",
+    )
+    parser.add_argument(
+        "--vae", metavar="FOLDER", help="latents: a diffusers AutoencoderKL to decode them for the metric"
+    )
+    parser.add_argument(
+        "--device", default="auto", help="auto (this process's GPU if any, else cpu), cpu, cuda:N"
+    )
     commands = parser.add_subparsers(dest="command")
     sample = commands.add_parser("sample", help="draw samples from a checkpoint")
     sample.add_argument("--checkpoint", type=Path, required=True, help="PATH (without suffix) or PATH.json")
@@ -183,13 +217,39 @@ def argument_parser(doc: str, presets: dict) -> tuple[argparse.ArgumentParser, a
     sample.add_argument("--num", type=int, default=64, help="number of samples")
     sample.add_argument("--seed", type=int, default=0, help="seed of numpy's generator for all noise")
     sample.add_argument("--guidance", type=float, default=1.0, help="CFG scale (1: none)")
+    sample.add_argument(
+        "--ema",
+        type=float,
+        metavar="SIGMA_REL",
+        help="power-EMA width (post hoc if not stored; default: the run's)",
+    )
     sample.add_argument("--out", type=Path, default=Path("samples.npz"), help="an .npz (and a PNG beside it)")
     return parser, sample
 
 
-def start(args: argparse.Namespace, presets: dict) -> tuple[RunConfig, Run]:
+def start(
+    args: argparse.Namespace,
+    presets: dict,
+    main: bool = True,
+    share: Callable[[Any], Any] = lambda value: value,
+) -> tuple[RunConfig, Run]:
     """The config and run folder: a resumed run's own config.json, or the preset with the
-    command line's overrides in a new folder."""
+    command line's overrides in a new folder. The main process decides and writes; `share` hands
+    its outcome (or its error) to every process."""
+    outcome: Any = None
+    if main:
+        try:
+            config, run = _start(args, presets)
+            outcome = (config.to_dict(), str(run.folder))
+        except (ValueError, FileNotFoundError) as error:
+            outcome = error
+    outcome = share(outcome)
+    if isinstance(outcome, Exception):
+        raise outcome
+    return RunConfig.from_dict(outcome[0]), Run(Path(outcome[1]))
+
+
+def _start(args: argparse.Namespace, presets: dict) -> tuple[RunConfig, Run]:
     if args.resume is not None:
         config_path = args.resume / "config.json"
         if not config_path.exists():
@@ -198,7 +258,7 @@ def start(args: argparse.Namespace, presets: dict) -> tuple[RunConfig, Run]:
     config = presets[args.preset]
     if args.data is not None:
         config = replace(config, data=args.data)
-    for phase in ("teacher", "scd", "sct"):
+    for phase in PHASES:
         updates = {
             k: getattr(args, f"{phase}_{k}")
             for k in ("steps", "batch")
@@ -206,18 +266,22 @@ def start(args: argparse.Namespace, presets: dict) -> tuple[RunConfig, Run]:
         }
         if args.checkpoint_every is not None:
             updates["checkpoint_every"] = args.checkpoint_every
-        if any(v < (0 if k == "steps" else 1) for k, v in updates.items()):
-            raise ValueError(
-                f"--{phase}-steps must be ≥ 0, --{phase}-batch and --checkpoint-every ≥ 1, got {updates}"
-            )
-        config = replace(config, **{phase: replace(getattr(config, phase), **updates)})
-    if args.eval_num is not None:
-        config = replace(config, eval=replace(config.eval, num=args.eval_num))
-    if args.log_every is not None and args.log_every < 1:
-        raise ValueError(f"--log-every must be at least 1, got {args.log_every}")
-    for key in ("precision", "seed", "log_every"):
+        try:
+            config = replace(config, **{phase: replace(getattr(config, phase), **updates)})
+        except ValueError as error:
+            raise ValueError(f"{phase}: {error}") from None
+    evaluation = {"num": args.eval_num, "metric": args.metric, "feature_weights": args.feature_weights}
+    evaluation["vae"] = args.vae
+    evaluation = {key: value for key, value in evaluation.items() if value is not None}
+    config = replace(config, eval=replace(config.eval, **evaluation))
+    for flag, value in (("--log-every", args.log_every), ("--micro-batches", args.micro_batches)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}")
+    for key in ("precision", "passes", "seed", "log_every", "micro_batches", "teacher_checkpoint"):
         if getattr(args, key) is not None:
             config = replace(config, **{key: getattr(args, key)})
+    if config.teacher_checkpoint:
+        checkpoint.load(Path(config.teacher_checkpoint))  # a clear error now, not after a phase
     stem = args.runs / f"{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     folder, n = stem, 1
     while folder.exists():  # two runs started in the same second

@@ -18,11 +18,16 @@ samples/*.png, metric_vs_nfe.png and summary.json, and prints the folder at the 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,39 +35,44 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch  # noqa: E402
 
-from backends.torch import optim, steps  # noqa: E402
+from backends.torch import distributed, optim, steps  # noqa: E402
+from backends.torch.layers import AdaptiveWeight  # noqa: E402
 from training import checkpoint, data, plots, runs  # noqa: E402
-from training.config import PRESETS, RunConfig  # noqa: E402
+from training.config import DISTILLED, PHASES, PRESETS, PhaseConfig, RunConfig  # noqa: E402
 from trigcore import samplers, schedule  # noqa: E402
-
-PHASES = ("teacher", "scd", "sct")
-
 
 # --- networks and their state as numpy -------------------------------------------------------
 
 
 def build_network(
-    config: RunConfig, sample_shape: tuple[int, ...], guidance: bool = False
+    config: RunConfig,
+    sample_shape: tuple[int, ...],
+    guidance: bool = False,
+    phase: PhaseConfig | None = None,
 ) -> torch.nn.Module:
-    """The configured network for samples of `sample_shape`; sCD students take the CFG scale."""
+    """The configured network for samples of `sample_shape`, with `phase`'s dropout; distilled
+    students with CFG take the guidance scale as an input (G.2)."""
     network = config.network
+    options = dict(network.options)
+    if phase is not None:
+        options["dropout"] = phase.dropout
+        if network.kind != "mlp":
+            options["dropout_res"] = phase.dropout_res or sample_shape[-1]
     if network.kind == "mlp":
         from backends.torch.mlp import MLP
 
-        return MLP(
-            dim=math.prod(sample_shape), label_dim=network.label_dim, guidance=guidance, **network.options
-        )
+        return MLP(dim=math.prod(sample_shape), label_dim=network.label_dim, guidance=guidance, **options)
     channels, resolution = sample_shape[0], sample_shape[1]
     if network.kind == "edm2":
         from backends.torch.edm2 import PRESETS as SIZES
         from backends.torch.edm2 import EDM2UNet
 
-        options = {**SIZES[network.preset], **network.options}
+        options = {**SIZES[network.preset], **options}
         return EDM2UNet(resolution, channels, network.label_dim, guidance=guidance, **options)
     if network.kind == "ddpmpp":
         from backends.torch.ddpmpp import DDPMpp
 
-        return DDPMpp(resolution, channels, network.label_dim, guidance=guidance, **network.options)
+        return DDPMpp(resolution, channels, network.label_dim, guidance=guidance, **options)
     raise ValueError(f"network kind must be 'edm2', 'ddpmpp' or 'mlp', got {network.kind!r}")
 
 
@@ -85,7 +95,108 @@ def load_arrays(
         )
 
 
+# --- weight averages ------------------------------------------------------------------------
+
+
+class Averages:
+    """A phase's weight averages: EDM's half-life EMA and EDM2's power EMAs (G.1–G.2), saved in
+    checkpoints as "ema/halflife/…" and "ema/<σ_rel>/…"."""
+
+    def __init__(self, model: torch.nn.Module, phase: PhaseConfig) -> None:
+        self.halflife = optim.HalfLifeEMA(model, phase.ema_halflife) if phase.ema_halflife else None
+        self.power = optim.PowerEMA(model, phase.ema_sigma_rels) if phase.ema_sigma_rels else None
+
+    def update(self, model: torch.nn.Module, batch: int) -> None:
+        if self.halflife is not None:
+            self.halflife.update(model, batch)
+        if self.power is not None:
+            self.power.update(model)
+
+    def arrays(self, power_only: bool = False) -> dict[str, np.ndarray]:
+        out = {}
+        if self.halflife is not None and not power_only:
+            out |= arrays_of("ema/halflife", self.halflife.average)
+        if self.power is not None:
+            for sigma_rel, average in zip(self.power.sigma_rels, self.power.averages):
+                out |= arrays_of(f"ema/{sigma_rel:g}", average)
+        return out
+
+    def state(self) -> dict:
+        return {
+            "images_seen": self.halflife.images_seen if self.halflife else 0,
+            "power_step": self.power.step if self.power else 0,
+        }
+
+    def load(self, arrays: dict[str, np.ndarray], state: dict) -> None:
+        if self.halflife is not None:
+            load_arrays(self.halflife.average, arrays, "ema/halflife")
+            self.halflife.images_seen = state["images_seen"]
+        if self.power is not None:
+            for sigma_rel, average in zip(self.power.sigma_rels, self.power.averages):
+                load_arrays(average, arrays, f"ema/{sigma_rel:g}")
+            self.power.step = state["power_step"]
+
+
+def averaged_network(
+    name: str, phase: PhaseConfig, averages: Averages, model: torch.nn.Module, folder: Path
+) -> torch.nn.Module:
+    """The network a phase hands on (to evaluation and to the phases distilled from it): the
+    power EMA of width `ema_use` (G.2: 0.05 for CMs; Tables 3–4 for teachers), reconstructed post
+    hoc from the phase's snapshots when not tracked; else the half-life EMA, else the weights."""
+    if phase.ema_use and averages.power is not None and phase.ema_use in averages.power.sigma_rels:
+        return averages.power[phase.ema_use]
+    if phase.ema_use:
+        return posthoc_network(folder, name, phase.ema_use, model)
+    if averages.halflife is not None:
+        return averages.halflife.average
+    return copy.deepcopy(model).eval().requires_grad_(False)
+
+
+def posthoc_network(folder: Path, name: str, sigma_rel: float, model: torch.nn.Module) -> torch.nn.Module:
+    """EDM2's post-hoc EMA: the average of width σ_rel at the last snapshot, by least squares
+    over the power-EMA snapshots `<name>.ema-*` in `folder`."""
+    snapshots = []
+    for meta_path in sorted(Path(folder).glob(f"{name}.ema-*.json")):
+        arrays, meta = checkpoint.load(meta_path)
+        states = [
+            {
+                key.split("/", 2)[2]: torch.from_numpy(value.copy())
+                for key, value in arrays.items()
+                if key.startswith(f"ema/{width:g}/")
+            }
+            for width in meta["sigma_rels"]
+        ]
+        snapshots.append({"step": meta["ema_step"], "sigma_rels": meta["sigma_rels"], "states": states})
+    if not snapshots:
+        raise ValueError(
+            f"no power-EMA snapshots {name}.ema-* in {folder} to reconstruct σ_rel = {sigma_rel}"
+        )
+    return optim.posthoc_average(snapshots, sigma_rel, model.cpu()).to(next(model.parameters()).device)
+
+
 # --- one training phase ----------------------------------------------------------------------
+
+
+def takes_guidance(config: RunConfig, name: str) -> bool:
+    """Whether the phase's network takes the CFG scale as an input (distillation with CFG, G.2)."""
+    return name in DISTILLED and getattr(config, name).guidance_max > 1
+
+
+def loss_settings(name: str, config: RunConfig) -> Any:
+    phase = getattr(config, name)
+    if name == "teacher":
+        return steps.DiffusionConfig(
+            config.sigma_d, phase.P_mean, phase.P_std, phase.label_dropout, config.precision
+        )
+    return steps.SCMConfig(
+        config.sigma_d,
+        phase.P_mean,
+        phase.P_std,
+        warmup_steps=phase.warmup_steps,
+        guidance_max=phase.guidance_max,
+        precision=config.precision,
+        passes=config.passes,
+    )
 
 
 def train_phase(
@@ -93,114 +204,303 @@ def train_phase(
     config: RunConfig,
     train_set: data.Dataset,
     run: runs.Run,
+    context: distributed.Context = distributed.SINGLE,
     teacher: torch.nn.Module | None = None,
 ) -> torch.nn.Module:
-    """Train one phase (teacher, scd or sct) with checkpoints; resumes from the phase's latest
-    checkpoint in the run folder. Returns the EMA network, in eval mode."""
-    phase = getattr(config, name)
+    """Train one phase with checkpoints, resuming from the phase's latest checkpoint in the run
+    folder. Returns the network it hands on (`averaged_network`), in eval mode.
+
+    Each global batch is split into shards, one per process and micro-batch, each drawing from
+    its own random stream; the gradient is the mean over the shards."""
+    phase, device = getattr(config, name), context.device
+    shards = context.world * config.micro_batches
+    if phase.batch % shards:
+        raise ValueError(
+            f"{name} batch {phase.batch} does not split into {shards} equal shards "
+            f"({context.world} processes × {config.micro_batches} micro-batches)"
+        )
     torch.manual_seed(config.seed + PHASES.index(name))
-    model = build_network(config, train_set.sample_shape, guidance=name == "scd" and phase.guidance_max > 1)
-    if name == "scd":  # G.2: the student starts from the teacher
-        model.load_state_dict(teacher.state_dict(), strict=False)
-    optimizer = optim.make_optimizer(model.parameters(), lr=phase.lr)
-    average = optim.HalfLifeEMA(model, phase.ema_halflife)
+    network = build_network(config, train_set.sample_shape, takes_guidance(config, name), phase).to(device)
+    if name != "teacher" and phase.init == "teacher":  # G.2: CMs start from the teacher's EMA
+        network.load_state_dict(teacher.state_dict(), strict=False)
+    model = distributed.wrap(network, context)
+    optimizer = optim.make_optimizer(network.parameters(), phase.optimizer, phase.lr, phase.betas, phase.eps)
+    names = {f"model/{n}": p for n, p in network.named_parameters()}
+    averages = Averages(network, phase)
     stream = data.BatchStream(len(train_set), phase.batch, seed=config.seed + 1000 * PHASES.index(name))
+    scaler = torch.amp.GradScaler(device.type) if config.precision == "float16" else None
+    mine = range(context.rank * config.micro_batches, (context.rank + 1) * config.micro_batches)
+    randomness = _shard_streams(mine, config.seed + PHASES.index(name), device)
+    vsd = _VSD.build(config, phase, train_set, teacher, context) if name == "scd_avsd" else None
+    if vsd is not None:  # w_ψ trains with θ (App. C.2)
+        optimizer.add_param_group({"params": list(vsd.weight.parameters())})
+        names |= {f"vsd_weight/{n}": p for n, p in vsd.weight.named_parameters()}
+
     start = 0
-    found = checkpoint.latest(run.checkpoints, prefix=name)
+    found = checkpoint.latest(run.checkpoints, prefix=f"{name}-")
     if found is not None:  # continue exactly where the checkpoint left off
         arrays, meta = checkpoint.load(found)
-        load_arrays(model, arrays, "model")
-        load_arrays(average.average, arrays, "ema")
-        optimizer.load_state_dict(meta["optimizer"] | {"state": _optimizer_state(arrays, model)})
-        average.images_seen = meta["ema_images_seen"]
+        if meta["shards"] != shards:
+            raise ValueError(
+                f"{found}: written with {meta['shards']} shards (processes × micro-batches), "
+                f"resumed with {shards}; resume with the same number"
+            )
+        load_arrays(network, arrays, "model")
+        averages.load(arrays, meta["averages"])
+        _load_optimizer(optimizer, arrays, meta["optimizer"], names, "optimizer")
+        if vsd is not None:
+            vsd.load(arrays, meta)
+        if scaler is not None:
+            scaler.load_state_dict(meta["scaler"])
         stream.restore(meta["data"])
-        torch.set_rng_state(torch.from_numpy(arrays["rng/torch"].copy()))
+        randomness = [torch.from_numpy(arrays[f"rng/shard{j}"].copy()) for j in mine]
         start = meta["step"]
     if start >= phase.steps:
-        return average.average.eval()
+        return averaged_network(name, phase, averages, network, run.checkpoints).eval()
 
-    if name == "teacher":
-        loss_config = steps.DiffusionConfig(
-            config.sigma_d, phase.P_mean, phase.P_std, phase.label_dropout, config.precision
-        )
-    else:
-        loss_config = steps.SCMConfig(
-            config.sigma_d,
-            phase.P_mean,
-            phase.P_std,
-            warmup_steps=phase.warmup_steps,
-            guidance_max=phase.guidance_max,
-            precision=config.precision,
-        )
+    settings = loss_settings(name, config)
+    log = run.log if context.main else lambda record: None
+    per_shard = phase.batch // shards
     skipped_in_a_row = 0
-    progress = runs.progress(range(start, phase.steps), name, initial=start, total=phase.steps)
+    progress = runs.progress(
+        range(start, phase.steps), name, initial=start, total=phase.steps, disable=not context.main
+    )
     for step in progress:
-        # a batch, the loss of the phase, one optimiser step (skipped if not finite), the EMA
+        # a global batch, split into shards; each shard's loss and gradient with its own random
+        # stream; one optimiser step on the mean gradient (skipped if not finite); the EMAs
         index = next(stream)
-        batch = {"x0": torch.from_numpy(train_set.x[index])}
-        labels = train_set.one_hot(index)
-        if labels is not None:
-            batch["labels"] = torch.from_numpy(labels)
-        optim.set_learning_rate(optimizer, step, phase.lr, t_ref=0, rampup_steps=phase.lr_rampup)
-        if name == "teacher":
-            loss, metrics = steps.diffusion_loss(model, batch, loss_config)
-        else:
-            loss, metrics = steps.scm_loss(
-                model, batch, loss_config, step, teacher if name == "scd" else None
-            )
-        if optim.apply_gradients(loss, optimizer, model=model):
+        for each in (optimizer, vsd.optimizer) if vsd else (optimizer,):
+            optim.set_learning_rate(each, step, phase.lr, phase.lr_decay, phase.lr_rampup)
+        optimizer.zero_grad(set_to_none=True)
+        batches = [_batch(train_set, index[j * per_shard : (j + 1) * per_shard], device) for j in mine]
+        metrics, samples = [], []
+        for k, batch in enumerate(batches):
+            with _shard(randomness, k, device), _accumulating(model, k + 1 < len(batches)):
+                loss, values = phase_loss(name, model, batch, settings, step, phase, teacher, vsd)
+                _backward(loss / len(batches), scaler)
+            samples.append(values.pop("samples", None))
+            metrics.append(values)
+        finite = optim.finish_step(optimizer, scaler, model=network)
+        if vsd is not None:  # L_Diff(φ): the fake score learns the generator's samples
+            vsd.optimizer.zero_grad(set_to_none=True)
+            for k, batch in enumerate(batches):
+                with _shard(randomness, k, device), _accumulating(vsd.fake, k + 1 < len(batches)):
+                    fake_loss, _ = steps.fake_score_loss(
+                        vsd.fake, samples[k], batch.get("labels"), vsd.settings
+                    )
+                    _backward(fake_loss / len(batches), scaler)
+            finite = optim.finish_step(vsd.optimizer, scaler) and finite
+        if finite:
             skipped_in_a_row = 0
-            average.update(model, phase.batch)
+            averages.update(network, phase.batch)
         else:
             skipped_in_a_row += 1
-            run.log({"phase": name, "step": step, "skipped": "non-finite loss or gradient"})
+            log({"phase": name, "step": step, "skipped": "non-finite loss or gradient"})
             if skipped_in_a_row >= runs.MAX_SKIPPED:
                 raise RuntimeError(
                     f"{name}: {skipped_in_a_row} non-finite steps in a row, the last at step {step}"
                 )
         if step % config.log_every == 0 or step + 1 == phase.steps:
-            values = {k: float(v) for k, v in metrics.items() if torch.is_tensor(v) and v.ndim == 0}
-            run.log({"phase": name, "step": step, **values})
+            values = {
+                key: float(distributed.mean(torch.stack([m[key] for m in metrics]).mean(), context))
+                for key, value in metrics[0].items()
+                if torch.is_tensor(value) and value.ndim == 0
+            }
+            log({"phase": name, "step": step, **values})
             progress.set_postfix(loss=f"{values['loss']:.4f}")
-        if (step + 1) % phase.checkpoint_every == 0 or step + 1 == phase.steps:
-            arrays = {
-                **arrays_of("model", model),
-                **arrays_of("ema", average.average),
-                "rng/torch": torch.get_rng_state().numpy(),
-                **_optimizer_arrays(optimizer, model),
-            }
-            meta = {
-                "phase": name,
-                "step": step + 1,
-                "sample_shape": list(train_set.sample_shape),
-                "config": config.to_dict(),
-                "data": stream.state(),
-                "ema_images_seen": average.images_seen,
-                "guidance": name == "scd" and phase.guidance_max > 1,
-                "optimizer": {"param_groups": optimizer.state_dict()["param_groups"]},
-            }
-            checkpoint.save(run.checkpoints / f"{name}-{step + 1:06d}", arrays, meta)
-    return average.average.eval()
+        done = step + 1 == phase.steps
+        if averages.power is not None and (
+            (step + 1) % (phase.snapshot_every or phase.checkpoint_every) == 0 or done
+        ):
+            if context.main:
+                meta = _description(config, train_set, name) | {
+                    "step": step + 1,
+                    "ema_step": averages.power.step,
+                    "sigma_rels": averages.power.sigma_rels,
+                }
+                path = run.checkpoints / f"{name}.ema-{step + 1:06d}"
+                checkpoint.save(path, averages.arrays(power_only=True), meta)
+        if (step + 1) % phase.checkpoint_every == 0 or done:
+            everyone = distributed.gather([state.numpy() for state in randomness], context)
+            if context.main:
+                arrays = {
+                    **arrays_of("model", network),
+                    **averages.arrays(),
+                    **{
+                        f"rng/shard{j}": state
+                        for j, state in enumerate(s for states in everyone for s in states)
+                    },
+                    **_optimizer_arrays(optimizer, names, "optimizer"),
+                }
+                meta = {
+                    "phase": name,
+                    "step": step + 1,
+                    **_description(config, train_set, name),
+                    "data": stream.state(),
+                    "shards": shards,
+                    "averages": averages.state(),
+                    "optimizer": {"param_groups": optimizer.state_dict()["param_groups"]},
+                }
+                if vsd is not None:
+                    arrays |= vsd.arrays()
+                    meta["fake_optimizer"] = {"param_groups": vsd.optimizer.state_dict()["param_groups"]}
+                if scaler is not None:
+                    meta["scaler"] = scaler.state_dict()
+                checkpoint.save(run.checkpoints / f"{name}-{step + 1:06d}", arrays, meta)
+            distributed.barrier(context)
+    return averaged_network(name, phase, averages, network, run.checkpoints).eval()
 
 
-def _optimizer_arrays(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> dict[str, np.ndarray]:
-    """Adam's moments under the parameters' names: optimizer/<moment>/<parameter>."""
-    names = {id(p): n for n, p in model.named_parameters()}
+def phase_loss(
+    name: str,
+    model: torch.nn.Module,
+    batch: dict,
+    settings: Any,
+    step: int,
+    phase: PhaseConfig,
+    teacher: torch.nn.Module | None,
+    vsd: tuple | None,
+) -> tuple[torch.Tensor, dict]:
+    """The loss of one shard: Eq. 4 (teacher), Alg. 1 (sCT, sCD), Alg. 2 (dsCD), or sCD plus
+    λ_VSD times the generator's aVSD loss (sCD + aVSD), whose samples it returns for F_φ."""
+    if name == "teacher":
+        return steps.diffusion_loss(model, batch, settings)
+    if name == "dscd":
+        return steps.discrete_scm_loss(model, teacher, batch, settings, step, phase.discrete_steps)
+    loss, metrics = steps.scm_loss(model, batch, settings, step, None if name == "sct" else teacher)
+    if name != "scd_avsd":
+        return loss, metrics
+    vsd_loss, vsd_metrics = steps.avsd_loss(model, vsd.fake, teacher, vsd.weight, batch, vsd.settings)
+    total = loss + phase.vsd_weight * vsd_loss
+    return total, {**metrics, "loss": total.detach(), "scm": loss.detach(), "vsd": vsd_loss.detach(),
+                   "samples": vsd_metrics["samples"]}  # fmt: skip
+
+
+@dataclass
+class _VSD:
+    """aVSD's other networks: the fake score F_φ (from the teacher, its own optimiser at the
+    phase's rate, no EMA: G.2) and the adaptive weight w_ψ (trained with θ)."""
+
+    fake: torch.nn.Module  # F_φ, under DDP when distributed
+    network: torch.nn.Module  # F_φ itself
+    weight: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    settings: steps.VSDConfig
+
+    @classmethod
+    def build(cls, config, phase, train_set, teacher, context) -> _VSD:
+        fake_phase = replace(phase, dropout=phase.fake_dropout)
+        network = build_network(config, train_set.sample_shape, phase=fake_phase).to(context.device)
+        network.load_state_dict(teacher.state_dict())
+        optimizer = optim.make_optimizer(
+            network.parameters(), phase.optimizer, phase.lr, phase.betas, phase.eps
+        )
+        settings = steps.VSDConfig(
+            config.sigma_d, phase.vsd_P_mean, phase.vsd_P_std, phase.fake_P_mean, phase.fake_P_std,
+            phase.guidance_max, config.precision,
+        )  # fmt: skip
+        weight = AdaptiveWeight().to(context.device)
+        return cls(distributed.wrap(network, context), network, weight, optimizer, settings)
+
+    def _names(self) -> dict[str, torch.nn.Parameter]:
+        return {f"fake/{n}": p for n, p in self.network.named_parameters()}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return (
+            arrays_of("fake", self.network)
+            | arrays_of("vsd_weight", self.weight)
+            | _optimizer_arrays(self.optimizer, self._names(), "fake_optimizer")
+        )
+
+    def load(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
+        load_arrays(self.network, arrays, "fake")
+        load_arrays(self.weight, arrays, "vsd_weight")
+        _load_optimizer(self.optimizer, arrays, meta["fake_optimizer"], self._names(), "fake_optimizer")
+
+
+def _batch(train_set: data.Dataset, index: np.ndarray, device: torch.device) -> dict:
+    batch = {"x0": torch.from_numpy(train_set.x[index]).to(device)}
+    labels = train_set.one_hot(index)
+    if labels is not None:
+        batch["labels"] = torch.from_numpy(labels).to(device)
+    return batch
+
+
+def _backward(loss: torch.Tensor, scaler: torch.amp.GradScaler | None) -> None:
+    (loss if scaler is None else scaler.scale(loss)).backward()
+
+
+def _description(config: RunConfig, train_set: data.Dataset, name: str) -> dict:
+    """What a checkpoint needs to rebuild its network and sample: the config, phase, shape."""
+    return {
+        "phase": name,
+        "config": config.to_dict(),
+        "sample_shape": list(train_set.sample_shape),
+        "guidance": takes_guidance(config, name),
+    }
+
+
+def _rng_state(device: torch.device) -> torch.Tensor:
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_rng_state(state: torch.Tensor, device: torch.device) -> None:
+    (torch.cuda.set_rng_state(state, device) if device.type == "cuda" else torch.set_rng_state(state))
+
+
+def _shard_streams(shards: range, seed: int, device: torch.device) -> list[torch.Tensor]:
+    """The starting random state of each shard: shard 0 continues the generator as it is (so a
+    single process draws as if there were no shards), shard j > 0 starts from seed + 7919·j."""
+    current = _rng_state(device)
+    states = []
+    for j in shards:
+        if j:
+            (torch.cuda.manual_seed if device.type == "cuda" else torch.manual_seed)(seed + 7919 * j)
+        states.append(_rng_state(device) if j else current.clone())
+    _set_rng_state(current, device)
+    return states
+
+
+@contextmanager
+def _shard(states: list[torch.Tensor], k: int, device: torch.device) -> Iterator[None]:
+    """Draw from shard k's random stream, and keep where it ends."""
+    _set_rng_state(states[k], device)
+    yield
+    states[k] = _rng_state(device)
+
+
+def _accumulating(model: torch.nn.Module, more_to_come: bool) -> Any:
+    """DDP's no_sync while micro-batches remain (their gradients are all-reduced once, with the
+    last one's)."""
+    return model.no_sync() if more_to_come and hasattr(model, "no_sync") else nullcontext()
+
+
+def _optimizer_arrays(
+    optimizer: torch.optim.Optimizer, names: dict[str, torch.nn.Parameter], prefix: str
+) -> dict[str, np.ndarray]:
+    """Adam's moments under the parameters' names: <prefix>/<moment>/<name>."""
+    name_of = {id(p): n for n, p in names.items()}
     out = {}
     for p, state in optimizer.state.items():
         for key, value in state.items():
-            out[f"optimizer/{key}/{names[id(p)]}"] = value.detach().cpu().numpy().reshape(value.shape)
+            out[f"{prefix}/{key}/{name_of[id(p)]}"] = value.detach().cpu().numpy().reshape(value.shape)
     return out
 
 
-def _optimizer_state(arrays: dict[str, np.ndarray], model: torch.nn.Module) -> dict:
-    index = {n: i for i, (n, _) in enumerate(model.named_parameters())}
+def _load_optimizer(
+    optimizer: torch.optim.Optimizer,
+    arrays: dict[str, np.ndarray],
+    meta: dict,
+    names: dict[str, torch.nn.Parameter],
+    prefix: str,
+) -> None:
+    order = {n: i for i, n in enumerate(names)}
     state: dict = {}
     for key, value in arrays.items():
-        if key.startswith("optimizer/"):
+        if key.startswith(prefix + "/"):
             _, moment, name = key.split("/", 2)
-            state.setdefault(index[name], {})[moment] = torch.from_numpy(value.copy())
-    return state
+            state.setdefault(order[name], {})[moment] = torch.from_numpy(value.copy())
+    optimizer.load_state_dict(meta | {"state": state})
 
 
 # --- sampling --------------------------------------------------------------------------------
@@ -233,27 +533,24 @@ def draw_samples(
         times = runs.consistency_times(num_steps, sigma_d)
     else:
         raise ValueError(f"kind must be 'teacher' or 'cm', got {kind!r}")
+    device = next(model.parameters()).device
+
+    def tensor(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a).to(device)
+
     out = []
     for start in range(0, num, chunk):
         part = slice(start, start + chunk)
-        labels = (
-            None
-            if classes is None
-            else torch.from_numpy(np.eye(num_classes, dtype=np.float32)[classes[part]])
-        )
+        labels = None if classes is None else tensor(np.eye(num_classes, dtype=np.float32)[classes[part]])
         F_fn = _conditioned(model, labels, guidance, takes_guidance)
         with torch.no_grad():
             if kind == "teacher":
-                x = samplers.sample_ode(F_fn, torch.from_numpy(z[part]), times, sigma_d, method="heun")
+                x = samplers.sample_ode(F_fn, tensor(z[part]), times, sigma_d, method="heun")
             else:
                 x = samplers.sample_consistency(
-                    F_fn,
-                    torch.from_numpy(z[part]),
-                    times,
-                    sigma_d,
-                    [torch.from_numpy(n[part]) for n in noises],
+                    F_fn, tensor(z[part]), times, sigma_d, [tensor(n[part]) for n in noises]
                 )
-        out.append(x.numpy())
+        out.append(x.float().cpu().numpy())
     return np.concatenate(out), classes
 
 
@@ -263,7 +560,7 @@ def _conditioned(model: torch.nn.Module, labels, guidance: float, takes_guidance
 
     def F_fn(u: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if takes_guidance:
-            return model(u, t, labels, torch.full((u.shape[0],), guidance))
+            return model(u, t, labels, torch.full((u.shape[0],), guidance, device=u.device))
         F = model(u, t, labels)
         if guidance == 1 or labels is None:
             return F
@@ -275,27 +572,36 @@ def _conditioned(model: torch.nn.Module, labels, guidance: float, takes_guidance
 # --- the run ---------------------------------------------------------------------------------
 
 
-def run_training(config: RunConfig, run: runs.Run) -> dict:
+def run_training(
+    config: RunConfig, run: runs.Run, context: distributed.Context = distributed.SINGLE
+) -> dict | None:
+    """Train the configured phases, then (on the main process) evaluate every model and write
+    the summary; other processes return None."""
     train_set, held_out = runs.load_data(config)
-    metric = runs.Metric(config, train_set, held_out)
-    floor = metric.of_training_data(train_set, config.eval.num)
-    run.log({"phase": "eval", "model": "data", "num": config.eval.num, metric.name: floor})
-    print(f"{metric.name} of {config.eval.num} training samples (the floor at this size): {floor:.4f}")
+    metric = runs.Metric(config, train_set, held_out) if context.main else None
+    if metric is not None:
+        floor = metric.of_training_data(train_set, config.eval.num)
+        run.log({"phase": "eval", "model": "data", "num": config.eval.num, metric.name: floor})
+        print(f"{metric.name} of {config.eval.num} training samples (the floor at this size): {floor:.4f}")
     start = time.perf_counter() - run.elapsed()
     models = {}
-    # the teacher (Eq. 4 with adaptive weighting), then sCD from it, then sCT from scratch
-    models["teacher"] = train_phase("teacher", config, train_set, run)
-    if config.scd.steps:
-        models["scd"] = train_phase("scd", config, train_set, run, teacher=models["teacher"])
-    if config.sct.steps:
-        models["sct"] = train_phase("sct", config, train_set, run)
+    # the teacher (Eq. 4 with adaptive weighting) or a trained one, then the consistency models:
+    # sCD from it, sCT (from scratch or from it), sCD + aVSD and dsCD
+    if config.teacher_checkpoint:
+        models["teacher"] = load_network(Path(config.teacher_checkpoint), device=context.device)[0]
+    else:
+        models["teacher"] = train_phase("teacher", config, train_set, run, context)
+    for name in PHASES[1:]:
+        if getattr(config, name).steps:
+            models[name] = train_phase(name, config, train_set, run, context, models["teacher"])
+    if not context.main:
+        return None
     # evaluation: every model and sampler on the same noise, against held-out data
     results = []
     for name, model in models.items():
         kind, counts = (
             ("teacher", config.eval.heun_steps) if name == "teacher" else ("cm", config.eval.cm_steps)
         )
-        takes_guidance = name == "scd" and config.scd.guidance_max > 1
         for n in counts:
             samples, _ = draw_samples(
                 model,
@@ -306,8 +612,8 @@ def run_training(config: RunConfig, run: runs.Run) -> dict:
                 train_set.sample_shape,
                 train_set.num_classes,
                 config.sigma_d,
-                config.eval.guidance,
-                takes_guidance,
+                config.eval.guidance_of(name, n),
+                takes_guidance(config, name),
             )
             nfe = 2 * n - 1 if kind == "teacher" else n
             sampler = f"heun-{n}" if kind == "teacher" else f"{n}-step"
@@ -328,17 +634,32 @@ def run_training(config: RunConfig, run: runs.Run) -> dict:
     return summary
 
 
-def sample_command(args: argparse.Namespace) -> int:
-    arrays, meta = checkpoint.load(args.checkpoint)
+def load_network(
+    path: Path, sigma_rel: float | None = None, device: torch.device | str = "cpu"
+) -> tuple[torch.nn.Module, dict, RunConfig]:
+    """A checkpoint's network, in eval mode: the average its phase hands on, or the power EMA of
+    width `sigma_rel` (reconstructed post hoc from the snapshots beside it when not stored)."""
+    arrays, meta = checkpoint.load(path)
     missing = [key for key in ("phase", "config", "sample_shape") if key not in meta]
     if missing:
-        raise ValueError(f"{args.checkpoint}: not a training checkpoint (no {', '.join(missing)})")
+        raise ValueError(f"{path}: not a training checkpoint (no {', '.join(missing)})")
     config = RunConfig.from_dict(meta["config"])
-    shape = tuple(meta["sample_shape"])
-    model = build_network(config, shape, guidance=meta.get("guidance", False))
-    load_arrays(model, arrays, "ema")
-    model.eval()
+    phase = getattr(config, meta["phase"])
+    model = build_network(config, tuple(meta["sample_shape"]), guidance=meta.get("guidance", False))
+    width = phase.ema_use if sigma_rel is None else sigma_rel
+    if width and not any(key.startswith(f"ema/{width:g}/") for key in arrays):
+        model = posthoc_network(Path(path).parent, meta["phase"], width, model)
+    else:
+        load_arrays(
+            model, arrays, f"ema/{width:g}" if width else "ema/halflife" if phase.ema_halflife else "model"
+        )
+    return model.to(device).eval().requires_grad_(False), meta, config
+
+
+def sample_command(args: argparse.Namespace) -> int:
+    model, meta, config = load_network(args.checkpoint, args.ema)
     kind = "teacher" if meta["phase"] == "teacher" else "cm"
+    shape = tuple(meta["sample_shape"])
     samples, classes = draw_samples(
         model,
         kind,
@@ -360,21 +681,28 @@ def sample_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser, sample_parser = runs.argument_parser(__doc__, PRESETS)
+    parser, _ = runs.argument_parser(__doc__, PRESETS)
     args = parser.parse_args(argv)
+    context = distributed.SINGLE
     try:
         if args.command == "sample":
             return sample_command(args)
-        config, run = runs.start(args, PRESETS)
-        summary = run_training(config, run)
+        context = distributed.setup(args.device)
+        config, run = runs.start(
+            args, PRESETS, context.main, lambda value: distributed.gather(value, context)[0]
+        )
+        summary = run_training(config, run, context)
     except (ValueError, FileNotFoundError) as error:  # bad input: nothing was trained
         print(f"error: {error}", file=sys.stderr)
         return 2
     except RuntimeError as error:  # a phase gave up (non-finite losses); its checkpoints are intact
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(json.dumps({r["model"] + " " + r["sampler"]: round(r["value"], 4) for r in summary["results"]}))
-    print(f"run folder: {run.folder}")
+    finally:
+        distributed.finish(context)
+    if summary is not None:
+        print(json.dumps({r["model"] + " " + r["sampler"]: round(r["value"], 4) for r in summary["results"]}))
+        print(f"run folder: {run.folder}")
     return 0
 
 

@@ -54,6 +54,17 @@ def apply_gradients(
     if not torch.isfinite(loss):
         return False
     (loss if scaler is None else scaler.scale(loss)).backward()
+    return finish_step(optimizer, scaler, max_grad_norm, model)
+
+
+def finish_step(
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None = None,
+    max_grad_norm: float | None = None,
+    model: torch.nn.Module | None = None,
+) -> bool:
+    """Step on the gradients accumulated so far (`apply_gradients` without the backward pass,
+    for gradient accumulation): False, with the weights untouched, if a gradient is not finite."""
     if scaler is not None:
         scaler.unscale_(optimizer)
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
@@ -64,7 +75,7 @@ def apply_gradients(
         scaler.update()
     elif finite:
         optimizer.step()
-    else:
+    if not finite:
         optimizer.zero_grad(set_to_none=True)
     if finite and model is not None:
         force_unit_norm(model)

@@ -55,8 +55,7 @@ def wrap(model: torch.nn.Module, context: Context) -> torch.nn.Module:
     averaged over them in the backward pass); the model itself otherwise."""
     if context.world == 1:
         return model
-    return _Parallel(model, device_ids=[context.device] if context.device.type == "cuda" else None,
-                     broadcast_buffers=False)  # fmt: skip
+    return _Parallel(model, device_ids=[context.device] if context.device.type == "cuda" else None)
 
 
 class _Parallel(DistributedDataParallel):

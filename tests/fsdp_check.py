@@ -1,0 +1,55 @@
+"""Run under `torchrun --nproc-per-node 2` (gloo): one sCT step of a small EDM2 U-Net sharded
+with FSDP2 (`fully_shard` per block and at the root), against the same step unsharded, for each
+way of making the passes. Prints one JSON line per way on rank 0 (tests/test_distributed.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def main() -> None:
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from backends.torch import steps
+    from backends.torch.edm2 import Block, EDM2UNet
+
+    dist.init_process_group("gloo")
+    for passes in ("separate", "fused"):
+        torch.manual_seed(0)
+        reference = EDM2UNet(
+            8, 3, 0, model_channels=8, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(4,)
+        )
+        model = EDM2UNet(8, 3, 0, model_channels=8, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(4,))
+        model.load_state_dict(reference.state_dict())
+        x0, config = torch.randn(8, 3, 8, 8), steps.SCMConfig(warmup_steps=0, passes=passes)
+        torch.manual_seed(1)
+        expected, _ = steps.scm_loss(reference, {"x0": x0}, config, step=10)
+        expected.backward()
+        # FSDP2 refuses 0-d parameters (EDM2's gains): they stay replicated
+        scalars = {p for p in model.parameters() if p.ndim == 0}
+        for module in [*(m for m in model.modules() if isinstance(m, Block)), model]:
+            fully_shard(module, ignored_params=scalars)
+        torch.manual_seed(1)
+        try:
+            loss, _ = steps.scm_loss(model, {"x0": x0}, config, step=10)
+            loss.backward()
+        except RuntimeError as error:
+            result = {"passes": passes, "error": str(error).splitlines()[0]}
+        else:
+            worst = 0.0
+            for p, q in zip(model.parameters(), reference.parameters()):
+                grad = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
+                worst = max(worst, float((grad - q.grad).abs().max() / q.grad.abs().max().clamp(min=1e-30)))
+            result = {"passes": passes, "loss": loss.item(), "expected": expected.item(), "grad_error": worst}
+        if dist.get_rank() == 0:
+            print(json.dumps(result), flush=True)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -19,7 +19,7 @@ def install(session: nox.Session, extras: str) -> None:
 def tests(session: nox.Session) -> None:
     """Run the test suite (pytest + hypothesis, doctests included) on every installed array
     namespace: array_api_strict, numpy, torch (CPU build) and JAX, also under jit."""
-    install(session, "torch,jax,train,dev")
+    install(session, "torch,jax,train,metrics,dev")
     session.run("pytest", "-n", "2", *session.posargs, env={"HYPOTHESIS_PROFILE": "ci"})
 
 

@@ -141,16 +141,32 @@ def load_npz(path: Path) -> Dataset:
     return from_arrays(str(path), arrays["x"], arrays.get("labels"))
 
 
-def _decode_images(name: str, items: Iterable[tuple[str, bytes]]) -> tuple[list[str], np.ndarray]:
-    """Decode (file name, bytes) pairs with Pillow into one uint8 array; every image must have the
-    size and mode of the first."""
+def center_crop(image, resolution: int):
+    """G.1's preprocessing (Dhariwal & Nichol): the shorter side to `resolution` (halving with a
+    box filter while it stays at least twice that, then bicubic), then the central square."""
+    from PIL import Image
+
+    while min(image.size) >= 2 * resolution:
+        image = image.resize(tuple(s // 2 for s in image.size), resample=Image.Resampling.BOX)
+    scale = resolution / min(image.size)
+    image = image.resize(tuple(round(s * scale) for s in image.size), resample=Image.Resampling.BICUBIC)
+    left, top = (image.size[0] - resolution) // 2, (image.size[1] - resolution) // 2
+    return image.crop((left, top, left + resolution, top + resolution))
+
+
+def _decode_images(
+    name: str, items: Iterable[tuple[str, bytes]], resolution: int | None = None
+) -> tuple[list[str], np.ndarray]:
+    """Decode (file name, bytes) pairs with Pillow into one uint8 array, each image center-cropped
+    to `resolution` when given; otherwise every image must have the size and mode of the first."""
     from PIL import Image
 
     names, arrays = [], []
     for file_name, data in items:
         try:
             with Image.open(io.BytesIO(data)) as image:
-                array = np.asarray(image.convert("L" if image.mode in ("1", "L", "P", "I;16") else "RGB"))
+                image = image.convert("L" if image.mode in ("1", "L", "P", "I;16") else "RGB")
+                array = np.asarray(image if resolution is None else center_crop(image, resolution))
         except OSError as error:
             raise ValueError(f"{name}: cannot read image {file_name} ({error})") from error
         if arrays and array.shape != arrays[0].shape:
@@ -165,24 +181,25 @@ def _decode_images(name: str, items: Iterable[tuple[str, bytes]]) -> tuple[list[
     return names, np.stack(arrays)
 
 
-def load_image_folder(path: Path) -> Dataset:
-    """Every image file under `path` (sorted by name), unlabelled."""
+def load_image_folder(path: Path, resolution: int | None = None) -> Dataset:
+    """Every image file under `path` (sorted by name), unlabelled; center-cropped to
+    `resolution` when given."""
     path = Path(path)
     if not path.is_dir():
         raise ValueError(f"{path}: not a folder")
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    _, x = _decode_images(str(path), ((str(p.relative_to(path)), p.read_bytes()) for p in files))
+    _, x = _decode_images(str(path), ((str(p.relative_to(path)), p.read_bytes()) for p in files), resolution)
     return from_arrays(str(path), x)
 
 
-def load_zip(path: Path) -> Dataset:
+def load_zip(path: Path, resolution: int | None = None) -> Dataset:
     """An EDM-style dataset zip: image files and an optional `dataset.json` whose "labels" lists
-    [file name, class] pairs."""
+    [file name, class] pairs; center-cropped to `resolution` when given."""
     path = Path(path)
     try:
         with zipfile.ZipFile(path) as archive:
             files = sorted(n for n in archive.namelist() if Path(n).suffix.lower() in IMAGE_SUFFIXES)
-            names, x = _decode_images(str(path), ((n, archive.read(n)) for n in files))
+            names, x = _decode_images(str(path), ((n, archive.read(n)) for n in files), resolution)
             meta = json.loads(archive.read("dataset.json")) if "dataset.json" in archive.namelist() else {}
     except (OSError, zipfile.BadZipFile) as error:
         raise ValueError(f"{path}: not a readable zip file ({error})") from error

@@ -104,3 +104,65 @@ class DigitsFeatures:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(path, lambda p: np.savez(p, w1=w1, b1=b1, w2=w2, b2=b2, accuracy=accuracy))
         return cls(w1, b1, w2, b2, accuracy)
+
+
+# --- FID and FD-DINOv2 -----------------------------------------------------------------------
+
+
+def to_uint8_rgb(x: np.ndarray) -> np.ndarray:
+    """Images (N, 1 or 3, H, W) in [−1, 1] as uint8 RGB, as the feature networks take them."""
+    x = np.asarray(x)
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"need images (N, 1 or 3, H, W), got shape {x.shape}")
+    x = np.clip(np.rint((x + 1) * 127.5), 0, 255).astype(np.uint8)
+    return np.repeat(x, 3, axis=1) if x.shape[1] == 1 else x
+
+
+def image_features(kind: str, weights: str | Path, batch: int = 100):
+    """The feature map of the paper's metrics, as EDM and EDM2 compute them, from weights the
+    user supplies (nothing is downloaded). Returns a function of uint8 RGB images (N, 3, H, W).
+
+    - "fid": the 2048 pool features of EDM/EDM2's Inception detector, the TorchScript pickle
+      `inception-2015-12-05.pkl` (a file), which resizes the images itself.
+    - "fd_dinov2": the class token of DINOv2 ViT-L/14 after its final norm, from a Hugging Face
+      folder of `facebook/dinov2-large` (transformers' Dinov2Model); images resized to 224×224
+      (bicubic, antialiased) and normalised with ImageNet's statistics, as in EDM2."""
+    import torch
+
+    weights = Path(weights) if weights else None
+    if kind not in ("fid", "fd_dinov2"):
+        raise ValueError(f"feature network must be 'fid' or 'fd_dinov2', got {kind!r}")
+    expected = "the Inception detector's .pkl" if kind == "fid" else "a DINOv2 folder with config.json"
+    if weights is None or not (weights.is_file() if kind == "fid" else (weights / "config.json").is_file()):
+        raise FileNotFoundError(f"{kind} needs --feature-weights PATH ({expected}), got {weights}")
+    if kind == "fid":
+        import pickle
+
+        with open(weights, "rb") as f:
+            network = pickle.load(f)
+
+        def forward(images: torch.Tensor) -> torch.Tensor:
+            return network(images, return_features=True)
+
+    else:
+        from transformers import Dinov2Model
+
+        network = Dinov2Model.from_pretrained(weights, local_files_only=True)
+        mean = torch.tensor([0.485, 0.456, 0.406]).reshape(1, 3, 1, 1)
+        std = torch.tensor([0.229, 0.224, 0.225]).reshape(1, 3, 1, 1)
+
+        def forward(images: torch.Tensor) -> torch.Tensor:
+            x = images.to(torch.float32) / 255
+            x = torch.nn.functional.interpolate(x, size=(224, 224), mode="bicubic", antialias=True)
+            return network(pixel_values=(x - mean) / std).pooler_output
+
+    network.eval()
+
+    def features(images: np.ndarray) -> np.ndarray:
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"need uint8 RGB images (N, 3, H, W), got {images.dtype} {images.shape}")
+        with torch.no_grad():
+            parts = [forward(torch.from_numpy(images[i : i + batch])) for i in range(0, len(images), batch)]
+        return torch.cat(parts).double().numpy()
+
+    return features

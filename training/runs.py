@@ -23,7 +23,14 @@ from trigcore import schedule
 
 from . import checkpoint, data, plots
 from .config import PHASES, RunConfig
-from .metrics import DigitsFeatures, frechet_distance, gaussian_statistics, sliced_wasserstein
+from .metrics import (
+    DigitsFeatures,
+    frechet_distance,
+    gaussian_statistics,
+    image_features,
+    sliced_wasserstein,
+    to_uint8_rgb,
+)
 
 MAX_SKIPPED = 10  # non-finite steps in a row before a phase gives up
 
@@ -109,13 +116,28 @@ def load_data(config: RunConfig) -> tuple[data.Dataset, data.Dataset]:
 
 class Metric:
     """The run's sample-quality score against the held-out set (lower is better): "fd_digits"
-    (Fréchet distance in a digits classifier's features), "sliced_w2" for 2-D data, else
-    "fd_pixels" (Fréchet distance of the pixels, average-pooled to at most 8×8)."""
+    (Fréchet distance in a digits classifier's features), "sliced_w2" for 2-D data, "fid" or
+    "fd_dinov2" (from the user's feature-network weights), else "fd_pixels" (Fréchet distance of
+    the pixels, average-pooled to at most 8×8). Latents are decoded first when a VAE is given
+    (`eval.vae`); FID and FD-DINOv2 of latents need it."""
 
     def __init__(self, config: RunConfig, train: data.Dataset, held_out: data.Dataset) -> None:
-        self.held_out = held_out.x
         self.seed = config.seed
-        if config.data == "digits":
+        self.images = lambda x: x  # samples as images (decoded latents)
+        if config.eval.vae:
+            from .vae import SDVAE
+
+            vae = SDVAE(config.eval.vae)
+            self.images = lambda x: vae.decode(x, config.sigma_d)
+        elif config.eval.metric != "auto" and held_out.x.ndim == 4 and held_out.x.shape[1] not in (1, 3):
+            raise ValueError(f"{config.eval.metric} of latents needs their VAE (--vae FOLDER)")
+        if config.eval.metric in ("fid", "fd_dinov2"):
+            self.name = config.eval.metric
+            network = image_features(self.name, config.eval.feature_weights)
+            self.features = lambda x: network(to_uint8_rgb(x))
+        elif config.eval.metric != "auto":
+            raise ValueError(f"metric must be 'auto', 'fid' or 'fd_dinov2', got {config.eval.metric!r}")
+        elif config.data == "digits":
             self.name = "fd_digits"
             classifier = DigitsFeatures.load_or_train(train, held_out)
             print(f"digits classifier: held-out accuracy {classifier.accuracy:.3f}", file=sys.stderr)
@@ -125,8 +147,9 @@ class Metric:
         else:
             self.name = "fd_pixels"
             self.features = _pooled_pixels
+        self.held_out = held_out.x if self.name == "sliced_w2" else None
         if self.name != "sliced_w2":
-            self.reference = gaussian_statistics(self.features(held_out.x))
+            self.reference = gaussian_statistics(self.features(self.images(held_out.x)))
 
     def of_training_data(self, train: data.Dataset, num: int) -> float:
         """The metric of `num` training samples: what a perfect model scores at this size."""
@@ -137,7 +160,7 @@ class Metric:
         if self.name == "sliced_w2":
             n = min(len(samples), len(self.held_out))
             return sliced_wasserstein(samples[:n], self.held_out[:n], np.random.default_rng(self.seed))
-        return frechet_distance(*gaussian_statistics(self.features(samples)), *self.reference)
+        return frechet_distance(*gaussian_statistics(self.features(self.images(samples))), *self.reference)
 
 
 def _pooled_pixels(x: np.ndarray) -> np.ndarray:
@@ -224,6 +247,14 @@ def argument_parser(doc: str, presets: dict) -> tuple[argparse.ArgumentParser, a
         help="power-EMA width (post hoc if not stored; default: the run's)",
     )
     sample.add_argument("--out", type=Path, default=Path("samples.npz"), help="an .npz (and a PNG beside it)")
+    encode = commands.add_parser("encode", help="encode images into SD-VAE latents (ImageNet 512, G.1)")
+    encode.add_argument("--vae", required=True, metavar="FOLDER", help="a diffusers AutoencoderKL folder")
+    encode.add_argument(
+        "--data", required=True, help="folder:PATH or zip:PATH of images (labels from dataset.json)"
+    )
+    encode.add_argument("--resolution", type=int, default=512, help="center-crop size before encoding")
+    encode.add_argument("--out", type=Path, default=Path("latents.npz"), help="the latents' .npz (x, labels)")
+    encode.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
     return parser, sample
 
 

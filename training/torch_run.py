@@ -37,7 +37,7 @@ import torch  # noqa: E402
 
 from backends.torch import distributed, optim, steps  # noqa: E402
 from backends.torch.layers import AdaptiveWeight  # noqa: E402
-from training import checkpoint, data, plots, runs  # noqa: E402
+from training import checkpoint, data, metrics, plots, runs  # noqa: E402
 from training.config import DISTILLED, PHASES, PRESETS, PhaseConfig, RunConfig  # noqa: E402
 from trigcore import samplers, schedule  # noqa: E402
 
@@ -620,7 +620,8 @@ def run_training(
             value = metric(samples)
             results.append({"model": name, "sampler": sampler, "nfe": nfe, "value": value})
             run.log({"phase": "eval", "model": name, "sampler": sampler, "nfe": nfe, metric.name: value})
-            runs.save_samples(samples[: config.eval.grid], run.folder / "samples" / f"{name}_{sampler}.png")
+            grid = metric.images(samples[: config.eval.grid])
+            runs.save_samples(grid, run.folder / "samples" / f"{name}_{sampler}.png")
             print(f"  {name:<8} {sampler:<8} NFE {nfe:>3}  {metric.name} {value:.4f}")
     plots.metric_plot(results, metric.name, run.folder / "metric_vs_nfe.png")
     summary = {
@@ -680,6 +681,31 @@ def sample_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def encode_command(args: argparse.Namespace) -> int:
+    """Images → raw SD-VAE latents in an .npz that `--data latents:PATH` reads (G.1)."""
+    from training.vae import SDVAE
+
+    kind, _, path = args.data.partition(":")
+    loaders = {"folder": data.load_image_folder, "zip": data.load_zip}
+    if kind not in loaders or not Path(path).exists():
+        raise ValueError(f"--data must be folder:PATH or zip:PATH of existing images, got {args.data!r}")
+    if args.resolution < 8 or args.resolution % 8:
+        raise ValueError(f"--resolution must be a multiple of 8 (the VAE's factor), got {args.resolution}")
+    images = loaders[kind](Path(path), args.resolution)
+    device = distributed.setup(args.device).device
+    vae = SDVAE(args.vae, device=str(device))
+    batches = range(0, len(images), vae.batch)
+    latents = [
+        vae.encode(metrics.to_uint8_rgb(images.x[i : i + vae.batch]))
+        for i in runs.progress(batches, "encode")
+    ]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    extra = {} if images.labels is None else {"labels": images.labels}
+    checkpoint.write_atomically(args.out, lambda p: np.savez(p, x=np.concatenate(latents), **extra))
+    print(f"wrote {len(images)} latents of shape {latents[0].shape[1:]} to {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser, _ = runs.argument_parser(__doc__, PRESETS)
     args = parser.parse_args(argv)
@@ -687,6 +713,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "sample":
             return sample_command(args)
+        if args.command == "encode":
+            return encode_command(args)
         context = distributed.setup(args.device)
         config, run = runs.start(
             args, PRESETS, context.main, lambda value: distributed.gather(value, context)[0]

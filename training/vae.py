@@ -1,0 +1,45 @@
+"""Stable Diffusion's VAE for the ImageNet 512×512 latents (G.1): encode preprocessed images into
+latents, decode samples into images. The VAE (stabilityai/sd-vae-ft-mse in the paper) comes from
+a diffusers folder the user supplies; nothing is downloaded. Latents are stored raw and
+normalised with App. G.1's channel statistics when loaded (`data.load_latents`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import data
+
+
+class SDVAE:
+    def __init__(self, folder: str | Path, device: str = "cpu", batch: int = 16) -> None:
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"--vae {folder}: not a diffusers AutoencoderKL folder (no config.json)")
+        import torch
+        from diffusers import AutoencoderKL
+
+        self.torch, self.device, self.batch = torch, torch.device(device), batch
+        self.model = AutoencoderKL.from_pretrained(folder, local_files_only=True).to(self.device).eval()
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """Raw latents (the posterior means) of uint8 images (N, 3, H, W), the VAE's input in
+        [−1, 1] as in its training."""
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"need uint8 RGB images (N, 3, H, W), got {images.dtype} {images.shape}")
+        return self._map(lambda x: self.model.encode(x / 127.5 - 1).latent_dist.mean, images)
+
+    def decode(self, x: np.ndarray, sigma_d: float = 0.5) -> np.ndarray:
+        """Images in [−1, 1] of normalised latents (what the models sample)."""
+        return self._map(lambda z: self.model.decode(z).sample.clamp(-1, 1), data.decode_latents(x, sigma_d))
+
+    def _map(self, fn, x: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(x), self.batch):
+                part = torch.from_numpy(np.ascontiguousarray(x[i : i + self.batch])).to(self.device)
+                out.append(fn(part.float()).float().cpu().numpy())
+        return np.concatenate(out)

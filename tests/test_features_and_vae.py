@@ -127,7 +127,7 @@ def test_encode_images_of_mixed_sizes_then_score_decoded_latents(
     for i, (w, h) in enumerate([(40, 32), (32, 48), (64, 64), (33, 35)] * 3):
         pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(tmp_path / "images" / f"{i:02d}.png")
-    out = tmp_path / "latents.npz"
+    out = tmp_path / "latents"
     argv = [
         "encode",
         "--vae",
@@ -138,13 +138,13 @@ def test_encode_images_of_mixed_sizes_then_score_decoded_latents(
         "16",
     ]
     assert torch_run.main([*argv, "--out", str(out), "--device", "cpu"]) == 0
-    with np.load(out) as f:
-        assert f["x"].shape == (12, 4, 2, 2)
+    assert np.load(out / "x.npy").shape == (12, 4, 2, 2) and not (out / "labels.npy").exists()
     cropped = data.load_image_folder(tmp_path / "images", resolution=16)
     vae = SDVAE(vae_folder)
-    np.testing.assert_allclose(np.load(out)["x"], vae.encode(metrics.to_uint8_rgb(cropped.x)), rtol=1e-5)
+    np.testing.assert_allclose(np.load(out / "x.npy"), vae.encode(metrics.to_uint8_rgb(cropped.x)), rtol=1e-5)
     # the run's metric decodes the latents before scoring them with FID
-    latents = data.load_latents(out)
+    latents = data.load_latents(out)  # memory-mapped
+    assert isinstance(latents.stored, np.memmap)
     config = replace(
         torch_run.PRESETS["imagenet512-s"],
         data=f"latents:{out}",

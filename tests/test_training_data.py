@@ -194,3 +194,24 @@ def test_plots_write_files(tmp_path: Path) -> None:
     ]
     plots.metric_plot(results, "fd", tmp_path / "m.png")
     assert (tmp_path / "m.png").stat().st_size > 1000
+
+
+def test_datasets_keep_samples_compact_until_a_batch_is_drawn(tmp_path: Path) -> None:
+    pixels = np.random.default_rng(0).integers(0, 256, (50, 3, 4, 4), dtype=np.uint8)
+    images = data.from_arrays("pixels", pixels, np.arange(50) % 5)
+    train, held_out = images.split(10, seed=1)
+    assert images.stored.dtype == np.uint8 and train.stored is pixels  # no copies, no floats
+    order = np.random.default_rng(1).permutation(50)
+    np.testing.assert_allclose(held_out.get([2, 0]), pixels[order[[2, 0]]] / 127.5 - 1, atol=1e-6)
+    assert train.labels.tolist() == (order[10:] % 5).tolist() and len(train) == 40
+    # a latents folder is memory-mapped and normalised per batch (App. G.1)
+    raw = np.random.default_rng(1).normal(size=(6, 4, 2, 2)).astype(np.float32) * 5
+    (tmp_path / "latents").mkdir()
+    np.save(tmp_path / "latents" / "x.npy", raw)
+    latents = data.load_latents(tmp_path / "latents")
+    assert isinstance(latents.stored, np.memmap) and latents.labels is None
+    mean = np.array(data.SD_VAE_MEAN)[None, :, None, None]
+    std = np.array(data.SD_VAE_STD)[None, :, None, None]
+    np.testing.assert_allclose(latents.get([4, 1]), (raw[[4, 1]] - mean) * 0.5 / std, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="no x.npy there"):
+        data.load_latents(tmp_path)

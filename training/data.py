@@ -1,5 +1,6 @@
 """The data of a run as numpy arrays, for both backends: images (N, C, H, W) float32 in [−1, 1]
-(σ_d = 0.5, as in EDM), or points (N, d), with optional integer class labels (N,).
+(σ_d = 0.5, as in EDM), or points (N, d), with optional integer class labels (N,). Samples stay
+in their stored form (uint8 pixels, memory-mapped latents) until a batch is drawn (`get`).
 
 Sources: scikit-learn's bundled digits (the default: 8×8, 1,797 images, 10 classes, a fixed
 train/held-out split), generated 2-D toys, an `.npz` file, a folder of images, an EDM-style zip
@@ -36,20 +37,30 @@ SD_VAE_STD = (5.27, 5.91, 4.21, 4.31)
 
 @dataclass(frozen=True)
 class Dataset:
+    """Samples as stored (float32 values, uint8 pixels, or raw latents, possibly memory-mapped)
+    and the affine map to the values the networks see, value = stored·scale + shift, applied per
+    batch by `get`, so a large dataset stays in its compact form."""
+
     name: str
-    x: np.ndarray  # (N, C, H, W) images in [−1, 1], or (N, d) points; float32
+    stored: np.ndarray  # (M, C, H, W) or (M, d)
     labels: np.ndarray | None  # (N,) int64 classes in [0, num_classes), or None
     num_classes: int  # 0 when unlabelled
+    scale: np.ndarray | float = 1.0  # a number or per channel (1, C, 1, 1)
+    shift: np.ndarray | float = 0.0
+    rows: np.ndarray | None = None  # the rows of `stored` in this set, in order (None: all)
 
     def __post_init__(self) -> None:
-        if self.x.ndim not in (2, 4) or self.x.shape[0] == 0:
-            shape = self.x.shape
+        if self.stored.ndim not in (2, 4) or len(self) == 0:
+            shape = self.stored.shape
             raise ValueError(f"{self.name}: need (N, C, H, W) images or (N, d) points, got shape {shape}")
-        if not np.isfinite(self.x).all():
+        in_memory_floats = np.issubdtype(self.stored.dtype, np.floating) and not isinstance(
+            self.stored, np.memmap
+        )
+        if in_memory_floats and not np.isfinite(self.stored).all():
             raise ValueError(f"{self.name}: the data hold NaN or Inf values")
         if self.labels is not None:
-            if self.labels.shape != (self.x.shape[0],):
-                raise ValueError(f"{self.name}: {self.labels.shape[0]} labels for {self.x.shape[0]} samples")
+            if self.labels.shape != (len(self),):
+                raise ValueError(f"{self.name}: {self.labels.shape[0]} labels for {len(self)} samples")
             if self.labels.min() < 0 or self.labels.max() >= self.num_classes:
                 raise ValueError(
                     f"{self.name}: labels must lie in [0, {self.num_classes}), got "
@@ -58,10 +69,20 @@ class Dataset:
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
-        return tuple(self.x.shape[1:])
+        return tuple(self.stored.shape[1:])
 
     def __len__(self) -> int:
-        return self.x.shape[0]
+        return self.stored.shape[0] if self.rows is None else len(self.rows)
+
+    def get(self, index: np.ndarray | slice) -> np.ndarray:
+        """The samples at `index` as the networks see them (float32)."""
+        rows = np.arange(len(self))[index] if self.rows is None else self.rows[index]
+        return (np.asarray(self.stored[rows], dtype=np.float32) * self.scale + self.shift).astype(np.float32)
+
+    @property
+    def x(self) -> np.ndarray:
+        """Every sample as the networks see it (float32; for small sets)."""
+        return self.get(slice(None))
 
     def split(self, held_out: int, seed: int = 0) -> tuple[Dataset, Dataset]:
         """A fixed split by numpy's permutation seeded with `seed`: (the rest, `held_out` samples)."""
@@ -72,7 +93,8 @@ class Dataset:
 
     def _subset(self, index: np.ndarray, name: str) -> Dataset:
         labels = None if self.labels is None else self.labels[index]
-        return Dataset(name, self.x[index], labels, self.num_classes)
+        rows = index if self.rows is None else self.rows[index]
+        return Dataset(name, self.stored, labels, self.num_classes, self.scale, self.shift, rows)
 
     def one_hot(self, index: np.ndarray) -> np.ndarray | None:
         """The one-hot labels (float32) of the samples at `index`, or None when unlabelled."""
@@ -110,8 +132,9 @@ def from_arrays(name: str, x: np.ndarray, labels: np.ndarray | None = None) -> D
         x = x.transpose(0, 3, 1, 2)
     if x.ndim != 4:
         raise ValueError(f"{name}: need images (N, C, H, W), (N, H, W, C) or (N, H, W), got shape {x.shape}")
-    if x.dtype == np.uint8:
-        x = x.astype(np.float32) / 127.5 - 1
+    scale, shift = 1.0, 0.0
+    if x.dtype == np.uint8:  # kept as pixels, mapped to [−1, 1] per batch
+        scale, shift = 1 / 127.5, -1.0
     elif np.issubdtype(x.dtype, np.floating):
         x = x.astype(np.float32)
         if x.size and (x.min() < -1.0001 or x.max() > 1.0001):
@@ -119,12 +142,12 @@ def from_arrays(name: str, x: np.ndarray, labels: np.ndarray | None = None) -> D
     else:
         raise ValueError(f"{name}: images must be uint8 or float, got {x.dtype}")
     if labels is None:
-        return Dataset(name, x, None, 0)
+        return Dataset(name, x, None, 0, scale, shift)
     labels = np.asarray(labels)
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"{name}: labels must be integers, got {labels.dtype}")
     labels = labels.astype(np.int64)
-    return Dataset(name, x, labels, int(labels.max()) + 1 if labels.size else 0)
+    return Dataset(name, x, labels, int(labels.max()) + 1 if labels.size else 0, scale, shift)
 
 
 def load_npz(path: Path) -> Dataset:
@@ -213,20 +236,28 @@ def load_zip(path: Path, resolution: int | None = None) -> Dataset:
 
 
 def load_latents(path: Path, sigma_d: float = 0.5) -> Dataset:
-    """SD-VAE latents (N, 4, h, w) from an `.npz` ("x", optional "labels"), normalised as in
-    App. G.1: (latent − μ_c)·σ_d/σ_c per channel. Encoding images needs the VAE's weights, which
-    the user supplies; nothing is downloaded here."""
+    """SD-VAE latents (N, 4, h, w), raw, normalised per batch as in App. G.1:
+    (latent − μ_c)·σ_d/σ_c per channel. From an `.npz` ("x", optional "labels"), read into
+    memory, or from a folder of `x.npy` (memory-mapped) and optional `labels.npy`, as the
+    `encode` command writes. Encoding images needs the VAE's weights, which the user supplies;
+    nothing is downloaded here."""
     path = Path(path)
-    with np.load(path) as f:
-        x, labels = np.asarray(f["x"], dtype=np.float32), (f["labels"] if "labels" in f else None)
+    if path.is_dir():
+        if not (path / "x.npy").is_file():
+            raise ValueError(f"{path}: a latents folder holds x.npy (and labels.npy); no x.npy there")
+        x = np.load(path / "x.npy", mmap_mode="r")
+        labels = np.load(path / "labels.npy") if (path / "labels.npy").is_file() else None
+    else:
+        with np.load(path) as f:
+            x, labels = np.asarray(f["x"], dtype=np.float32), (f["labels"] if "labels" in f else None)
     if x.ndim != 4 or x.shape[1] != 4:
         raise ValueError(f"{path}: SD-VAE latents are (N, 4, h, w), got shape {x.shape}")
     mean, std = _sd_vae_statistics()
-    x = (x - mean) * (sigma_d / std)
+    scale = sigma_d / std
     if labels is None:
-        return Dataset(str(path), x, None, 0)
+        return Dataset(str(path), x, None, 0, scale, -mean * scale)
     labels = np.asarray(labels).astype(np.int64)
-    return Dataset(str(path), x, labels, int(labels.max()) + 1)
+    return Dataset(str(path), x, labels, int(labels.max()) + 1, scale, -mean * scale)
 
 
 def decode_latents(x: np.ndarray, sigma_d: float = 0.5) -> np.ndarray:

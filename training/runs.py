@@ -129,7 +129,11 @@ class Metric:
 
             vae = SDVAE(config.eval.vae)
             self.images = lambda x: vae.decode(x, config.sigma_d)
-        elif config.eval.metric != "auto" and held_out.x.ndim == 4 and held_out.x.shape[1] not in (1, 3):
+        elif (
+            config.eval.metric != "auto"
+            and len(held_out.sample_shape) == 3
+            and held_out.sample_shape[0] not in (1, 3)
+        ):
             raise ValueError(f"{config.eval.metric} of latents needs their VAE (--vae FOLDER)")
         if config.eval.metric in ("fid", "fd_dinov2"):
             self.name = config.eval.metric
@@ -142,19 +146,21 @@ class Metric:
             classifier = DigitsFeatures.load_or_train(train, held_out)
             print(f"digits classifier: held-out accuracy {classifier.accuracy:.3f}", file=sys.stderr)
             self.features = classifier.features
-        elif held_out.x.ndim == 2:
+        elif len(held_out.sample_shape) == 1:
             self.name = "sliced_w2"
         else:
             self.name = "fd_pixels"
             self.features = _pooled_pixels
         self.held_out = held_out.x if self.name == "sliced_w2" else None
-        if self.name != "sliced_w2":
-            self.reference = gaussian_statistics(self.features(self.images(held_out.x)))
+        if self.name != "sliced_w2":  # in chunks: a held-out set may be large
+            chunks = range(0, len(held_out), 1000)
+            features = [self.features(self.images(held_out.get(slice(i, i + 1000)))) for i in chunks]
+            self.reference = gaussian_statistics(np.concatenate(features))
 
     def of_training_data(self, train: data.Dataset, num: int) -> float:
         """The metric of `num` training samples: what a perfect model scores at this size."""
         index = np.random.default_rng(self.seed).choice(len(train), min(num, len(train)), replace=False)
-        return self(train.x[index])
+        return self(train.get(index))
 
     def __call__(self, samples: np.ndarray) -> float:
         if self.name == "sliced_w2":
@@ -253,7 +259,9 @@ def argument_parser(doc: str, presets: dict) -> tuple[argparse.ArgumentParser, a
         "--data", required=True, help="folder:PATH or zip:PATH of images (labels from dataset.json)"
     )
     encode.add_argument("--resolution", type=int, default=512, help="center-crop size before encoding")
-    encode.add_argument("--out", type=Path, default=Path("latents.npz"), help="the latents' .npz (x, labels)")
+    encode.add_argument(
+        "--out", type=Path, default=Path("latents"), help="a new folder for x.npy (and labels.npy)"
+    )
     encode.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
     return parser, sample
 

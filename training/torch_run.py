@@ -419,7 +419,7 @@ class _VSD:
 
 
 def _batch(train_set: data.Dataset, index: np.ndarray, device: torch.device) -> dict:
-    batch = {"x0": torch.from_numpy(train_set.x[index]).to(device)}
+    batch = {"x0": torch.from_numpy(train_set.get(index)).to(device)}
     labels = train_set.one_hot(index)
     if labels is not None:
         batch["labels"] = torch.from_numpy(labels).to(device)
@@ -694,15 +694,20 @@ def encode_command(args: argparse.Namespace) -> int:
     images = loaders[kind](Path(path), args.resolution)
     device = distributed.setup(args.device).device
     vae = SDVAE(args.vae, device=str(device))
-    batches = range(0, len(images), vae.batch)
-    latents = [
-        vae.encode(metrics.to_uint8_rgb(images.x[i : i + vae.batch]))
-        for i in runs.progress(batches, "encode")
-    ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    extra = {} if images.labels is None else {"labels": images.labels}
-    checkpoint.write_atomically(args.out, lambda p: np.savez(p, x=np.concatenate(latents), **extra))
-    print(f"wrote {len(images)} latents of shape {latents[0].shape[1:]} to {args.out}")
+    # written into x.npy as they come (never all in memory), then renamed into place
+    temporary = args.out.with_name(f".{args.out.name}.tmp")
+    temporary.mkdir(parents=True, exist_ok=True)
+    size = args.resolution // 8
+    x = np.lib.format.open_memmap(temporary / "x.npy", "w+", np.float32, (len(images), 4, size, size))
+    for i in runs.progress(range(0, len(images), vae.batch), "encode"):
+        x[i : i + vae.batch] = vae.encode(metrics.to_uint8_rgb(images.get(slice(i, i + vae.batch))))
+    x.flush()
+    if images.labels is not None:
+        np.save(temporary / "labels.npy", images.labels)
+    if args.out.exists():
+        raise FileExistsError(f"--out {args.out} exists; the latents are left in {temporary}")
+    temporary.rename(args.out)
+    print(f"wrote {len(images)} latents of shape {x.shape[1:]} to {args.out}")
     return 0
 
 
@@ -720,7 +725,7 @@ def main(argv: list[str] | None = None) -> int:
             args, PRESETS, context.main, lambda value: distributed.gather(value, context)[0]
         )
         summary = run_training(config, run, context)
-    except (ValueError, FileNotFoundError) as error:  # bad input: nothing was trained
+    except (ValueError, FileNotFoundError, FileExistsError) as error:  # bad input: nothing was trained
         print(f"error: {error}", file=sys.stderr)
         return 2
     except RuntimeError as error:  # a phase gave up (non-finite losses); its checkpoints are intact

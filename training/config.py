@@ -258,7 +258,7 @@ def _imagenet(resolution: int, size: str) -> RunConfig:
                     "scd_avsd": g_avsd}  # fmt: skip
     return RunConfig(
         preset=f"imagenet{resolution}-{size.lower()}",
-        data="latents:datasets/img512-sd.npz" if latent else "zip:datasets/img64.zip",
+        data="latents:datasets/img512-sd" if latent else "zip:datasets/img64.zip",
         network=NetworkConfig("edm2", preset=size, label_dim=1000),
         teacher=teacher,
         scd=scd,

@@ -171,7 +171,7 @@ def posthoc_network(folder: Path, name: str, sigma_rel: float, model: torch.nn.M
         raise ValueError(
             f"no power-EMA snapshots {name}.ema-* in {folder} to reconstruct σ_rel = {sigma_rel}"
         )
-    return optim.posthoc_average(snapshots, sigma_rel, model.cpu()).to(next(model.parameters()).device)
+    return optim.posthoc_average(snapshots, sigma_rel, model)
 
 
 # --- one training phase ----------------------------------------------------------------------
@@ -288,8 +288,8 @@ def train_phase(
                     fake_loss, _ = steps.fake_score_loss(
                         vsd.fake, samples[k], batch.get("labels"), vsd.settings
                     )
-                    _backward(fake_loss / len(batches), scaler)
-            finite = optim.finish_step(vsd.optimizer, scaler) and finite
+                    _backward(fake_loss / len(batches), vsd.scaler)
+            finite = optim.finish_step(vsd.optimizer, vsd.scaler) and finite
         if finite:
             skipped_in_a_row = 0
             averages.update(network, phase.batch)
@@ -344,6 +344,8 @@ def train_phase(
                 if vsd is not None:
                     arrays |= vsd.arrays()
                     meta["fake_optimizer"] = {"param_groups": vsd.optimizer.state_dict()["param_groups"]}
+                    if vsd.scaler is not None:
+                        meta["fake_scaler"] = vsd.scaler.state_dict()
                 if scaler is not None:
                     meta["scaler"] = scaler.state_dict()
                 checkpoint.save(run.checkpoints / f"{name}-{step + 1:06d}", arrays, meta)
@@ -359,7 +361,7 @@ def phase_loss(
     step: int,
     phase: PhaseConfig,
     teacher: torch.nn.Module | None,
-    vsd: tuple | None,
+    vsd: _VSD | None,
 ) -> tuple[torch.Tensor, dict]:
     """The loss of one shard: Eq. 4 (teacher), Alg. 1 (sCT, sCD), Alg. 2 (dsCD), or sCD plus
     λ_VSD times the generator's aVSD loss (sCD + aVSD), whose samples it returns for F_φ."""
@@ -386,6 +388,7 @@ class _VSD:
     weight: torch.nn.Module
     optimizer: torch.optim.Optimizer
     settings: steps.VSDConfig
+    scaler: torch.amp.GradScaler | None  # fp16: F_φ's own loss scaling
 
     @classmethod
     def build(cls, config, phase, train_set, teacher, context) -> _VSD:
@@ -400,7 +403,8 @@ class _VSD:
             phase.guidance_max, config.precision,
         )  # fmt: skip
         weight = AdaptiveWeight().to(context.device)
-        return cls(distributed.wrap(network, context), network, weight, optimizer, settings)
+        scaler = torch.amp.GradScaler(context.device.type) if config.precision == "float16" else None
+        return cls(distributed.wrap(network, context), network, weight, optimizer, settings, scaler)
 
     def _names(self) -> dict[str, torch.nn.Parameter]:
         return {f"fake/{n}": p for n, p in self.network.named_parameters()}
@@ -416,6 +420,8 @@ class _VSD:
         load_arrays(self.network, arrays, "fake")
         load_arrays(self.weight, arrays, "vsd_weight")
         _load_optimizer(self.optimizer, arrays, meta["fake_optimizer"], self._names(), "fake_optimizer")
+        if self.scaler is not None:
+            self.scaler.load_state_dict(meta["fake_scaler"])
 
 
 def _batch(train_set: data.Dataset, index: np.ndarray, device: torch.device) -> dict:

@@ -257,6 +257,7 @@ def tiny_paper_run(tmp_path: Path, **changes) -> tuple:
         network=network,
         **{name: replace(getattr(paper, name), steps=6, **shrink) for name in torch_run.PHASES},
         eval=replace(paper.eval, num=6, heun_steps=(2,), metric="auto", grid=6),
+        log_every=1,
         **changes,
     )
     run = torch_run.runs.Run(tmp_path / "run")
@@ -310,3 +311,29 @@ def test_a_paper_preset_runs_every_phase_kind_with_power_emas(tmp_path: Path) ->
     assert torch_run.main(argv) == 0
     with np.load(out) as f:
         assert f["samples"].shape == (4, 4, 8, 8) and np.isfinite(f["samples"]).all()
+
+
+def test_every_phase_kind_resumes_exactly_from_a_checkpoint(tmp_path: Path) -> None:
+    """The tiny paper run, cut back to its step-3 checkpoints (weights, power EMAs, Adam, fp16
+    loss scales, the fake score of aVSD, random streams, data position) and resumed: steps 3–5
+    repeat the uninterrupted losses."""
+    import shutil
+
+    config, run, _ = tiny_paper_run(tmp_path)
+    cut = tmp_path / "cut"
+    shutil.copytree(run.folder, cut)
+    for path in (cut / "checkpoints").iterdir():
+        if not path.name.startswith("teacher") and int(path.name.split("-")[-1].split(".")[0]) > 3:
+            path.unlink()
+    (cut / "metrics.jsonl").unlink()
+    torch_run.run_training(config, torch_run.runs.Run(cut))
+
+    def losses(folder: Path) -> dict:
+        records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        return {
+            (r["phase"], r["step"]): r["loss"] for r in records if "loss" in r and r["phase"] != "teacher"
+        }
+
+    resumed, uninterrupted = losses(cut), losses(run.folder)
+    assert set(resumed) == {(p, s) for p in ("scd", "sct", "scd_avsd", "dscd") for s in (3, 4, 5)}
+    assert resumed == {key: uninterrupted[key] for key in resumed}

@@ -159,6 +159,8 @@ def test_digits_classifier_is_accurate_and_cached(tmp_path: Path, monkeypatch: p
 def test_checkpoints_round_trip_atomically_and_refuse_foreign_files(tmp_path: Path) -> None:
     arrays = {
         "model/w": np.arange(6, dtype=np.float32).reshape(2, 3),
+        "model/gain": np.array(0.5, np.float32),  # 0-d stays 0-d
+        "model/transposed": np.arange(6, dtype=np.float32).reshape(2, 3).T,
         "rng/torch": np.arange(4, dtype=np.uint8),
     }
     checkpoint.save(tmp_path / "teacher-000010", arrays, {"step": 10, "phase": "teacher"})
@@ -166,7 +168,8 @@ def test_checkpoints_round_trip_atomically_and_refuse_foreign_files(tmp_path: Pa
     names = sorted(p.name for p in tmp_path.iterdir())  # and no temporary files left
     assert names == [f"teacher-0000{s}.{e}" for s in (10, 20) for e in ("json", "safetensors")]
     loaded, meta = checkpoint.load(tmp_path / "teacher-000020.json")
-    np.testing.assert_array_equal(loaded["model/w"], arrays["model/w"])
+    for key, value in arrays.items():
+        np.testing.assert_array_equal(loaded[key], value, strict=True)
     assert meta["step"] == 20 and meta["format"] == checkpoint.FORMAT
     assert checkpoint.latest(tmp_path, "teacher") == tmp_path / "teacher-000020"
     assert checkpoint.latest(tmp_path, "sct") is None

@@ -50,7 +50,11 @@ def save(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
 
     tensors_path, meta_path = _paths(path)
     tensors_path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {key: np.ascontiguousarray(value) for key, value in arrays.items()}
+    # C order, keeping 0-d arrays 0-d (np.ascontiguousarray would make them 1-d)
+    arrays = {
+        key: value if value.flags.c_contiguous else np.ascontiguousarray(value)
+        for key, value in arrays.items()
+    }
     write_atomically(tensors_path, lambda p: save_file(arrays, str(p)))
     document = {"format": FORMAT, **meta, "arrays": tensors_path.name}
     write_atomically(meta_path, lambda p: p.write_text(json.dumps(document, indent=2)))

@@ -192,7 +192,7 @@ def save_samples(samples: np.ndarray, path: Path) -> None:
 # --- the command line ------------------------------------------------------------------------
 
 
-def argument_parser(doc: str, presets: dict) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+def argument_parser(doc: str, presets: dict) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=doc.split("\n\n")[0],
         epilog=doc.split("\n\n", 1)[1],
@@ -231,7 +231,7 @@ def argument_parser(doc: str, presets: dict) -> tuple[argparse.ArgumentParser, a
     parser.add_argument(
         "--feature-weights",
         metavar="PATH",
-        help="fid: Inception weights (.pth); fd_dinov2: DINOv2 ViT-L/14 weights",
+        help="fid: EDM's Inception detector (inception-2015-12-05.pkl); fd_dinov2: a dinov2-large folder",
     )
     parser.add_argument(
         "--vae", metavar="FOLDER", help="latents: a diffusers AutoencoderKL to decode them for the metric"
@@ -263,7 +263,7 @@ def argument_parser(doc: str, presets: dict) -> tuple[argparse.ArgumentParser, a
         "--out", type=Path, default=Path("latents"), help="a new folder for x.npy (and labels.npy)"
     )
     encode.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
-    return parser, sample
+    return parser
 
 
 def start(

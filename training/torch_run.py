@@ -3,13 +3,17 @@
 With no arguments it runs the default on scikit-learn's bundled digits: a class-conditional
 TrigFlow teacher, sCD distilled from it (the CFG scale given to the student), sCT from scratch,
 then the teacher sampled with Heun's method and the consistency models with 1 and 2 steps, each
-scored by the Fréchet distance to held-out digits in a small classifier's feature space.
+scored by the Fréchet distance to held-out digits in a small classifier's feature space. The
+paper's presets are cifar10, imagenet64-s…xl and imagenet512-s…xxl (these add sCD + aVSD, dsCD).
 
     python training/torch_run.py                        # the default run (digits)
     python training/torch_run.py --preset toy2d         # 2-D ring of Gaussians, sliced Wasserstein
     python training/torch_run.py --resume runs/digits-20261126-101500
     python training/torch_run.py sample --checkpoint RUN/checkpoints/scd-001500 --steps 2 \\
         --num 64 --seed 0 --out samples.npz
+    torchrun --nproc-per-node 8 training/torch_run.py --preset imagenet512-s \\
+        --teacher-checkpoint TEACHER.json --vae sd-vae-ft-mse --feature-weights inception.pkl
+    python training/torch_run.py encode --vae sd-vae-ft-mse --data zip:imagenet.zip --out latents
 
 A run writes into its folder: config.json, metrics.jsonl, checkpoints/ (safetensors + JSON),
 samples/*.png, metric_vs_nfe.png and summary.json, and prints the folder at the end.
@@ -718,7 +722,7 @@ def encode_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser, _ = runs.argument_parser(__doc__, PRESETS)
+    parser = runs.argument_parser(__doc__, PRESETS)
     args = parser.parse_args(argv)
     context = distributed.SINGLE
     try:

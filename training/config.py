@@ -160,7 +160,9 @@ def _digits() -> RunConfig:
         data="digits",
         network=NetworkConfig("mlp", label_dim=10, options={"hidden": 512, "depth": 4}),
         teacher=PhaseConfig(steps=8000, lr=2e-3, ema_halflife=50_000, label_dropout=0.1),
-        scd=PhaseConfig(steps=4000, lr=5e-4, warmup_steps=0, guidance_max=2.0, **cm),
+        # CFG scales s ~ U[1, 1.5] as the student's input (G.2 takes U[1, 2] for ImageNet 512,
+        # whose samples use s up to 2; these are scored at s = 1: README, the sCD sweep)
+        scd=PhaseConfig(steps=4000, lr=5e-4, warmup_steps=0, guidance_max=1.5, **cm),
         sct=PhaseConfig(steps=4000, lr=1e-3, warmup_steps=1000, init="scratch", **cm),
     )
 

@@ -153,7 +153,7 @@ _types = {"NetworkConfig": NetworkConfig, "PhaseConfig": PhaseConfig, "EvalConfi
 
 def _digits() -> RunConfig:
     # sCD starts from the teacher (G.2); sCT trains from scratch. Step counts fit the whole run
-    # in about 7 minutes on 2 CPU cores.
+    # in 7–10 minutes on 2 CPU cores.
     cm = dict(P_mean=-1.0, P_std=1.4, ema_halflife=20_000)
     return RunConfig(
         preset="digits",

@@ -76,3 +76,31 @@ def test_fsdp2_shards_the_separate_passes_but_not_the_fused_ones(tmp_path: Path)
     separate, fused = results["separate"], results["fused"]
     assert separate["loss"] == pytest.approx(separate["expected"], rel=1e-6) and separate["grad_error"] < 1e-5
     assert "custom Function's forward is returning a view" in fused["error"]
+
+
+def test_fsdp2_training_gives_the_losses_of_one_process_and_resumes_exactly(tmp_path: Path) -> None:
+    """`--parallel fsdp`: the tiny EDM2 U-Net sharded per block over 2 gloo processes (its 0-d
+    gains replicated) trains the teacher, sCD and sCT with the losses of 1 process with 2
+    micro-batches; cut back to its step-2 checkpoints, it resumes with the same losses."""
+    import shutil
+
+    script = str(ROOT / "training" / "torch_run.py")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    args = ["--network", "edm2:tiny", "--teacher-steps", "4", "--scd-steps", "3", "--sct-steps", "3"]
+    args += ["--eval-num", "20", "--log-every", "1", "--checkpoint-every", "2"]
+    run([*torchrun, script, *args, "--parallel", "fsdp", "--runs", str(tmp_path / "two")], tmp_path)
+    run([sys.executable, script, *args, "--micro-batches", "2", "--runs", str(tmp_path / "one")], tmp_path)
+    two, one = losses(tmp_path / "two"), losses(tmp_path / "one")
+    assert [(p, s) for p, s, _ in two] == [(p, s) for p, s, _ in one] and len(one) == 10
+    np.testing.assert_allclose([v for *_, v in two], [v for *_, v in one], rtol=1e-5)
+    (folder,) = (tmp_path / "two").iterdir()
+    cut = tmp_path / "cut" / folder.name
+    shutil.copytree(folder, cut)
+    for path in (cut / "checkpoints").iterdir():
+        if int(path.name.split("-")[-1].split(".")[0]) > 2:
+            path.unlink()
+    (cut / "metrics.jsonl").unlink()
+    run([*torchrun, script, "--resume", str(cut)], tmp_path)
+    resumed = {(p, s): v for p, s, v in losses(tmp_path / "cut")}
+    assert set(resumed) == {("teacher", 2), ("teacher", 3), ("scd", 2), ("sct", 2)}
+    assert resumed == {(p, s): v for p, s, v in two if (p, s) in resumed}

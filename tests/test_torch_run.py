@@ -133,6 +133,8 @@ def test_bad_input_is_refused_before_any_training(tmp_path: Path, capsys: pytest
     assert "fewer than one batch of 128" in capsys.readouterr().err
     assert torch_run.main(["--teacher-steps", "-3", *runs]) == 2
     assert "teacher: steps = -3, expected ≥ 0" in capsys.readouterr().err
+    assert torch_run.main(["--parallel", "fsdp", "--precision", "float16", *runs]) == 2
+    assert "--parallel fsdp cannot train with --precision float16" in capsys.readouterr().err
     (tmp_path / "junk.json").write_text("{}")
     assert torch_run.main(["sample", "--checkpoint", str(tmp_path / "junk")]) == 2
     assert "not a trigcore checkpoint" in capsys.readouterr().err

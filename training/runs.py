@@ -22,7 +22,7 @@ import numpy as np
 from trigcore import schedule
 
 from . import checkpoint, data, plots
-from .config import PHASES, RunConfig
+from .config import PHASES, NetworkConfig, RunConfig
 from .metrics import (
     DigitsFeatures,
     frechet_distance,
@@ -201,6 +201,11 @@ def argument_parser(doc: str, presets: dict) -> argparse.ArgumentParser:
     parser.set_defaults(command="train")
     parser.add_argument("--preset", default="digits", choices=sorted(presets), help="settings to start from")
     parser.add_argument("--data", help="digits, toy2d, npz:PATH, folder:PATH, zip:PATH or latents:PATH")
+    parser.add_argument(
+        "--network",
+        metavar="KIND[:SIZE]",
+        help="mlp, ddpmpp, or edm2:SIZE (tiny, S … XXL) in place of the preset's",
+    )
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="folder for new run folders")
     parser.add_argument(
         "--resume", type=Path, metavar="RUN_FOLDER", help="continue a run from its checkpoints"
@@ -219,6 +224,11 @@ def argument_parser(doc: str, presets: dict) -> argparse.ArgumentParser:
         "--passes", choices=("separate", "fused", "compiled"), help="how sCM steps run the tangent"
     )
     parser.add_argument("--seed", type=int)
+    parser.add_argument(
+        "--parallel",
+        choices=("ddp", "fsdp"),
+        help="under torchrun: replicated (ddp) or sharded (fsdp) weights",
+    )
     parser.add_argument(
         "--micro-batches", type=int, metavar="N", help="micro-batches per process and step (accumulation)"
     )
@@ -297,6 +307,18 @@ def _start(args: argparse.Namespace, presets: dict) -> tuple[RunConfig, Run]:
     config = presets[args.preset]
     if args.data is not None:
         config = replace(config, data=args.data)
+    if args.network is not None:
+        kind, _, size = args.network.partition(":")
+        sizes = ("tiny", "S", "M", "L", "XL", "XXL")
+        if (
+            kind not in ("mlp", "ddpmpp", "edm2")
+            or (kind == "edm2") != (size in sizes)
+            or (size and kind != "edm2")
+        ):
+            expected = f"mlp, ddpmpp or edm2:SIZE with SIZE in {', '.join(sizes)}"
+            raise ValueError(f"--network must be {expected}; got {args.network!r}")
+        network = NetworkConfig(kind, size or "tiny", label_dim=config.network.label_dim)
+        config = replace(config, network=network)
     for phase in PHASES:
         updates = {
             k: getattr(args, f"{phase}_{k}")
@@ -316,7 +338,15 @@ def _start(args: argparse.Namespace, presets: dict) -> tuple[RunConfig, Run]:
     for flag, value in (("--log-every", args.log_every), ("--micro-batches", args.micro_batches)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be at least 1, got {value}")
-    for key in ("precision", "passes", "seed", "log_every", "micro_batches", "teacher_checkpoint"):
+    for key in (
+        "precision",
+        "passes",
+        "parallel",
+        "seed",
+        "log_every",
+        "micro_batches",
+        "teacher_checkpoint",
+    ):
         if getattr(args, key) is not None:
             config = replace(config, **{key: getattr(args, key)})
     if config.teacher_checkpoint:

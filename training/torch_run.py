@@ -81,7 +81,10 @@ def build_network(
 
 
 def arrays_of(prefix: str, module: torch.nn.Module) -> dict[str, np.ndarray]:
-    return {f"{prefix}/{k}": v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+    """The module's state as numpy under "<prefix>/<name>" (sharded tensors gathered whole)."""
+    return {
+        f"{prefix}/{k}": distributed.full(v).detach().cpu().numpy() for k, v in module.state_dict().items()
+    }
 
 
 def load_arrays(
@@ -223,14 +226,25 @@ def train_phase(
             f"{name} batch {phase.batch} does not split into {shards} equal shards "
             f"({context.world} processes × {config.micro_batches} micro-batches)"
         )
+    shard = config.parallel == "fsdp" and context.world > 1
     torch.manual_seed(config.seed + PHASES.index(name))
     network = build_network(config, train_set.sample_shape, takes_guidance(config, name), phase).to(device)
     if name != "teacher" and phase.init == "teacher":  # G.2: CMs start from the teacher's EMA
         network.load_state_dict(teacher.state_dict(), strict=False)
-    model = distributed.wrap(network, context)
+    found = checkpoint.latest(run.checkpoints, prefix=f"{name}-")
+    arrays, meta = checkpoint.load(found) if found is not None else ({}, {})
+    if found is not None:  # continue exactly where the checkpoint left off: weights and EMAs first
+        if meta["shards"] != shards:
+            raise ValueError(
+                f"{found}: written with {meta['shards']} shards (processes × micro-batches), "
+                f"resumed with {shards}; resume with the same number"
+            )
+        load_arrays(network, arrays, "model")
+    averages = Averages(network, phase)  # whole copies, also when the network is sharded
+    model = distributed.wrap(network, context, shard)
+    # after sharding: FSDP2 replaces the parameters by sharded ones
     optimizer = optim.make_optimizer(network.parameters(), phase.optimizer, phase.lr, phase.betas, phase.eps)
     names = {f"model/{n}": p for n, p in network.named_parameters()}
-    averages = Averages(network, phase)
     stream = data.BatchStream(len(train_set), phase.batch, seed=config.seed + 1000 * PHASES.index(name))
     scaler = torch.amp.GradScaler(device.type) if config.precision == "float16" else None
     mine = range(context.rank * config.micro_batches, (context.rank + 1) * config.micro_batches)
@@ -239,17 +253,8 @@ def train_phase(
     if vsd is not None:  # w_ψ trains with θ (App. C.2)
         optimizer.add_param_group({"params": list(vsd.weight.parameters())})
         names |= {f"vsd_weight/{n}": p for n, p in vsd.weight.named_parameters()}
-
     start = 0
-    found = checkpoint.latest(run.checkpoints, prefix=f"{name}-")
-    if found is not None:  # continue exactly where the checkpoint left off
-        arrays, meta = checkpoint.load(found)
-        if meta["shards"] != shards:
-            raise ValueError(
-                f"{found}: written with {meta['shards']} shards (processes × micro-batches), "
-                f"resumed with {shards}; resume with the same number"
-            )
-        load_arrays(network, arrays, "model")
+    if found is not None:  # then the optimiser, loss scales, data position and random streams
         averages.load(arrays, meta["averages"])
         _load_optimizer(optimizer, arrays, meta["optimizer"], names, "optimizer")
         if vsd is not None:
@@ -284,6 +289,8 @@ def train_phase(
                 _backward(loss / len(batches), scaler)
             samples.append(values.pop("samples", None))
             metrics.append(values)
+        if shard:
+            distributed.average_replicated(network, context)
         finite = optim.finish_step(optimizer, scaler, model=network)
         if vsd is not None:  # L_Diff(φ): the fake score learns the generator's samples
             vsd.optimizer.zero_grad(set_to_none=True)
@@ -325,17 +332,17 @@ def train_phase(
                 path = run.checkpoints / f"{name}.ema-{step + 1:06d}"
                 checkpoint.save(path, averages.arrays(power_only=True), meta)
         if (step + 1) % phase.checkpoint_every == 0 or done:
+            # every process takes part: sharded weights and moments are gathered whole
             everyone = distributed.gather([state.numpy() for state in randomness], context)
+            arrays = {
+                **arrays_of("model", network),
+                **averages.arrays(),
+                **{
+                    f"rng/shard{j}": state for j, state in enumerate(s for states in everyone for s in states)
+                },
+                **_optimizer_arrays(optimizer, names, "optimizer"),
+            }
             if context.main:
-                arrays = {
-                    **arrays_of("model", network),
-                    **averages.arrays(),
-                    **{
-                        f"rng/shard{j}": state
-                        for j, state in enumerate(s for states in everyone for s in states)
-                    },
-                    **_optimizer_arrays(optimizer, names, "optimizer"),
-                }
                 meta = {
                     "phase": name,
                     "step": step + 1,
@@ -493,6 +500,7 @@ def _optimizer_arrays(
     out = {}
     for p, state in optimizer.state.items():
         for key, value in state.items():
+            value = distributed.full(value)
             out[f"{prefix}/{key}/{name_of[id(p)]}"] = value.detach().cpu().numpy().reshape(value.shape)
     return out
 
@@ -509,7 +517,8 @@ def _load_optimizer(
     for key, value in arrays.items():
         if key.startswith(prefix + "/"):
             _, moment, name = key.split("/", 2)
-            state.setdefault(order[name], {})[moment] = torch.from_numpy(value.copy())
+            whole = torch.from_numpy(value.copy())
+            state.setdefault(order[name], {})[moment] = distributed.like(whole, names[name])
     optimizer.load_state_dict(meta | {"state": state})
 
 
@@ -587,6 +596,8 @@ def run_training(
 ) -> dict | None:
     """Train the configured phases, then (on the main process) evaluate every model and write
     the summary; other processes return None."""
+    if config.parallel == "fsdp":
+        _check_sharding(config)
     train_set, held_out = runs.load_data(config)
     metric = runs.Metric(config, train_set, held_out) if context.main else None
     if metric is not None:
@@ -643,6 +654,26 @@ def run_training(
     }
     run.write_summary(summary)
     return summary
+
+
+def _check_sharding(config: RunConfig) -> None:
+    """What FSDP2 trains here (torch 2.13): the separate tangent pass (the fused one fails under
+    it), float32 or bfloat16 (fp16's GradScaler fails on sharded and replicated gradients
+    together), phases with an EMA (a sharded network is not copied), and not sCD + aVSD."""
+    trained = [
+        n for n in PHASES if getattr(config, n).steps and not (n == "teacher" and config.teacher_checkpoint)
+    ]
+    no_ema = [
+        n for n in trained if not (getattr(config, n).ema_halflife or getattr(config, n).ema_sigma_rels)
+    ]
+    problems = [
+        *([f"--passes {config.passes} (needs separate)"] if config.passes != "separate" else []),
+        *(["--precision float16 (use bfloat16)"] if config.precision == "float16" else []),
+        *([f"phases without an EMA: {', '.join(no_ema)}"] if no_ema else []),
+        *(["the scd_avsd phase"] if "scd_avsd" in trained else []),
+    ]
+    if problems:
+        raise ValueError(f"--parallel fsdp cannot train with {'; '.join(problems)}")
 
 
 def load_network(

@@ -1,5 +1,11 @@
 """Data-parallel training with torch.distributed: one process per device under `torchrun`
-(DistributedDataParallel; gloo on the CPU, NCCL on CUDA), or a single process without it.
+(gloo on the CPU, NCCL on CUDA), or a single process without it. `wrap` gives either
+DistributedDataParallel (replicated weights) or FSDP2 (`fully_shard`: weights, gradients and
+optimiser state sharded over the processes, one unit per U-Net block).
+
+FSDP2 in torch 2.13 works with the separate tangent pass (dual tensors under no_grad) but not
+with the fused one (its autograd hooks have no forward-mode rule), and refuses 0-d parameters
+(EDM2's gains): those stay replicated, their gradients averaged by `average_replicated`.
 
 The run scripts split each global batch into shards, one per process and micro-batch, each shard
 with its own random stream: the losses depend on the shard count alone, not on how the shards
@@ -50,12 +56,53 @@ def setup(device: str = "auto") -> Context:
     return Context(dist.get_rank(), dist.get_world_size(), chosen)
 
 
-def wrap(model: torch.nn.Module, context: Context) -> torch.nn.Module:
-    """`model` under DistributedDataParallel when there are several processes (gradients are
-    averaged over them in the backward pass); the model itself otherwise."""
+def wrap(model: torch.nn.Module, context: Context, shard: bool = False) -> torch.nn.Module:
+    """With several processes: `model` under DistributedDataParallel (gradients averaged over
+    the processes in the backward pass), or with `shard` the model itself sharded in place with
+    FSDP2 (each U-Net block a unit, then the rest). With one process: the model itself."""
     if context.world == 1:
         return model
+    if shard:
+        from torch.distributed.fsdp import fully_shard
+
+        from .ddpmpp import UNetBlock
+        from .edm2 import Block
+
+        replicated = set(replicated_parameters(model))
+        for unit in [*(m for m in model.modules() if isinstance(m, (Block, UNetBlock))), model]:
+            fully_shard(unit, ignored_params=replicated)
+        return model
     return _Parallel(model, device_ids=[context.device] if context.device.type == "cuda" else None)
+
+
+def replicated_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters FSDP2 leaves replicated (0-d), in the model's order on every process."""
+    return [p for p in model.parameters() if p.ndim == 0]
+
+
+def average_replicated(model: torch.nn.Module, context: Context) -> None:
+    """Average the gradients of a sharded model's replicated parameters over the processes."""
+    for p in replicated_parameters(model):
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= context.world
+
+
+def full(value: torch.Tensor) -> torch.Tensor:
+    """A sharded tensor (DTensor) gathered whole on every process (a collective); others as they
+    are."""
+    from torch.distributed.tensor import DTensor
+
+    return value.full_tensor() if isinstance(value, DTensor) else value
+
+
+def like(value: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """A whole tensor sharded as `reference` is when that is a DTensor (to load optimiser state)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(reference, DTensor) and value.shape == reference.shape:
+        return distribute_tensor(value.to(reference.device), reference.device_mesh, reference.placements)
+    return value
 
 
 class _Parallel(DistributedDataParallel):

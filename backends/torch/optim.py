@@ -83,9 +83,13 @@ def finish_step(
 
 
 def _average_into(average: torch.nn.Module, model: torch.nn.Module, beta: float) -> None:
+    """β·average + (1 − β)·weights; a sharded model's weights are gathered whole first (the
+    averages stay whole copies on every process)."""
+    from .distributed import full
+
     with torch.no_grad():
         for a, p in zip(average.parameters(), model.parameters()):
-            a.copy_(ema.ema_update(a, p.detach(), beta))
+            a.copy_(ema.ema_update(a, full(p.detach()), beta))
         for a, b in zip(average.buffers(), model.buffers()):
             a.copy_(b)
 

@@ -237,11 +237,13 @@ def test_presets_hold_the_papers_settings() -> None:
         assert RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config, name
 
 
-def tiny_paper_run(tmp_path: Path, **changes) -> tuple:
+@pytest.fixture(scope="module")
+def tiny_paper_run(tmp_path_factory: pytest.TempPathFactory) -> tuple:
     """imagenet512-s shrunk to a tiny U-Net on random 4×8×8 latents: every phase kind (sCD, sCT,
     sCD + aVSD, dsCD), fp16 with loss scaling, power EMAs and the teacher's post-hoc EMA."""
     from dataclasses import replace
 
+    tmp_path = tmp_path_factory.mktemp("paper")
     rng = np.random.default_rng(0)
     latents = tmp_path / "latents.npz"
     np.savez(latents, x=rng.normal(size=(40, 4, 8, 8)).astype(np.float32) * 5, labels=rng.integers(0, 3, 40))
@@ -260,14 +262,15 @@ def tiny_paper_run(tmp_path: Path, **changes) -> tuple:
         **{name: replace(getattr(paper, name), steps=6, **shrink) for name in torch_run.PHASES},
         eval=replace(paper.eval, num=6, heun_steps=(2,), metric="auto", grid=6),
         log_every=1,
-        **changes,
     )
     run = torch_run.runs.Run(tmp_path / "run")
-    return config, run, torch_run.run_training(config, run)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRIGCORE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        return config, run, torch_run.run_training(config, run)
 
 
-def test_a_paper_preset_runs_every_phase_kind_with_power_emas(tmp_path: Path) -> None:
-    config, run, summary = tiny_paper_run(tmp_path)
+def test_a_paper_preset_runs_every_phase_kind_with_power_emas(tiny_paper_run: tuple, tmp_path: Path) -> None:
+    config, run, summary = tiny_paper_run
     assert {r["model"] for r in summary["results"]} == {"teacher", "scd", "sct", "scd_avsd", "dscd"}
     assert all(np.isfinite(r["value"]) for r in summary["results"])
     names = sorted(p.name for p in run.checkpoints.glob("*.json"))
@@ -315,13 +318,13 @@ def test_a_paper_preset_runs_every_phase_kind_with_power_emas(tmp_path: Path) ->
         assert f["samples"].shape == (4, 4, 8, 8) and np.isfinite(f["samples"]).all()
 
 
-def test_every_phase_kind_resumes_exactly_from_a_checkpoint(tmp_path: Path) -> None:
+def test_every_phase_kind_resumes_exactly_from_a_checkpoint(tiny_paper_run: tuple, tmp_path: Path) -> None:
     """The tiny paper run, cut back to its step-3 checkpoints (weights, power EMAs, Adam, fp16
     loss scales, the fake score of aVSD, random streams, data position) and resumed: steps 3–5
     repeat the uninterrupted losses."""
     import shutil
 
-    config, run, _ = tiny_paper_run(tmp_path)
+    config, run, _ = tiny_paper_run
     cut = tmp_path / "cut"
     shutil.copytree(run.folder, cut)
     for path in (cut / "checkpoints").iterdir():

@@ -233,7 +233,7 @@ def train_phase(
         network.load_state_dict(teacher.state_dict(), strict=False)
     found = checkpoint.latest(run.checkpoints, prefix=f"{name}-")
     arrays, meta = checkpoint.load(found) if found is not None else ({}, {})
-    if found is not None:  # continue exactly where the checkpoint left off: weights and EMAs first
+    if found is not None:  # continue exactly where the checkpoint left off: the weights first
         if meta["shards"] != shards:
             raise ValueError(
                 f"{found}: written with {meta['shards']} shards (processes × micro-batches), "
@@ -254,7 +254,7 @@ def train_phase(
         optimizer.add_param_group({"params": list(vsd.weight.parameters())})
         names |= {f"vsd_weight/{n}": p for n, p in vsd.weight.named_parameters()}
     start = 0
-    if found is not None:  # then the optimiser, loss scales, data position and random streams
+    if found is not None:  # then the EMAs, optimiser, loss scales, data position, random streams
         averages.load(arrays, meta["averages"])
         _load_optimizer(optimizer, arrays, meta["optimizer"], names, "optimizer")
         if vsd is not None:

@@ -152,10 +152,8 @@ class Metric:
             self.name = "fd_pixels"
             self.features = _pooled_pixels
         self.held_out = held_out.x if self.name == "sliced_w2" else None
-        if self.name != "sliced_w2":  # in chunks: a held-out set may be large
-            chunks = range(0, len(held_out), 1000)
-            features = [self.features(self.images(held_out.get(slice(i, i + 1000)))) for i in chunks]
-            self.reference = gaussian_statistics(np.concatenate(features))
+        if self.name != "sliced_w2":
+            self.reference = gaussian_statistics(self._features(held_out.get, len(held_out)))
 
     def of_training_data(self, train: data.Dataset, num: int) -> float:
         """The metric of `num` training samples: what a perfect model scores at this size."""
@@ -166,7 +164,14 @@ class Metric:
         if self.name == "sliced_w2":
             n = min(len(samples), len(self.held_out))
             return sliced_wasserstein(samples[:n], self.held_out[:n], np.random.default_rng(self.seed))
-        return frechet_distance(*gaussian_statistics(self.features(self.images(samples))), *self.reference)
+        features = self._features(lambda part: samples[part], len(samples))
+        return frechet_distance(*gaussian_statistics(features), *self.reference)
+
+    def _features(self, get, size: int, chunk: int = 1000) -> np.ndarray:
+        """Features of `size` samples taken `chunk` at a time by `get(slice)` (decoded images of
+        50,000 latents would not fit in memory at once)."""
+        parts = range(0, size, chunk)
+        return np.concatenate([self.features(self.images(get(slice(i, i + chunk)))) for i in parts])
 
 
 def _pooled_pixels(x: np.ndarray) -> np.ndarray:

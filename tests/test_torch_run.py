@@ -342,3 +342,16 @@ def test_every_phase_kind_resumes_exactly_from_a_checkpoint(tiny_paper_run: tupl
     resumed, uninterrupted = losses(cut), losses(run.folder)
     assert set(resumed) == {(p, s) for p in ("scd", "sct", "scd_avsd", "dscd") for s in (3, 4, 5)}
     assert resumed == {key: uninterrupted[key] for key in resumed}
+
+
+def test_a_trained_teacher_is_distilled_from_its_checkpoint(
+    short_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    teacher = str(short_run / "checkpoints" / "teacher-000030")
+    argv = ["--teacher-checkpoint", teacher, "--scd-steps", "4", "--sct-steps", "0", "--eval-num", "20"]
+    assert torch_run.main([*argv, "--runs", str(tmp_path / "runs")]) == 0
+    summary = json.loads((only_run(tmp_path / "runs") / "summary.json").read_text())
+    assert {r["model"] for r in summary["results"]} == {"teacher", "scd"}
+    assert not list((tmp_path / "runs").glob("*/checkpoints/teacher-*"))  # not trained again
+    assert torch_run.main([*argv, "--network", "edm2:tiny", "--runs", str(tmp_path / "other")]) == 2
+    assert "differs from this run's" in capsys.readouterr().err

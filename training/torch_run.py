@@ -609,7 +609,13 @@ def run_training(
     # the teacher (Eq. 4 with adaptive weighting) or a trained one, then the consistency models:
     # sCD from it, sCT (from scratch or from it), sCD + aVSD and dsCD
     if config.teacher_checkpoint:
-        models["teacher"] = load_network(Path(config.teacher_checkpoint), device=context.device)[0]
+        teacher, _, trained = load_network(Path(config.teacher_checkpoint), device=context.device)
+        if trained.network != config.network:  # the students start from its weights
+            raise ValueError(
+                f"--teacher-checkpoint {config.teacher_checkpoint}: its network {trained.network} "
+                f"differs from this run's {config.network}"
+            )
+        models["teacher"] = teacher
     else:
         models["teacher"] = train_phase("teacher", config, train_set, run, context)
     for name in PHASES[1:]:

@@ -332,17 +332,12 @@ def train_phase(
                 path = run.checkpoints / f"{name}.ema-{step + 1:06d}"
                 checkpoint.save(path, averages.arrays(power_only=True), meta)
         if (step + 1) % phase.checkpoint_every == 0 or done:
-            # every process takes part: sharded weights and moments are gathered whole
             everyone = distributed.gather([state.numpy() for state in randomness], context)
-            arrays = {
-                **arrays_of("model", network),
-                **averages.arrays(),
-                **{
-                    f"rng/shard{j}": state for j, state in enumerate(s for states in everyone for s in states)
-                },
-                **_optimizer_arrays(optimizer, names, "optimizer"),
-            }
+            if shard or context.main:  # gathering sharded weights and moments takes every process
+                arrays = arrays_of("model", network) | _optimizer_arrays(optimizer, names, "optimizer")
             if context.main:
+                states = (s for states in everyone for s in states)
+                arrays |= averages.arrays() | {f"rng/shard{j}": state for j, state in enumerate(states)}
                 meta = {
                     "phase": name,
                     "step": step + 1,

@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from backends.configs import DiffusionConfig, SCMConfig, VSDConfig
 from trigcore import schedule
 
 from . import checkpoint, data, plots
-from .config import PHASES, NetworkConfig, RunConfig
+from .config import DISTILLED, PHASES, NetworkConfig, PhaseConfig, RunConfig
 from .metrics import (
     DigitsFeatures,
     frechet_distance,
@@ -45,6 +46,135 @@ def consistency_times(num_steps: int, sigma_d: float) -> list[float]:
         return [t_max, 1.1][:num_steps]
     grid = schedule.trigflow_timesteps(num_steps, sigma_d, sigma_min=sigma_d * np.tan(1.1), xp=np)
     return [float(t) for t in grid[:num_steps]]
+
+
+def sampling_inputs(
+    kind: str,
+    num_steps: int,
+    num: int,
+    seed: int,
+    sample_shape: tuple[int, ...],
+    num_classes: int,
+    sigma_d: float,
+) -> tuple[list[float], np.ndarray, np.ndarray, np.ndarray | None]:
+    """What `draw_samples` of either backend starts from: (times, z, noises, classes). All noise
+    comes from numpy's generator seeded with `seed`, so the same seed gives the same samples in
+    both backends; classes are balanced (0, 1, …) or None. "teacher" solves the PF-ODE with Heun
+    over `num_steps` EDM levels (NFE 2·num_steps − 1); "cm" samples a consistency model in
+    `num_steps` steps (1: t_max; 2: t_max then 1.1, G.2)."""
+    if kind == "teacher":
+        times = schedule.trigflow_timesteps(num_steps, sigma_d, xp=np).tolist()
+    elif kind == "cm":
+        times = consistency_times(num_steps, sigma_d)
+    else:
+        raise ValueError(f"kind must be 'teacher' or 'cm', got {kind!r}")
+    rng = np.random.default_rng(seed)
+    z = sigma_d * rng.standard_normal((num, *sample_shape)).astype(np.float32)
+    noises = sigma_d * rng.standard_normal((max(num_steps - 1, 0), num, *sample_shape)).astype(np.float32)
+    classes = np.arange(num) % num_classes if num_classes else None
+    return times, z, noises, classes
+
+
+# --- what a phase trains and saves ----------------------------------------------------------
+
+
+def takes_guidance(config: RunConfig, name: str) -> bool:
+    """Whether the phase's network takes the CFG scale as an input (distillation with CFG, G.2)."""
+    return name in DISTILLED and getattr(config, name).guidance_max > 1
+
+
+def loss_settings(name: str, config: RunConfig) -> Any:
+    """The loss settings of a phase: Eq. 4's for the teacher, Algorithm 1's (2's) for the CMs."""
+    phase = getattr(config, name)
+    if name == "teacher":
+        return DiffusionConfig(
+            config.sigma_d, phase.P_mean, phase.P_std, phase.label_dropout, config.precision
+        )
+    return SCMConfig(
+        config.sigma_d,
+        phase.P_mean,
+        phase.P_std,
+        warmup_steps=phase.warmup_steps,
+        guidance_max=phase.guidance_max,
+        precision=config.precision,
+        passes=config.passes,
+    )
+
+
+def vsd_settings(config: RunConfig, phase: PhaseConfig) -> VSDConfig:
+    """aVSD's settings (App. C.2, Table 4) for an sCD + aVSD phase."""
+    return VSDConfig(
+        config.sigma_d, phase.vsd_P_mean, phase.vsd_P_std, phase.fake_P_mean, phase.fake_P_std,
+        phase.guidance_max, config.precision,
+    )  # fmt: skip
+
+
+def description(config: RunConfig, sample_shape: tuple[int, ...], name: str) -> dict:
+    """What a checkpoint needs to rebuild its network and sample: the config, phase, shape."""
+    return {
+        "phase": name,
+        "config": config.to_dict(),
+        "sample_shape": list(sample_shape),
+        "guidance": takes_guidance(config, name),
+    }
+
+
+def read_network_checkpoint(
+    path: Path, sigma_rel: float | None = None
+) -> tuple[dict[str, np.ndarray], dict, RunConfig, str | float]:
+    """A training checkpoint's (arrays, meta, config, source), `source` being where its network's
+    weights are: the prefix of stored arrays ("ema/0.05", "ema/halflife", "model") for the
+    average its phase hands on (or the power EMA of width `sigma_rel`), or that width as a float
+    when it must be reconstructed post hoc from the snapshots beside the checkpoint."""
+    arrays, meta = checkpoint.load(path)
+    missing = [key for key in ("phase", "config", "sample_shape") if key not in meta]
+    if missing:
+        raise ValueError(f"{path}: not a training checkpoint (no {', '.join(missing)})")
+    config = RunConfig.from_dict(meta["config"])
+    phase = getattr(config, meta["phase"])
+    width = phase.ema_use if sigma_rel is None else sigma_rel
+    if width and not any(key.startswith(f"ema/{width:g}/") for key in arrays):
+        return arrays, meta, config, float(width)
+    return (
+        arrays,
+        meta,
+        config,
+        f"ema/{width:g}" if width else "ema/halflife" if phase.ema_halflife else "model",
+    )
+
+
+def read_snapshots(folder: Path, name: str, sigma_rel: float) -> list[dict]:
+    """The power-EMA snapshots `<name>.ema-*` of a phase in `folder`, for reconstructing the
+    width σ_rel post hoc: one {"step", "sigma_rels", "states"} each, a state per width holding
+    numpy arrays by parameter name."""
+    snapshots = []
+    for meta_path in sorted(Path(folder).glob(f"{name}.ema-*.json")):
+        arrays, meta = checkpoint.load(meta_path)
+        states = [
+            {
+                key.split("/", 2)[2]: value.copy()
+                for key, value in arrays.items()
+                if key.startswith(f"ema/{width:g}/")
+            }
+            for width in meta["sigma_rels"]
+        ]
+        snapshots.append({"step": meta["ema_step"], "sigma_rels": meta["sigma_rels"], "states": states})
+    if not snapshots:
+        raise ValueError(
+            f"no power-EMA snapshots {name}.ema-* in {folder} to reconstruct σ_rel = {sigma_rel}"
+        )
+    return snapshots
+
+
+def check_resumable(path: Path, meta: dict, backend: str) -> None:
+    """Training resumes in the backend that wrote the checkpoint (their optimiser states and
+    random streams differ); the weights themselves load in either."""
+    written = meta.get("backend", "torch")
+    if written != backend:
+        raise ValueError(
+            f"{path}: written by the {written} backend; training resumes in the backend that wrote "
+            f"it (its weights load in both: `sample --checkpoint`, --teacher-checkpoint)"
+        )
 
 
 # --- the run folder --------------------------------------------------------------------------

@@ -42,8 +42,8 @@ import torch  # noqa: E402
 from backends.torch import distributed, optim, steps  # noqa: E402
 from backends.torch.layers import AdaptiveWeight  # noqa: E402
 from training import checkpoint, data, metrics, plots, runs  # noqa: E402
-from training.config import DISTILLED, PHASES, PRESETS, PhaseConfig, RunConfig  # noqa: E402
-from trigcore import samplers, schedule  # noqa: E402
+from training.config import PHASES, PRESETS, PhaseConfig, RunConfig  # noqa: E402
+from trigcore import samplers  # noqa: E402
 
 # --- networks and their state as numpy -------------------------------------------------------
 
@@ -162,48 +162,15 @@ def averaged_network(
 def posthoc_network(folder: Path, name: str, sigma_rel: float, model: torch.nn.Module) -> torch.nn.Module:
     """EDM2's post-hoc EMA: the average of width σ_rel at the last snapshot, by least squares
     over the power-EMA snapshots `<name>.ema-*` in `folder`."""
-    snapshots = []
-    for meta_path in sorted(Path(folder).glob(f"{name}.ema-*.json")):
-        arrays, meta = checkpoint.load(meta_path)
-        states = [
-            {
-                key.split("/", 2)[2]: torch.from_numpy(value.copy())
-                for key, value in arrays.items()
-                if key.startswith(f"ema/{width:g}/")
-            }
-            for width in meta["sigma_rels"]
-        ]
-        snapshots.append({"step": meta["ema_step"], "sigma_rels": meta["sigma_rels"], "states": states})
-    if not snapshots:
-        raise ValueError(
-            f"no power-EMA snapshots {name}.ema-* in {folder} to reconstruct σ_rel = {sigma_rel}"
-        )
+    snapshots = [
+        snapshot
+        | {"states": [{k: torch.from_numpy(v) for k, v in state.items()} for state in snapshot["states"]]}
+        for snapshot in runs.read_snapshots(folder, name, sigma_rel)
+    ]
     return optim.posthoc_average(snapshots, sigma_rel, model)
 
 
 # --- one training phase ----------------------------------------------------------------------
-
-
-def takes_guidance(config: RunConfig, name: str) -> bool:
-    """Whether the phase's network takes the CFG scale as an input (distillation with CFG, G.2)."""
-    return name in DISTILLED and getattr(config, name).guidance_max > 1
-
-
-def loss_settings(name: str, config: RunConfig) -> Any:
-    phase = getattr(config, name)
-    if name == "teacher":
-        return steps.DiffusionConfig(
-            config.sigma_d, phase.P_mean, phase.P_std, phase.label_dropout, config.precision
-        )
-    return steps.SCMConfig(
-        config.sigma_d,
-        phase.P_mean,
-        phase.P_std,
-        warmup_steps=phase.warmup_steps,
-        guidance_max=phase.guidance_max,
-        precision=config.precision,
-        passes=config.passes,
-    )
 
 
 def train_phase(
@@ -228,12 +195,15 @@ def train_phase(
         )
     shard = config.parallel == "fsdp" and context.world > 1
     torch.manual_seed(config.seed + PHASES.index(name))
-    network = build_network(config, train_set.sample_shape, takes_guidance(config, name), phase).to(device)
+    network = build_network(config, train_set.sample_shape, runs.takes_guidance(config, name), phase).to(
+        device
+    )
     if name != "teacher" and phase.init == "teacher":  # G.2: CMs start from the teacher's EMA
         network.load_state_dict(teacher.state_dict(), strict=False)
     found = checkpoint.latest(run.checkpoints, prefix=f"{name}-")
     arrays, meta = checkpoint.load(found) if found is not None else ({}, {})
     if found is not None:  # continue exactly where the checkpoint left off: the weights first
+        runs.check_resumable(found, meta, "torch")
         if meta["shards"] != shards:
             raise ValueError(
                 f"{found}: written with {meta['shards']} shards (processes × micro-batches), "
@@ -267,7 +237,7 @@ def train_phase(
     if start >= phase.steps:
         return averaged_network(name, phase, averages, network, run.checkpoints).eval()
 
-    settings = loss_settings(name, config)
+    settings = runs.loss_settings(name, config)
     log = run.log if context.main else lambda record: None
     per_shard = phase.batch // shards
     skipped_in_a_row = 0
@@ -324,7 +294,7 @@ def train_phase(
             (step + 1) % (phase.snapshot_every or phase.checkpoint_every) == 0 or done
         ):
             if context.main:
-                meta = _description(config, train_set, name) | {
+                meta = runs.description(config, train_set.sample_shape, name) | {
                     "step": step + 1,
                     "ema_step": averages.power.step,
                     "sigma_rels": averages.power.sigma_rels,
@@ -341,7 +311,8 @@ def train_phase(
                 meta = {
                     "phase": name,
                     "step": step + 1,
-                    **_description(config, train_set, name),
+                    **runs.description(config, train_set.sample_shape, name),
+                    "backend": "torch",
                     "data": stream.state(),
                     "shards": shards,
                     "averages": averages.state(),
@@ -404,10 +375,7 @@ class _VSD:
         optimizer = optim.make_optimizer(
             network.parameters(), phase.optimizer, phase.lr, phase.betas, phase.eps
         )
-        settings = steps.VSDConfig(
-            config.sigma_d, phase.vsd_P_mean, phase.vsd_P_std, phase.fake_P_mean, phase.fake_P_std,
-            phase.guidance_max, config.precision,
-        )  # fmt: skip
+        settings = runs.vsd_settings(config, phase)
         weight = AdaptiveWeight().to(context.device)
         scaler = torch.amp.GradScaler(context.device.type) if config.precision == "float16" else None
         return cls(distributed.wrap(network, context), network, weight, optimizer, settings, scaler)
@@ -440,16 +408,6 @@ def _batch(train_set: data.Dataset, index: np.ndarray, device: torch.device) -> 
 
 def _backward(loss: torch.Tensor, scaler: torch.amp.GradScaler | None) -> None:
     (loss if scaler is None else scaler.scale(loss)).backward()
-
-
-def _description(config: RunConfig, train_set: data.Dataset, name: str) -> dict:
-    """What a checkpoint needs to rebuild its network and sample: the config, phase, shape."""
-    return {
-        "phase": name,
-        "config": config.to_dict(),
-        "sample_shape": list(train_set.sample_shape),
-        "guidance": takes_guidance(config, name),
-    }
 
 
 def _rng_state(device: torch.device) -> torch.Tensor:
@@ -533,20 +491,11 @@ def draw_samples(
     takes_guidance: bool = False,
     chunk: int = 500,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """`num` samples and their classes (balanced, 0, 1, …) or None. All noise comes from numpy's
-    generator seeded with `seed`: the same seed gives the same samples in either backend. "teacher"
-    solves the PF-ODE with Heun over `num_steps` EDM levels (NFE 2·num_steps − 1); "cm" samples a
-    consistency model in `num_steps` steps (1: t_max; 2: t_max then 1.1, G.2)."""
-    rng = np.random.default_rng(seed)
-    z = sigma_d * rng.standard_normal((num, *sample_shape)).astype(np.float32)
-    noises = sigma_d * rng.standard_normal((max(num_steps - 1, 0), num, *sample_shape)).astype(np.float32)
-    classes = np.arange(num) % num_classes if num_classes else None
-    if kind == "teacher":
-        times = schedule.trigflow_timesteps(num_steps, sigma_d, xp=np).tolist()
-    elif kind == "cm":
-        times = runs.consistency_times(num_steps, sigma_d)
-    else:
-        raise ValueError(f"kind must be 'teacher' or 'cm', got {kind!r}")
+    """`num` samples and their classes (or None), from `runs.sampling_inputs`: the same seed
+    gives the same samples in either backend."""
+    times, z, noises, classes = runs.sampling_inputs(
+        kind, num_steps, num, seed, sample_shape, num_classes, sigma_d
+    )
     device = next(model.parameters()).device
 
     def tensor(a: np.ndarray) -> torch.Tensor:
@@ -635,7 +584,7 @@ def run_training(
                 train_set.num_classes,
                 config.sigma_d,
                 config.eval.guidance_of(name, n),
-                takes_guidance(config, name),
+                runs.takes_guidance(config, name),
             )
             nfe = 2 * n - 1 if kind == "teacher" else n
             sampler = f"heun-{n}" if kind == "teacher" else f"{n}-step"
@@ -682,20 +631,12 @@ def load_network(
 ) -> tuple[torch.nn.Module, dict, RunConfig]:
     """A checkpoint's network, in eval mode: the average its phase hands on, or the power EMA of
     width `sigma_rel` (reconstructed post hoc from the snapshots beside it when not stored)."""
-    arrays, meta = checkpoint.load(path)
-    missing = [key for key in ("phase", "config", "sample_shape") if key not in meta]
-    if missing:
-        raise ValueError(f"{path}: not a training checkpoint (no {', '.join(missing)})")
-    config = RunConfig.from_dict(meta["config"])
-    phase = getattr(config, meta["phase"])
+    arrays, meta, config, source = runs.read_network_checkpoint(path, sigma_rel)
     model = build_network(config, tuple(meta["sample_shape"]), guidance=meta.get("guidance", False))
-    width = phase.ema_use if sigma_rel is None else sigma_rel
-    if width and not any(key.startswith(f"ema/{width:g}/") for key in arrays):
-        model = posthoc_network(Path(path).parent, meta["phase"], width, model)
+    if isinstance(source, float):
+        model = posthoc_network(Path(path).parent, meta["phase"], source, model)
     else:
-        load_arrays(
-            model, arrays, f"ema/{width:g}" if width else "ema/halflife" if phase.ema_halflife else "model"
-        )
+        load_arrays(model, arrays, source)
     return model.to(device).eval().requires_grad_(False), meta, config
 
 

@@ -79,8 +79,12 @@ class Linear(nnx.Module):
     def __init__(self, in_features: int, out_features: int, rngs: nnx.Rngs | None = None) -> None:
         rngs, bound = _rngs(rngs), 1 / math.sqrt(max(in_features, 1))
         key_w, key_b = rngs.params(), rngs.params()
-        self.weight = nnx.Param(jax.random.uniform(key_w, (out_features, in_features), jnp.float32, minval=-bound, maxval=bound))
-        self.bias = nnx.Param(jax.random.uniform(key_b, (out_features,), jnp.float32, minval=-bound, maxval=bound))
+        self.weight = nnx.Param(
+            jax.random.uniform(key_w, (out_features, in_features), jnp.float32, minval=-bound, maxval=bound)
+        )
+        self.bias = nnx.Param(
+            jax.random.uniform(key_b, (out_features,), jnp.float32, minval=-bound, maxval=bound)
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return x @ self.weight[...].astype(x.dtype).T + self.bias[...].astype(x.dtype)
@@ -89,10 +93,14 @@ class Linear(nnx.Module):
 class Conv2d(nnx.Module):
     """A 'same' convolution with weight (out, in, k, k) and bias (out,)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, rngs: nnx.Rngs | None = None) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel: int, rngs: nnx.Rngs | None = None
+    ) -> None:
         rngs, bound = _rngs(rngs), 1 / math.sqrt(in_channels * kernel * kernel)
         shape = (out_channels, in_channels, kernel, kernel)
-        self.weight = nnx.Param(jax.random.uniform(rngs.params(), shape, jnp.float32, minval=-bound, maxval=bound))
+        self.weight = nnx.Param(
+            jax.random.uniform(rngs.params(), shape, jnp.float32, minval=-bound, maxval=bound)
+        )
         self.bias = nnx.Param(jnp.zeros((out_channels,), jnp.float32))
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -108,7 +116,9 @@ class MPConv(nnx.Module):
         self, in_channels: int, out_channels: int, kernel: tuple[int, ...], rngs: nnx.Rngs | None = None
     ) -> None:
         self.out_channels = out_channels
-        self.weight = nnx.Param(jax.random.normal(_rngs(rngs).params(), (out_channels, in_channels, *kernel), jnp.float32))
+        self.weight = nnx.Param(
+            jax.random.normal(_rngs(rngs).params(), (out_channels, in_channels, *kernel), jnp.float32)
+        )
 
     def __call__(self, x: jax.Array, gain: float | jax.Array = 1.0) -> jax.Array:
         w = self.weight[...]
@@ -223,7 +233,9 @@ def load_state_dict(module: nnx.Module, state: dict, strict: bool = True) -> tup
     missing = sorted(set(names) - set(state))
     unexpected = sorted(set(state) - set(names))
     if strict and (missing or unexpected):
-        raise ValueError(f"state does not fit the network: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise ValueError(
+            f"state does not fit the network: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     for name, path in names.items():
         if name in state:
             variable = flat[path]

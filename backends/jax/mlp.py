@@ -70,6 +70,8 @@ class MLP(LogvarHead, nnx.Module):
             emb = emb + self.emb_guidance(self.emb_time(scale))
         h = self.inp(x)
         for i, layer in enumerate(self.hidden):
-            h = h + layer(jax.nn.silu(normalize(h, axis=1) + emb))  # bounded branches: linear growth off the data
+            h = h + layer(
+                jax.nn.silu(normalize(h, axis=1) + emb)
+            )  # bounded branches: linear growth off the data
             h = dropout(h, self.dropout, None if key is None else jax.random.fold_in(key, i))
         return self.out(jax.nn.silu(h)).reshape(shape)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,6 +17,8 @@ import torch
 
 from trigcore import flow, samplers, schedule, tangent, weighting
 
+from ..configs import DiffusionConfig, SCMConfig, VSDConfig  # shared with JAX
+from ..configs import multistep_times as multistep_times
 from .autodiff import no_graph, same_randomness, tangent_pass
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -29,48 +30,6 @@ def autocast(device: torch.device, precision: str) -> torch.autocast:
     return torch.autocast(
         device.type, dtype=PRECISIONS[precision] or torch.float32, enabled=precision != "float32"
     )
-
-
-def _check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-
-
-@dataclass(frozen=True)
-class DiffusionConfig:
-    sigma_d: float = 0.5  # data standard deviation (σ_d)
-    P_mean: float = -0.8  # log-normal proposal of σ = σ_d tan t: ln σ ~ N(P_mean, P_std²)
-    P_std: float = 1.6
-    label_dropout: float = 0.0  # probability of dropping the class (CFG training, G.1: 0.1)
-    precision: str = "float32"  # network calls in "float32", "bfloat16" or "float16"
-
-    def __post_init__(self) -> None:
-        _check_precision(self.precision)
-
-
-@dataclass(frozen=True)
-class SCMConfig:
-    sigma_d: float = 0.5  # data standard deviation (σ_d)
-    P_mean: float = -1.0  # log-normal proposal (Alg. 1)
-    P_std: float = 1.4
-    tangent: str = "normalize"  # "normalize" (g/(‖g‖ + c)), "clip" (to [−1, 1]) or "none" (§4.2)
-    c: float = 0.1  # the normalisation constant
-    warmup_steps: int = 10000  # H: r = min(1, step/H) (§4.2)
-    guidance_max: float = 1.0  # sCD with CFG: s ~ U[1, guidance_max], given to the student (G.2)
-    precision: str = "float32"  # network calls in "float32", "bfloat16" or "float16" (§5.1)
-    # "separate": the tangent pass without a graph, then F_θ with one; "fused": one tangent pass
-    # with autograd on, F_θ its primal (fewer passes, ~3× the activation memory); "compiled":
-    # separate, the tangent pass through torch.compile (autodiff.tangent_pass, BENCHMARKS.md)
-    passes: str = "separate"
-
-    def __post_init__(self) -> None:
-        _check_precision(self.precision)
-        if self.passes not in ("separate", "fused", "compiled"):
-            raise ValueError(f"passes must be 'separate', 'fused' or 'compiled', got {self.passes!r}")
-        if self.tangent not in ("normalize", "clip", "none"):
-            raise ValueError(f"tangent must be 'normalize', 'clip' or 'none', got {self.tangent!r}")
-        if not self.guidance_max >= 1:
-            raise ValueError(f"guidance_max must be >= 1, got {self.guidance_max}")
 
 
 def _draw(x0: torch.Tensor, config: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,17 +165,6 @@ def scm_loss(
     return loss, {"loss": loss.detach(), "tangent_norm": g_norm, "r": torch.tensor(r)}
 
 
-def multistep_times(segments: int, sigma_d: float) -> list[float]:
-    """Segment boundaries of an M-step CM, increasing from 0: 0 and arctan(σ_i/σ_d) for the M − 1
-    interior levels of EDM's ρ-spaced grid of M + 1 levels from σ_max = 80 to σ_min = 0.002.
-    Sampling runs DDIM through them downwards from t_max:
-    `samplers.sample_ode(F_fn, z, [t_max, *reversed(b)], sigma_d, method="ddim")`."""
-    if segments < 1:
-        raise ValueError(f"segments must be >= 1, got {segments}")
-    interior = schedule.edm_sigmas(segments + 1, xp=np)[1:-1]
-    return [0.0, *sorted(math.atan(float(sigma) / sigma_d) for sigma in interior)]
-
-
 def segment_start(t: torch.Tensor, boundaries: torch.Tensor) -> torch.Tensor:
     """The start s of the segment [s, s′) of `boundaries` (increasing, from 0) holding each t."""
     index = torch.searchsorted(boundaries, t.contiguous(), right=True) - 1
@@ -260,20 +208,6 @@ def discrete_scm_loss(
     g, g_norm = _finish_tangent(g, config)
     loss = weighting.scm_loss(F, F_minus, g, model.logvar(t).to(x0.dtype)).mean()
     return loss, {"loss": loss.detach(), "tangent_norm": g_norm, "r": torch.tensor(r)}
-
-
-@dataclass(frozen=True)
-class VSDConfig:
-    sigma_d: float = 0.5  # data standard deviation (σ_d)
-    P_mean: float = 0.4  # proposal of t for the generator's L_VSD (Table 4)
-    P_std: float = 2.0
-    fake_P_mean: float = -0.8  # proposal of t for the fake score's L_Diff(φ) (Table 4)
-    fake_P_std: float = 1.6
-    guidance_max: float = 1.0  # CFG scales s ~ U[1, guidance_max] for the teacher (and student)
-    precision: str = "float32"
-
-    def __post_init__(self) -> None:
-        _check_precision(self.precision)
 
 
 def generate(

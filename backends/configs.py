@@ -1,0 +1,82 @@
+"""What the training steps of both backends share (`backends.torch.steps` and `backends.jax.steps`
+re-export it): the losses' settings, plain frozen dataclasses with a comment per field checked
+when made, and the segment boundaries of multistep consistency models."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from trigcore import schedule
+
+PRECISIONS = ("float32", "bfloat16", "float16")
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    sigma_d: float = 0.5  # data standard deviation (σ_d)
+    P_mean: float = -0.8  # log-normal proposal of σ = σ_d tan t: ln σ ~ N(P_mean, P_std²)
+    P_std: float = 1.6
+    label_dropout: float = 0.0  # probability of dropping the class (CFG training, G.1: 0.1)
+    precision: str = "float32"  # network calls in "float32", "bfloat16" or "float16"
+
+    def __post_init__(self) -> None:
+        _check_precision(self.precision)
+
+
+@dataclass(frozen=True)
+class SCMConfig:
+    sigma_d: float = 0.5  # data standard deviation (σ_d)
+    P_mean: float = -1.0  # log-normal proposal (Alg. 1)
+    P_std: float = 1.4
+    tangent: str = "normalize"  # "normalize" (g/(‖g‖ + c)), "clip" (to [−1, 1]) or "none" (§4.2)
+    c: float = 0.1  # the normalisation constant
+    warmup_steps: int = 10000  # H: r = min(1, step/H) (§4.2)
+    guidance_max: float = 1.0  # sCD with CFG: s ~ U[1, guidance_max], given to the student (G.2)
+    precision: str = "float32"  # network calls in "float32", "bfloat16" or "float16" (§5.1)
+    # "separate": the tangent pass without a graph, then F_θ with one; "fused": one tangent pass
+    # with autograd on, F_θ its primal (fewer passes, ~3× the activation memory); "compiled":
+    # separate, the tangent pass through torch.compile (autodiff.tangent_pass, BENCHMARKS.md).
+    # JAX runs all three as one jitted program, in which XLA shares what the passes have in common
+    passes: str = "separate"
+
+    def __post_init__(self) -> None:
+        _check_precision(self.precision)
+        if self.passes not in ("separate", "fused", "compiled"):
+            raise ValueError(f"passes must be 'separate', 'fused' or 'compiled', got {self.passes!r}")
+        if self.tangent not in ("normalize", "clip", "none"):
+            raise ValueError(f"tangent must be 'normalize', 'clip' or 'none', got {self.tangent!r}")
+        if not self.guidance_max >= 1:
+            raise ValueError(f"guidance_max must be >= 1, got {self.guidance_max}")
+
+
+@dataclass(frozen=True)
+class VSDConfig:
+    sigma_d: float = 0.5  # data standard deviation (σ_d)
+    P_mean: float = 0.4  # proposal of t for the generator's L_VSD (Table 4)
+    P_std: float = 2.0
+    fake_P_mean: float = -0.8  # proposal of t for the fake score's L_Diff(φ) (Table 4)
+    fake_P_std: float = 1.6
+    guidance_max: float = 1.0  # CFG scales s ~ U[1, guidance_max] for the teacher (and student)
+    precision: str = "float32"
+
+    def __post_init__(self) -> None:
+        _check_precision(self.precision)
+
+
+def multistep_times(segments: int, sigma_d: float) -> list[float]:
+    """Segment boundaries of an M-step CM, increasing from 0: 0 and arctan(σ_i/σ_d) for the M − 1
+    interior levels of EDM's ρ-spaced grid of M + 1 levels from σ_max = 80 to σ_min = 0.002.
+    Sampling runs DDIM through them downwards from t_max:
+    `samplers.sample_ode(F_fn, z, [t_max, *reversed(b)], sigma_d, method="ddim")`."""
+    if segments < 1:
+        raise ValueError(f"segments must be >= 1, got {segments}")
+    interior = schedule.edm_sigmas(segments + 1, xp=np)[1:-1]
+    return [0.0, *sorted(math.atan(float(sigma) / sigma_d) for sigma in interior)]

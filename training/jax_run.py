@@ -1,0 +1,686 @@
+"""Train continuous-time consistency models end to end with JAX.
+
+The same runs as `torch_run.py`, with the same command line, presets, run folder and checkpoint
+format: with no arguments it trains the default on scikit-learn's bundled digits (a TrigFlow
+teacher, sCD distilled from it with the CFG scale as the student's input, sCT from scratch),
+samples the teacher with Heun's method and the consistency models with 1 and 2 steps, and scores
+each by the Fréchet distance to held-out digits. Each step is one jitted program.
+
+    python training/jax_run.py                          # the default run (digits)
+    python training/jax_run.py --preset toy2d           # 2-D ring of Gaussians, sliced Wasserstein
+    python training/jax_run.py --resume runs/digits-20261126-101500
+    python training/jax_run.py sample --checkpoint RUN/checkpoints/scd-001500 --steps 2 \\
+        --num 64 --seed 0 --out samples.npz            # a checkpoint of either backend
+    XLA_FLAGS=--xla_force_host_platform_device_count=4 python training/jax_run.py \\
+        --parallel fsdp                                 # a mesh of 4 CPU devices, sharded weights
+
+A run writes into its folder: config.json, metrics.jsonl, checkpoints/ (safetensors + JSON),
+samples/*.png, metric_vs_nfe.png and summary.json, and prints the folder at the end. With several
+devices the batch is split over them (`--parallel ddp`: weights replicated; `fsdp`: sharded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from backends.jax import distributed, optim, steps  # noqa: E402
+from backends.jax.layers import AdaptiveWeight, load_state_dict, state_dict  # noqa: E402
+from training import checkpoint, data, plots, runs  # noqa: E402
+from training.config import PHASES, PRESETS, PhaseConfig, RunConfig  # noqa: E402
+from trigcore import samplers  # noqa: E402
+
+# --- networks and their state as numpy -------------------------------------------------------
+
+
+def build_network(
+    config: RunConfig,
+    sample_shape: tuple[int, ...],
+    guidance: bool = False,
+    phase: PhaseConfig | None = None,
+    seed: int = 0,
+) -> nnx.Module:
+    """The configured network for samples of `sample_shape`, with `phase`'s dropout; distilled
+    students with CFG take the guidance scale as an input (G.2)."""
+    network, rngs = config.network, nnx.Rngs(seed)
+    options = dict(network.options)
+    if phase is not None:
+        options["dropout"] = phase.dropout
+        if network.kind != "mlp":
+            options["dropout_res"] = phase.dropout_res or sample_shape[-1]
+    if network.kind == "mlp":
+        from backends.jax.mlp import MLP
+
+        dim = math.prod(sample_shape)
+        return MLP(dim=dim, label_dim=network.label_dim, guidance=guidance, **options, rngs=rngs)
+    channels, resolution = sample_shape[0], sample_shape[1]
+    if network.kind == "edm2":
+        from backends.jax.edm2 import PRESETS as SIZES
+        from backends.jax.edm2 import EDM2UNet
+
+        options = {**SIZES[network.preset], **options}
+        return EDM2UNet(resolution, channels, network.label_dim, guidance=guidance, **options, rngs=rngs)
+    if network.kind == "ddpmpp":
+        from backends.jax.ddpmpp import DDPMpp
+
+        return DDPMpp(resolution, channels, network.label_dim, guidance=guidance, **options, rngs=rngs)
+    raise ValueError(f"network kind must be 'edm2', 'ddpmpp' or 'mlp', got {network.kind!r}")
+
+
+def arrays_of(prefix: str, params: nnx.State) -> dict[str, np.ndarray]:
+    """Parameters as numpy under "<prefix>/<name>", the names of PyTorch's state_dict (sharded
+    arrays gathered whole)."""
+    return {f"{prefix}/{name}": np.asarray(value) for name, value in _names(params).items()}
+
+
+def _names(params: nnx.State) -> dict[str, jax.Array]:
+    return {".".join(map(str, path)): value for path, value in params.flat_state()}
+
+
+def load_arrays(params: nnx.State, arrays: dict[str, np.ndarray], prefix: str) -> nnx.State:
+    """`params` with every array replaced by "<prefix>/<name>" from a checkpoint."""
+    flat = dict(params.flat_state())
+    found = {k[len(prefix) + 1 :] for k in arrays if k.startswith(prefix + "/")}
+    names = {".".join(map(str, path)) for path in flat}
+    if found != names:
+        missing, unexpected = sorted(names - found), sorted(found - names)
+        raise ValueError(
+            f"checkpoint does not fit the network: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    return nnx.State.from_flat_path(
+        {
+            path: jnp.asarray(arrays[f"{prefix}/{'.'.join(map(str, path))}"], dtype=value.dtype)
+            for path, value in flat.items()
+        }
+    )
+
+
+# --- weight averages ------------------------------------------------------------------------
+
+
+class Averages:
+    """A phase's weight averages: EDM's half-life EMA and EDM2's power EMAs (G.1–G.2), saved in
+    checkpoints as "ema/halflife/…" and "ema/<σ_rel>/…"."""
+
+    def __init__(self, params: nnx.State, phase: PhaseConfig) -> None:
+        self.halflife = optim.HalfLifeEMA(params, phase.ema_halflife) if phase.ema_halflife else None
+        self.power = optim.PowerEMA(params, phase.ema_sigma_rels) if phase.ema_sigma_rels else None
+
+    def update(self, params: nnx.State, batch: int) -> None:
+        if self.halflife is not None:
+            self.halflife.update(params, batch)
+        if self.power is not None:
+            self.power.update(params)
+
+    def arrays(self, power_only: bool = False) -> dict[str, np.ndarray]:
+        out = {}
+        if self.halflife is not None and not power_only:
+            out |= arrays_of("ema/halflife", self.halflife.average)
+        if self.power is not None:
+            for sigma_rel, average in zip(self.power.sigma_rels, self.power.averages):
+                out |= arrays_of(f"ema/{sigma_rel:g}", average)
+        return out
+
+    def state(self) -> dict:
+        return {
+            "images_seen": self.halflife.images_seen if self.halflife else 0,
+            "power_step": self.power.step if self.power else 0,
+        }
+
+    def load(self, arrays: dict[str, np.ndarray], state: dict, place: Callable) -> None:
+        if self.halflife is not None:
+            self.halflife.average = place(load_arrays(self.halflife.average, arrays, "ema/halflife"))
+            self.halflife.images_seen = state["images_seen"]
+        if self.power is not None:
+            self.power.averages = [
+                place(load_arrays(average, arrays, f"ema/{sigma_rel:g}"))
+                for sigma_rel, average in zip(self.power.sigma_rels, self.power.averages)
+            ]
+            self.power.step = state["power_step"]
+
+
+def averaged_params(
+    name: str, phase: PhaseConfig, averages: Averages, params: nnx.State, folder: Path
+) -> nnx.State:
+    """The weights a phase hands on (to evaluation and to the phases distilled from it): the
+    power EMA of width `ema_use` (G.2: 0.05 for CMs; Tables 3–4 for teachers), reconstructed post
+    hoc from the phase's snapshots when not tracked; else the half-life EMA, else the weights."""
+    if phase.ema_use and averages.power is not None and phase.ema_use in averages.power.sigma_rels:
+        return averages.power[phase.ema_use]
+    if phase.ema_use:
+        return posthoc_params(folder, name, phase.ema_use, params)
+    if averages.halflife is not None:
+        return averages.halflife.average
+    return params
+
+
+def posthoc_params(folder: Path, name: str, sigma_rel: float, params: nnx.State) -> nnx.State:
+    """EDM2's post-hoc EMA: the average of width σ_rel at the last snapshot, by least squares
+    over the power-EMA snapshots `<name>.ema-*` in `folder`."""
+    combined = optim.posthoc_average(runs.read_snapshots(folder, name, sigma_rel), sigma_rel)
+    return load_arrays(params, {f"model/{k}": v for k, v in combined.items()}, "model")
+
+
+def _network(graphdef: nnx.GraphDef, params: nnx.State) -> nnx.Module:
+    return nnx.merge(graphdef, params)
+
+
+# --- one training phase ----------------------------------------------------------------------
+
+
+def train_phase(
+    name: str,
+    config: RunConfig,
+    train_set: data.Dataset,
+    run: runs.Run,
+    context: distributed.Context,
+    teacher: nnx.Module | None = None,
+) -> nnx.Module:
+    """Train one phase with checkpoints, resuming from the phase's latest checkpoint in the run
+    folder. Returns the network it hands on (the average of `averaged_params`).
+
+    The global batch is split over the mesh's devices and into `micro_batches` parts, each with
+    its own random key; the gradient is their mean. One random key per step drives every draw."""
+    phase = getattr(config, name)
+    if phase.batch % (context.size * config.micro_batches):
+        raise ValueError(
+            f"{name} batch {phase.batch} does not split into {context.size} devices × "
+            f"{config.micro_batches} micro-batches"
+        )
+    seed = config.seed + PHASES.index(name)
+    guided = runs.takes_guidance(config, name)
+    network = build_network(config, train_set.sample_shape, guided, phase, seed)
+    if name != "teacher" and phase.init == "teacher":  # G.2: CMs start from the teacher's EMA
+        load_state_dict(network, state_dict(teacher), strict=False)
+    graphdef, params = nnx.split(network, nnx.Param)
+    found = checkpoint.latest(run.checkpoints, prefix=f"{name}-")
+    arrays, meta = checkpoint.load(found) if found is not None else ({}, {})
+    if found is not None:  # continue exactly where the checkpoint left off: the weights first
+        _check_resumable(found, meta, config)
+        params = load_arrays(params, arrays, "model")
+    place = lambda tree: distributed.place_params(context, tree)  # noqa: E731
+    params = place(params)
+    averages = Averages(params, phase)
+    trainable = {"model": params}
+    vsd = _VSD.build(config, phase, train_set, teacher, context, seed) if name == "scd_avsd" else None
+    if vsd is not None:  # w_ψ trains with θ (App. C.2)
+        trainable["vsd_weight"] = vsd.weight_params
+    tx = optim.make_optimizer(phase.optimizer, phase.lr, phase.betas, phase.eps)
+    opt_state = tx.init(trainable)
+    stream = data.BatchStream(len(train_set), phase.batch, seed=config.seed + 1000 * PHASES.index(name))
+    key = jax.random.key(seed)
+    start = 0
+    if found is not None:  # then the EMAs, optimiser, data position, random key
+        averages.load(arrays, meta["averages"], place)
+        opt_state = _load_optimizer(opt_state, arrays, meta["optimizer"], "optimizer")
+        if vsd is not None:
+            vsd.load(arrays, meta, place)
+            trainable["vsd_weight"] = vsd.weight_params
+        trainable["model"] = params
+        stream.restore(meta["data"])
+        key = jax.random.wrap_key_data(jnp.asarray(arrays["rng/key"]))
+        start = meta["step"]
+    if start >= phase.steps:
+        return _network(graphdef, averaged_params(name, phase, averages, params, run.checkpoints))
+
+    teacher_params = None if teacher is None else distributed.replicated(context, nnx.split(teacher)[1])
+    teacher_graphdef = None if teacher is None else nnx.split(teacher)[0]
+    step_fn = _make_step(name, config, phase, graphdef, teacher_graphdef, tx, vsd)
+    log = run.log if context.main else lambda record: None
+    skipped_in_a_row = 0
+    progress = runs.progress(
+        range(start, phase.steps), name, initial=start, total=phase.steps, disable=not context.main
+    )
+    for step in progress:
+        # a global batch over the devices; the loss and gradient of each micro-batch with its
+        # own key; one optimiser step on the mean gradient (skipped if not finite); the EMAs
+        index = next(stream)
+        optim.set_learning_rate(opt_state, step, phase.lr, phase.lr_decay, phase.lr_rampup)
+        batch = _batch(train_set, index, context)
+        key, step_key = jax.random.split(key)
+        extra = () if vsd is None else (vsd.fake_params, vsd.opt_state)
+        trainable, opt_state, metrics, finite, *extra = step_fn(
+            trainable, opt_state, teacher_params, batch, step_key, step, *extra
+        )
+        if vsd is not None:
+            vsd.fake_params, vsd.opt_state = extra
+            vsd.weight_params = trainable["vsd_weight"]
+        params = trainable["model"]
+        if bool(finite):
+            skipped_in_a_row = 0
+            averages.update(params, phase.batch)
+        else:
+            skipped_in_a_row += 1
+            log({"phase": name, "step": step, "skipped": "non-finite loss or gradient"})
+            if skipped_in_a_row >= runs.MAX_SKIPPED:
+                raise RuntimeError(
+                    f"{name}: {skipped_in_a_row} non-finite steps in a row, the last at step {step}"
+                )
+        if step % config.log_every == 0 or step + 1 == phase.steps:
+            values = {key: float(value) for key, value in metrics.items()}
+            log({"phase": name, "step": step, **values})
+            progress.set_postfix(loss=f"{values['loss']:.4f}")
+        done = step + 1 == phase.steps
+        if not context.main:
+            continue
+        if averages.power is not None and (
+            (step + 1) % (phase.snapshot_every or phase.checkpoint_every) == 0 or done
+        ):
+            meta = runs.description(config, train_set.sample_shape, name) | {
+                "step": step + 1,
+                "ema_step": averages.power.step,
+                "sigma_rels": averages.power.sigma_rels,
+            }
+            path = run.checkpoints / f"{name}.ema-{step + 1:06d}"
+            checkpoint.save(path, averages.arrays(power_only=True), meta)
+        if (step + 1) % phase.checkpoint_every == 0 or done:
+            arrays = arrays_of("model", params) | averages.arrays()
+            arrays |= _optimizer_arrays(opt_state, "optimizer")
+            arrays["rng/key"] = np.asarray(jax.random.key_data(key))
+            meta = {
+                "phase": name,
+                "step": step + 1,
+                **runs.description(config, train_set.sample_shape, name),
+                "backend": "jax",
+                "data": stream.state(),
+                "shards": config.micro_batches,
+                "averages": averages.state(),
+                "optimizer": _optimizer_meta(opt_state),
+            }
+            if vsd is not None:
+                arrays |= vsd.arrays()
+                meta["fake_optimizer"] = _optimizer_meta(vsd.opt_state)
+            checkpoint.save(run.checkpoints / f"{name}-{step + 1:06d}", arrays, meta)
+    return _network(graphdef, averaged_params(name, phase, averages, params, run.checkpoints))
+
+
+def _check_resumable(found: Path, meta: dict, config: RunConfig) -> None:
+    runs.check_resumable(found, meta, "jax")
+    if meta["shards"] != config.micro_batches:
+        raise ValueError(
+            f"{found}: written with {meta['shards']} micro-batches, resumed with {config.micro_batches}; "
+            f"resume with the same number"
+        )
+
+
+def _make_step(
+    name: str,
+    config: RunConfig,
+    phase: PhaseConfig,
+    graphdef: nnx.GraphDef,
+    teacher_graphdef: nnx.GraphDef | None,
+    tx: optax.GradientTransformation,
+    vsd: _VSD | None,
+) -> Callable:
+    """The jitted training step: (trainable, opt_state, teacher_params, batch, key, step[, fake
+    params, fake opt_state]) → (trainable, opt_state, metrics, finite[, fake params, fake
+    opt_state])."""
+    settings = runs.loss_settings(name, config)
+    parts = config.micro_batches
+
+    def loss_fn(trainable: dict, teacher_params: Any, batch: dict, key: jax.Array, step: Any, fake: Any):
+        model = nnx.merge(graphdef, trainable["model"])
+        teacher = None if teacher_params is None else nnx.merge(teacher_graphdef, teacher_params)
+        rng = steps.Draws(key)
+        if name == "teacher":
+            return steps.diffusion_loss(model, batch, settings, rng)
+        if name == "dscd":
+            return steps.discrete_scm_loss(model, teacher, batch, settings, step, phase.discrete_steps, rng)
+        loss, metrics = steps.scm_loss(model, batch, settings, step, rng, None if name == "sct" else teacher)
+        if name != "scd_avsd":
+            return loss, metrics
+        weight = nnx.merge(vsd.weight_graphdef, trainable["vsd_weight"])
+        fake_net = nnx.merge(vsd.fake_graphdef, fake)
+        vsd_loss, vsd_metrics = steps.avsd_loss(model, fake_net, teacher, weight, batch, vsd.settings, rng)
+        total = loss + phase.vsd_weight * vsd_loss
+        return total, {
+            **metrics,
+            "loss": total,
+            "scm": loss,
+            "vsd": vsd_loss,
+            "samples": vsd_metrics["samples"],
+        }
+
+    def project(trainable: dict) -> dict:
+        return {**trainable, "model": optim.unit_norm(graphdef, trainable["model"])}
+
+    def step_fn(trainable, opt_state, teacher_params, batch, key, step, fake=None, fake_state=None):
+        grads, metrics = None, []
+        samples = []
+        for k in range(parts):  # micro-batches: the mean of their gradients
+            part = jax.tree.map(lambda a, k=k: a.reshape(parts, -1, *a.shape[1:])[k], batch)
+            part_key = jax.random.fold_in(key, k)
+            (_, values), g = jax.value_and_grad(loss_fn, has_aux=True)(
+                trainable, teacher_params, part, part_key, step, fake
+            )
+            grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
+            samples.append((values.pop("samples", None), part, part_key))
+            metrics.append(values)
+        grads = jax.tree.map(lambda g: g / parts, grads)
+        trainable, opt_state, finite = optim.apply_gradients(tx, trainable, opt_state, grads, project)
+        metrics = {key: jnp.mean(jnp.stack([m[key] for m in metrics])) for key in metrics[0]}
+        if vsd is None:
+            return trainable, opt_state, metrics, finite
+        # L_Diff(φ): the fake score learns the generator's samples
+        fake_grads = None
+        for x0, part, part_key in samples:
+
+            def fake_loss(fake_params: Any, x0=x0, part=part, part_key=part_key) -> jax.Array:
+                fake_net = nnx.merge(vsd.fake_graphdef, fake_params)
+                rng = steps.Draws(jax.random.fold_in(part_key, 1 << 20))
+                return steps.fake_score_loss(fake_net, x0, part.get("labels"), vsd.settings, rng)[0]
+
+            g = {"fake": jax.grad(fake_loss)(fake)}
+            fake_grads = g if fake_grads is None else jax.tree.map(jnp.add, fake_grads, g)
+        fake_grads = jax.tree.map(lambda g: g / parts, fake_grads)
+        fake_project = lambda p: {"fake": optim.unit_norm(vsd.fake_graphdef, p["fake"])}  # noqa: E731
+        fake, fake_state, fake_finite = optim.apply_gradients(
+            tx, {"fake": fake}, fake_state, fake_grads, fake_project
+        )
+        fake = fake["fake"]
+        return trainable, opt_state, metrics, finite & fake_finite, fake, fake_state
+
+    return jax.jit(step_fn)
+
+
+@dataclass
+class _VSD:
+    """aVSD's other networks: the fake score F_φ (from the teacher, its own optimiser state at
+    the phase's rate, no EMA: G.2) and the adaptive weight w_ψ (trained with θ)."""
+
+    fake_graphdef: nnx.GraphDef
+    fake_params: nnx.State
+    opt_state: Any
+    weight_graphdef: nnx.GraphDef
+    weight_params: nnx.State
+    settings: Any
+
+    @classmethod
+    def build(cls, config, phase, train_set, teacher, context, seed) -> _VSD:
+        fake_phase = replace(phase, dropout=phase.fake_dropout)
+        network = build_network(config, train_set.sample_shape, phase=fake_phase, seed=seed)
+        load_state_dict(network, state_dict(teacher))
+        fake_graphdef, fake_params = nnx.split(network, nnx.Param)
+        fake_params = distributed.place_params(context, fake_params)
+        tx = optim.make_optimizer(phase.optimizer, phase.lr, phase.betas, phase.eps)
+        weight_graphdef, weight_params = nnx.split(AdaptiveWeight(rngs=nnx.Rngs(seed)), nnx.Param)
+        weight_params = distributed.replicated(context, weight_params)
+        settings = runs.vsd_settings(config, phase)
+        opt_state = tx.init({"fake": fake_params})
+        return cls(fake_graphdef, fake_params, opt_state, weight_graphdef, weight_params, settings)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return (
+            arrays_of("fake", self.fake_params)
+            | arrays_of("vsd_weight", self.weight_params)
+            | _optimizer_arrays(self.opt_state, "fake_optimizer")
+        )
+
+    def load(self, arrays: dict[str, np.ndarray], meta: dict, place: Callable) -> None:
+        self.fake_params = place(load_arrays(self.fake_params, arrays, "fake"))
+        self.weight_params = load_arrays(self.weight_params, arrays, "vsd_weight")
+        self.opt_state = _load_optimizer(self.opt_state, arrays, meta["fake_optimizer"], "fake_optimizer")
+
+
+def _batch(train_set: data.Dataset, index: np.ndarray, context: distributed.Context) -> dict:
+    batch = {"x0": distributed.place_batch(context, train_set.get(index))}
+    labels = train_set.one_hot(index)
+    if labels is not None:
+        batch["labels"] = distributed.place_batch(context, labels)
+    return batch
+
+
+def _optimizer_arrays(opt_state: Any, prefix: str) -> dict[str, np.ndarray]:
+    """Adam's moments of a {part: parameters} pytree under PyTorch's names:
+    <prefix>/exp_avg/<part>/<name>, <prefix>/exp_avg_sq/<part>/<name>."""
+    adam = _adam_state(opt_state)
+    return {
+        f"{prefix}/{moment}/{part}/{name}": np.asarray(value)
+        for moment, tree in (("exp_avg", adam.mu), ("exp_avg_sq", adam.nu))
+        for part, state in tree.items()
+        for name, value in _names(state).items()
+    }
+
+
+def _adam_state(opt_state: Any) -> Any:
+    return opt_state.inner_state[0]  # inject_hyperparams(adam or radam): (ScaleByAdamState, …)
+
+
+def _optimizer_meta(opt_state: Any) -> dict:
+    return {"count": int(_adam_state(opt_state).count)}
+
+
+def _load_optimizer(opt_state: Any, arrays: dict, meta: dict, prefix: str) -> Any:
+    adam = _adam_state(opt_state)
+
+    def moments(name: str, tree: dict) -> dict:
+        return {
+            part: jax.tree.map(
+                lambda new, old: jax.device_put(new, old.sharding),
+                load_arrays(state, arrays, f"{prefix}/{name}/{part}"),
+                state,
+            )
+            for part, state in tree.items()
+        }
+
+    count = jnp.asarray(meta["count"], adam.count.dtype)
+    adam = adam._replace(count=count, mu=moments("exp_avg", adam.mu), nu=moments("exp_avg_sq", adam.nu))
+    return opt_state._replace(count=count, inner_state=(adam, *opt_state.inner_state[1:]))
+
+
+# --- sampling --------------------------------------------------------------------------------
+
+
+def draw_samples(
+    model: nnx.Module,
+    kind: str,
+    num_steps: int,
+    num: int,
+    seed: int,
+    sample_shape: tuple[int, ...],
+    num_classes: int,
+    sigma_d: float,
+    guidance: float = 1.0,
+    takes_guidance: bool = False,
+    chunk: int = 500,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """`num` samples and their classes (or None), from `runs.sampling_inputs`: the same seed
+    gives the same samples in either backend."""
+    times, z, noises, classes = runs.sampling_inputs(
+        kind, num_steps, num, seed, sample_shape, num_classes, sigma_d
+    )
+    graphdef, state = nnx.split(model)
+    network = jax.jit(_conditioned(graphdef, guidance, takes_guidance))
+    out = []
+    for start in range(0, num, chunk):
+        part = slice(start, start + chunk)
+        labels = (
+            None if classes is None else jnp.asarray(np.eye(num_classes, dtype=np.float32)[classes[part]])
+        )
+
+        def F_fn(u: jax.Array, t: Any, labels: Any = labels) -> jax.Array:
+            return network(state, u, jnp.asarray(t, u.dtype), labels)
+
+        if kind == "teacher":
+            x = samplers.sample_ode(F_fn, jnp.asarray(z[part]), times, sigma_d, method="heun")
+        else:
+            x = samplers.sample_consistency(
+                F_fn, jnp.asarray(z[part]), times, sigma_d, [jnp.asarray(n[part]) for n in noises]
+            )
+        out.append(np.asarray(x, dtype=np.float32))
+    return np.concatenate(out), classes
+
+
+def _conditioned(graphdef: nnx.GraphDef, guidance: float, takes_guidance: bool) -> Callable:
+    """F(state, u, t, labels) with the class labels; CFG at `guidance` for a teacher, or the
+    scale as the student's input."""
+
+    def F_fn(state: nnx.State, u: jax.Array, t: jax.Array, labels: jax.Array | None) -> jax.Array:
+        model = nnx.merge(graphdef, state)
+        if takes_guidance:
+            return model(u, t, labels, jnp.full((u.shape[0],), guidance, u.dtype))
+        F = model(u, t, labels)
+        if guidance == 1 or labels is None:
+            return F
+        return samplers.cfg(F, model(u, t, jnp.zeros_like(labels)), guidance)
+
+    return F_fn
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def run_training(config: RunConfig, run: runs.Run, context: distributed.Context) -> dict | None:
+    """Train the configured phases, then (on the main process) evaluate every model and write
+    the summary; other processes return None."""
+    if config.precision == "float16":
+        raise ValueError(
+            "--precision float16 needs loss scaling, which the JAX backend does not have: use bfloat16"
+        )
+    train_set, held_out = runs.load_data(config)
+    metric = runs.Metric(config, train_set, held_out) if context.main else None
+    if metric is not None:
+        floor = metric.of_training_data(train_set, config.eval.num)
+        run.log({"phase": "eval", "model": "data", "num": config.eval.num, metric.name: floor})
+        print(f"{metric.name} of {config.eval.num} training samples (the floor at this size): {floor:.4f}")
+    start = time.perf_counter() - run.elapsed()
+    models = {}
+    # the teacher (Eq. 4 with adaptive weighting) or a trained one, then the consistency models:
+    # sCD from it, sCT (from scratch or from it), sCD + aVSD and dsCD
+    if config.teacher_checkpoint:
+        teacher, _, trained = load_network(Path(config.teacher_checkpoint))
+        if trained.network != config.network:  # the students start from its weights
+            raise ValueError(
+                f"--teacher-checkpoint {config.teacher_checkpoint}: its network {trained.network} "
+                f"differs from this run's {config.network}"
+            )
+        models["teacher"] = teacher
+    else:
+        models["teacher"] = train_phase("teacher", config, train_set, run, context)
+    for name in PHASES[1:]:
+        if getattr(config, name).steps:
+            models[name] = train_phase(name, config, train_set, run, context, models["teacher"])
+    if not context.main:
+        return None
+    # evaluation: every model and sampler on the same noise, against held-out data
+    results = []
+    for name, model in models.items():
+        kind, counts = (
+            ("teacher", config.eval.heun_steps) if name == "teacher" else ("cm", config.eval.cm_steps)
+        )
+        for n in counts:
+            samples, _ = draw_samples(
+                model,
+                kind,
+                n,
+                config.eval.num,
+                config.seed + 7,
+                train_set.sample_shape,
+                train_set.num_classes,
+                config.sigma_d,
+                config.eval.guidance_of(name, n),
+                runs.takes_guidance(config, name),
+            )
+            nfe = 2 * n - 1 if kind == "teacher" else n
+            sampler = f"heun-{n}" if kind == "teacher" else f"{n}-step"
+            value = metric(samples)
+            results.append({"model": name, "sampler": sampler, "nfe": nfe, "value": value})
+            run.log({"phase": "eval", "model": name, "sampler": sampler, "nfe": nfe, metric.name: value})
+            grid = metric.images(samples[: config.eval.grid])
+            runs.save_samples(grid, run.folder / "samples" / f"{name}_{sampler}.png")
+            print(f"  {name:<8} {sampler:<8} NFE {nfe:>3}  {metric.name} {value:.4f}")
+    plots.metric_plot(results, metric.name, run.folder / "metric_vs_nfe.png")
+    summary = {
+        "dataset": config.data,
+        "backend": "jax",
+        "metric": metric.name,
+        "results": results,
+        "wall_seconds": round(time.perf_counter() - start, 1),
+    }
+    run.write_summary(summary)
+    return summary
+
+
+def load_network(path: Path, sigma_rel: float | None = None) -> tuple[nnx.Module, dict, RunConfig]:
+    """A checkpoint's network (written by either backend): the average its phase hands on, or
+    the power EMA of width `sigma_rel` (reconstructed post hoc from the snapshots beside it when
+    not stored)."""
+    arrays, meta, config, source = runs.read_network_checkpoint(path, sigma_rel)
+    model = build_network(config, tuple(meta["sample_shape"]), guidance=meta.get("guidance", False))
+    graphdef, params = nnx.split(model, nnx.Param)
+    if isinstance(source, float):
+        params = posthoc_params(Path(path).parent, meta["phase"], source, params)
+    else:
+        params = load_arrays(params, arrays, source)
+    return nnx.merge(graphdef, params), meta, config
+
+
+def sample_command(args: argparse.Namespace) -> int:
+    model, meta, config = load_network(args.checkpoint, args.ema)
+    kind = "teacher" if meta["phase"] == "teacher" else "cm"
+    shape = tuple(meta["sample_shape"])
+    samples, classes = draw_samples(
+        model,
+        kind,
+        args.steps,
+        args.num,
+        args.seed,
+        shape,
+        config.network.label_dim,
+        config.sigma_d,
+        args.guidance,
+        meta.get("guidance", False),
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(args.out, samples=samples, **({} if classes is None else {"labels": classes}))
+    if samples.ndim == 4:
+        runs.save_samples(samples[:100], args.out.with_suffix(".png"))
+    print(f"wrote {len(samples)} samples to {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = runs.argument_parser(__doc__, PRESETS)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "sample":
+            return sample_command(args)
+        if args.command == "encode":  # the SD-VAE is a PyTorch network: the same latents folder
+            from training.torch_run import encode_command
+
+            return encode_command(args)
+        config, run = runs.start(args, PRESETS)
+        context = distributed.setup(
+            "auto" if args.device == "auto" else args.device, config.parallel == "fsdp"
+        )
+        summary = run_training(config, run, context)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:  # bad input: nothing was trained
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:  # a phase gave up (non-finite losses); its checkpoints are intact
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if summary is not None:
+        print(json.dumps({r["model"] + " " + r["sampler"]: round(r["value"], 4) for r in summary["results"]}))
+        print(f"run folder: {run.folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

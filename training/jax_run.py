@@ -41,7 +41,7 @@ import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from backends.jax import distributed, optim, steps  # noqa: E402
-from backends.jax.layers import AdaptiveWeight, load_state_dict, state_dict  # noqa: E402
+from backends.jax.layers import AdaptiveWeight, load_state_dict, named, state_dict, with_arrays  # noqa: E402
 from training import checkpoint, data, plots, runs  # noqa: E402
 from training.config import PHASES, PRESETS, PhaseConfig, RunConfig  # noqa: E402
 from trigcore import samplers  # noqa: E402
@@ -86,29 +86,16 @@ def build_network(
 def arrays_of(prefix: str, params: nnx.State) -> dict[str, np.ndarray]:
     """Parameters as numpy under "<prefix>/<name>", the names of PyTorch's state_dict (sharded
     arrays gathered whole)."""
-    return {f"{prefix}/{name}": np.asarray(value) for name, value in _names(params).items()}
-
-
-def _names(params: nnx.State) -> dict[str, jax.Array]:
-    return {".".join(map(str, path)): value for path, value in params.flat_state()}
+    return {f"{prefix}/{name}": np.asarray(value) for name, value in named(params).items()}
 
 
 def load_arrays(params: nnx.State, arrays: dict[str, np.ndarray], prefix: str) -> nnx.State:
     """`params` with every array replaced by "<prefix>/<name>" from a checkpoint."""
-    flat = dict(params.flat_state())
-    found = {k[len(prefix) + 1 :] for k in arrays if k.startswith(prefix + "/")}
-    names = {".".join(map(str, path)) for path in flat}
-    if found != names:
-        missing, unexpected = sorted(names - found), sorted(found - names)
-        raise ValueError(
-            f"checkpoint does not fit the network: missing {missing[:3]}, unexpected {unexpected[:3]}"
-        )
-    return nnx.State.from_flat_path(
-        {
-            path: jnp.asarray(arrays[f"{prefix}/{'.'.join(map(str, path))}"], dtype=value.dtype)
-            for path, value in flat.items()
-        }
-    )
+    start = len(prefix) + 1
+    try:
+        return with_arrays(params, {k[start:]: v for k, v in arrays.items() if k.startswith(prefix + "/")})
+    except ValueError as error:
+        raise ValueError(f"checkpoint does not fit the network ({prefix}): {error}") from None
 
 
 # --- weight averages ------------------------------------------------------------------------
@@ -454,7 +441,7 @@ def _optimizer_arrays(opt_state: Any, prefix: str) -> dict[str, np.ndarray]:
         f"{prefix}/{moment}/{part}/{name}": np.asarray(value)
         for moment, tree in (("exp_avg", adam.mu), ("exp_avg_sq", adam.nu))
         for part, state in tree.items()
-        for name, value in _names(state).items()
+        for name, value in named(state).items()
     }
 
 

@@ -10,6 +10,7 @@ being given bfloat16 inputs. Dropout is explicit: a layer drops only when handed
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -97,6 +98,7 @@ class Conv2d(nnx.Module):
         self, in_channels: int, out_channels: int, kernel: int, rngs: nnx.Rngs | None = None
     ) -> None:
         rngs, bound = _rngs(rngs), 1 / math.sqrt(in_channels * kernel * kernel)
+        self.in_channels, self.out_channels = in_channels, out_channels
         shape = (out_channels, in_channels, kernel, kernel)
         self.weight = nnx.Param(
             jax.random.uniform(rngs.params(), shape, jnp.float32, minval=-bound, maxval=bound)
@@ -218,32 +220,44 @@ def check_inputs(
     return jnp.broadcast_to(t.astype(x.dtype), (batch,))
 
 
-def state_dict(module: nnx.Module) -> dict[str, jax.Array]:
-    """The module's parameters by dotted name ("enc.8x8_block0.conv_res0.weight"), the names
-    and layouts of PyTorch's `state_dict` for the same network."""
-    return {".".join(map(str, path)): v.get_value() for path, v in nnx.state(module, nnx.Param).flat_state()}
+def named(state: nnx.State) -> dict[str, jax.Array]:
+    """A state's arrays by dotted name ("enc.8x8_block0.conv_res0.weight"): the names and layouts
+    of PyTorch's `state_dict` for the same network."""
+    return {".".join(map(str, path)): variable.get_value() for path, variable in nnx.to_flat_state(state)}
 
 
-def load_state_dict(module: nnx.Module, state: dict, strict: bool = True) -> tuple[list[str], list[str]]:
-    """Set parameters from arrays by dotted name (numpy or jax, cast to each parameter's dtype);
-    returns (missing, unexpected) names, raising on either when `strict` or on a shape mismatch."""
-    params = nnx.state(module, nnx.Param)
-    flat = dict(params.flat_state())
-    names = {".".join(map(str, path)): path for path in flat}
-    missing = sorted(set(names) - set(state))
-    unexpected = sorted(set(state) - set(names))
+def with_arrays(state: nnx.State, arrays: dict[str, Any], strict: bool = True) -> nnx.State:
+    """`state` with its arrays replaced by those of the same dotted name in `arrays` (numpy or
+    jax, cast to each entry's dtype), raising on a shape mismatch, and when `strict` on a name
+    missing from either side."""
+    flat = {
+        ".".join(map(str, path)): (path, variable.get_value()) for path, variable in nnx.to_flat_state(state)
+    }
+    missing, unexpected = sorted(set(flat) - set(arrays)), sorted(set(arrays) - set(flat))
     if strict and (missing or unexpected):
         raise ValueError(
-            f"state does not fit the network: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            f"the arrays do not fit the network: missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
-    for name, path in names.items():
-        if name in state:
-            variable = flat[path]
-            value = jnp.asarray(state[name], dtype=variable.get_value().dtype)
-            if value.shape != variable.get_value().shape:
-                raise ValueError(f"{name}: shape {value.shape} does not fit {variable.get_value().shape}")
-            variable.set_value(value)
-    return missing, unexpected
+    out = {}
+    for name, (path, old) in flat.items():
+        # a copy: on the CPU jnp.asarray may share the memory of a numpy (or torch) array
+        new = jnp.array(arrays[name], dtype=old.dtype, copy=True) if name in arrays else old
+        if new.shape != old.shape:
+            raise ValueError(
+                f"{name}: shape {tuple(new.shape)} does not fit the network's {tuple(old.shape)}"
+            )
+        out[path] = new
+    return nnx.from_flat_state(out)
+
+
+def state_dict(module: nnx.Module) -> dict[str, jax.Array]:
+    """The module's parameters by dotted name, as PyTorch's `state_dict` of the same network."""
+    return named(nnx.state(module, nnx.Param))
+
+
+def load_state_dict(module: nnx.Module, state: dict, strict: bool = True) -> None:
+    """Set the module's parameters from arrays by dotted name (`with_arrays`)."""
+    nnx.update(module, with_arrays(nnx.state(module, nnx.Param), state, strict))
 
 
 def astype(module: nnx.Module, dtype: jnp.dtype) -> nnx.Module:

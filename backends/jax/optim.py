@@ -51,7 +51,7 @@ def apply_gradients(
     """One optimiser step on a pytree of parameters, then `project` (e.g. `unit_norm`: EDM2's
     re-normalisation of the magnitude-preserving weights). Returns (params, opt_state, finite):
     where a gradient is not finite the step is skipped and both come back unchanged."""
-    norm = optax.global_norm(grads)
+    norm = optax.tree.norm(grads)
     finite = jnp.isfinite(norm)
     if max_grad_norm:
         grads = jax.tree.map(lambda g: g * jnp.minimum(1, max_grad_norm / (norm + 1e-6)), grads)

@@ -44,7 +44,7 @@ from backends.jax import distributed, optim, steps  # noqa: E402
 from backends.jax.layers import AdaptiveWeight, load_state_dict, named, state_dict, with_arrays  # noqa: E402
 from training import checkpoint, data, plots, runs  # noqa: E402
 from training.config import PHASES, PRESETS, PhaseConfig, RunConfig  # noqa: E402
-from trigcore import samplers  # noqa: E402
+from trigcore import lr, samplers  # noqa: E402
 
 # --- networks and their state as numpy -------------------------------------------------------
 
@@ -209,7 +209,7 @@ def train_phase(
     if vsd is not None:  # w_ψ trains with θ (App. C.2)
         trainable["vsd_weight"] = vsd.weight_params
     tx = optim.make_optimizer(phase.optimizer, phase.lr, phase.betas, phase.eps)
-    opt_state = tx.init(trainable)
+    opt_state = place(tx.init(trainable))  # the moments placed as their parameters
     stream = data.BatchStream(len(train_set), phase.batch, seed=config.seed + 1000 * PHASES.index(name))
     key = jax.random.key(seed)
     start = 0
@@ -238,12 +238,12 @@ def train_phase(
         # a global batch over the devices; the loss and gradient of each micro-batch with its
         # own key; one optimiser step on the mean gradient (skipped if not finite); the EMAs
         index = next(stream)
-        optim.set_learning_rate(opt_state, step, phase.lr, phase.lr_decay, phase.lr_rampup)
+        rate = jnp.float32(lr.edm2_lr(step, phase.lr, phase.lr_decay, phase.lr_rampup))
         batch = _batch(train_set, index, context)
         key, step_key = jax.random.split(key)
         extra = () if vsd is None else (vsd.fake_params, vsd.opt_state)
         trainable, opt_state, metrics, finite, *extra = step_fn(
-            trainable, opt_state, teacher_params, batch, step_key, step, *extra
+            trainable, opt_state, teacher_params, batch, step_key, step, rate, *extra
         )
         if vsd is not None:
             vsd.fake_params, vsd.opt_state = extra
@@ -315,8 +315,8 @@ def _make_step(
     tx: optax.GradientTransformation,
     vsd: _VSD | None,
 ) -> Callable:
-    """The jitted training step: (trainable, opt_state, teacher_params, batch, key, step[, fake
-    params, fake opt_state]) → (trainable, opt_state, metrics, finite[, fake params, fake
+    """The jitted training step: (trainable, opt_state, teacher_params, batch, key, step, rate[,
+    fake params, fake opt_state]) → (trainable, opt_state, metrics, finite[, fake params, fake
     opt_state])."""
     settings = runs.loss_settings(name, config)
     parts = config.micro_batches
@@ -347,7 +347,10 @@ def _make_step(
     def project(trainable: dict) -> dict:
         return {**trainable, "model": optim.unit_norm(graphdef, trainable["model"])}
 
-    def step_fn(trainable, opt_state, teacher_params, batch, key, step, fake=None, fake_state=None):
+    def step_fn(trainable, opt_state, teacher_params, batch, key, step, rate, fake=None, fake_state=None):
+        opt_state.hyperparams["learning_rate"] = rate  # EDM2's schedule, for each optimiser
+        if fake_state is not None:
+            fake_state.hyperparams["learning_rate"] = rate
         grads, metrics = None, []
         samples = []
         for k in range(parts):  # micro-batches: the mean of their gradients

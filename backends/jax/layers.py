@@ -223,30 +223,31 @@ def check_inputs(
 def named(state: nnx.State) -> dict[str, jax.Array]:
     """A state's arrays by dotted name ("enc.8x8_block0.conv_res0.weight"): the names and layouts
     of PyTorch's `state_dict` for the same network."""
-    return {".".join(map(str, path)): variable.get_value() for path, variable in nnx.to_flat_state(state)}
+    return {".".join(map(str, path)): _value(leaf) for path, leaf in nnx.to_flat_state(state)}
+
+
+def _value(leaf: Any) -> jax.Array:
+    return leaf.get_value() if isinstance(leaf, nnx.Variable) else leaf
 
 
 def with_arrays(state: nnx.State, arrays: dict[str, Any], strict: bool = True) -> nnx.State:
     """`state` with its arrays replaced by those of the same dotted name in `arrays` (numpy or
     jax, cast to each entry's dtype), raising on a shape mismatch, and when `strict` on a name
     missing from either side."""
-    flat = {
-        ".".join(map(str, path)): (path, variable.get_value()) for path, variable in nnx.to_flat_state(state)
-    }
+    flat = {".".join(map(str, path)): (path, leaf) for path, leaf in nnx.to_flat_state(state)}
     missing, unexpected = sorted(set(flat) - set(arrays)), sorted(set(arrays) - set(flat))
     if strict and (missing or unexpected):
         raise ValueError(
             f"the arrays do not fit the network: missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
     out = {}
-    for name, (path, old) in flat.items():
+    for name, (path, leaf) in flat.items():
+        old = _value(leaf)
         # a copy: on the CPU jnp.asarray may share the memory of a numpy (or torch) array
         new = jnp.array(arrays[name], dtype=old.dtype, copy=True) if name in arrays else old
         if new.shape != old.shape:
-            raise ValueError(
-                f"{name}: shape {tuple(new.shape)} does not fit the network's {tuple(old.shape)}"
-            )
-        out[path] = new
+            raise ValueError(f"{name}: shape {tuple(new.shape)} does not fit the network's {tuple(old.shape)}")
+        out[path] = leaf.replace(new) if isinstance(leaf, nnx.Variable) else new  # the same pytree
     return nnx.from_flat_state(out)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from trigcore import ema, lr
+from trigcore import ema
 
 from .layers import force_unit_norm
 
@@ -24,20 +24,12 @@ def make_optimizer(
     kind: str = "adam", lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-11
 ) -> optax.GradientTransformation:
     """Adam (EDM2, Tables 3–4: β = (0.9, 0.99), ε = 1e-11) or RAdam (CIFAR-10 CMs, G.2), with
-    the rate a hyperparameter of the state (`set_learning_rate`)."""
+    the rate a hyperparameter of the state (`state.hyperparams["learning_rate"]`, set each step
+    from `trigcore.lr.edm2_lr`)."""
     if kind not in ("adam", "radam"):
         raise ValueError(f"optimizer must be 'adam' or 'radam', got {kind!r}")
     make = optax.adam if kind == "adam" else optax.radam
     return optax.inject_hyperparams(make)(learning_rate=lr, b1=betas[0], b2=betas[1], eps=eps)
-
-
-def set_learning_rate(
-    opt_state: optax.OptState, step: int, ref_lr: float, t_ref: float = 70000, rampup_steps: float = 0
-) -> float:
-    """Set the state's rate to EDM2's α_ref/√max(step/t_ref, 1) (t_ref = 0: constant), in place."""
-    rate = lr.edm2_lr(step, ref_lr, t_ref, rampup_steps)
-    opt_state.hyperparams["learning_rate"] = jnp.asarray(rate, opt_state.hyperparams["learning_rate"].dtype)
-    return rate
 
 
 def apply_gradients(

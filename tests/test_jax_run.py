@@ -1,0 +1,153 @@
+"""training/jax_run.py end to end on the digits (an MLP, a few steps): outputs and the summary's
+schema, checkpoints that cross over between the backends, exact resumption, bad input, and
+training sharded over a mesh of 4 CPU devices."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+jax = pytest.importorskip("jax")
+pytest.importorskip("flax")
+pytest.importorskip("sklearn")
+pytest.importorskip("safetensors")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "training"))
+
+import jax_run  # noqa: E402
+import torch_run  # noqa: E402
+
+SHORT = ["--teacher-steps", "30", "--scd-steps", "8", "--sct-steps", "8", "--eval-num", "60"]
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRIGCORE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def only_run(runs: Path) -> Path:
+    (folder,) = runs.iterdir()
+    return folder
+
+
+@pytest.fixture(scope="module")
+def short_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The same short run trained by each backend."""
+    folders = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRIGCORE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        for name, script in (("jax", jax_run), ("torch", torch_run)):
+            runs = tmp_path_factory.mktemp(f"runs-{name}")
+            assert script.main([*SHORT, "--runs", str(runs)]) == 0
+            folders[name] = only_run(runs)
+    return folders
+
+
+def test_a_jax_run_writes_the_same_outputs_and_summary_as_torch(short_runs: dict[str, Path]) -> None:
+    jax_summary = json.loads((short_runs["jax"] / "summary.json").read_text())
+    torch_summary = json.loads((short_runs["torch"] / "summary.json").read_text())
+    assert set(jax_summary) == set(torch_summary)
+    assert (jax_summary["backend"], jax_summary["metric"]) == ("jax", "fd_digits")
+    rows = [(r["model"], r["sampler"], r["nfe"]) for r in jax_summary["results"]]
+    assert rows == [(r["model"], r["sampler"], r["nfe"]) for r in torch_summary["results"]]
+    assert all(np.isfinite(r["value"]) and r["value"] > 0 for r in jax_summary["results"])
+    for path in short_runs["torch"].rglob("*"):
+        if path.is_file() and path.name != ".elapsed":
+            assert (short_runs["jax"] / path.relative_to(short_runs["torch"])).exists(), path.name
+    lines = [json.loads(line) for line in (short_runs["jax"] / "metrics.jsonl").read_text().splitlines()]
+    assert {line["phase"] for line in lines} == {"teacher", "scd", "sct", "eval"}
+    assert all(np.isfinite(line["loss"]) for line in lines if "loss" in line)
+
+
+@pytest.mark.parametrize("checkpoint, steps", [("teacher-000030", 3), ("scd-000008", 2), ("sct-000008", 1)])
+def test_checkpoints_cross_over_and_sample_the_same_in_both_backends(
+    short_runs: dict[str, Path], checkpoint: str, steps: int, tmp_path: Path
+) -> None:
+    """Each backend's checkpoint sampled by both scripts from one seed: the same samples (float32
+    networks: 1e-5 relative, see test_cross_backend)."""
+    for writer in ("jax", "torch"):
+        path = short_runs[writer] / "checkpoints" / checkpoint
+        samples = {}
+        for name, script in (("jax", jax_run), ("torch", torch_run)):
+            out = tmp_path / f"{writer}-{name}.npz"
+            argv = ["sample", "--checkpoint", str(path), "--steps", str(steps), "--num", "20", "--seed", "5"]
+            assert script.main([*argv, "--out", str(out)]) == 0
+            with np.load(out) as f:
+                samples[name] = f["samples"]
+        assert samples["jax"].shape == (20, 1, 8, 8)
+        scale = np.abs(samples["torch"]).max()
+        np.testing.assert_allclose(samples["jax"], samples["torch"], rtol=0, atol=1e-5 * scale)
+    assert not np.allclose(samples["torch"], 0)
+
+
+def test_a_cut_back_run_resumes_with_the_same_losses(tmp_path: Path) -> None:
+    argv = ["--teacher-steps", "40", "--scd-steps", "12", "--sct-steps", "0", "--eval-num", "20",
+            "--checkpoint-every", "6", "--log-every", "1"]  # fmt: skip
+    assert jax_run.main([*argv, "--runs", str(tmp_path / "whole")]) == 0
+    whole = only_run(tmp_path / "whole")
+    cut = tmp_path / "cut"
+    shutil.copytree(whole, cut)
+    for path in (cut / "checkpoints").glob("*"):  # back to teacher step 36 (no sCD yet)
+        phase, step = path.name.split(".")[0].split("-")
+        if phase == "scd" or int(step) > 36:
+            path.unlink()
+    (cut / "summary.json").unlink()
+    assert jax_run.main(["--resume", str(cut)]) == 0
+
+    def losses(run: Path) -> dict[tuple, float]:  # the last logged loss of each step
+        lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return {(line["phase"], line["step"]): line["loss"] for line in lines if "loss" in line}
+
+    expected, resumed = losses(whole), losses(cut)
+    assert len(expected) == 52
+    assert resumed == expected
+
+
+def test_bad_input_is_refused_before_any_training(
+    short_runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    runs = ["--runs", str(tmp_path / "runs")]
+    assert jax_run.main(["--precision", "float16", *runs]) == 2
+    assert "--precision float16 needs loss scaling" in capsys.readouterr().err
+    assert jax_run.main(["--teacher-steps", "-3", *runs]) == 2
+    assert "teacher: steps = -3, expected ≥ 0" in capsys.readouterr().err
+    assert jax_run.main(["--device", "tpu", *runs]) == 2
+    assert "--device tpu: no such JAX devices" in capsys.readouterr().err
+    (tmp_path / "junk.json").write_text("{}")
+    assert jax_run.main(["sample", "--checkpoint", str(tmp_path / "junk")]) == 2
+    assert "not a trigcore checkpoint" in capsys.readouterr().err
+    # a torch run's checkpoints do not resume in JAX (their weights do load: see above)
+    copy = tmp_path / "torch-run"
+    shutil.copytree(short_runs["torch"], copy)
+    (copy / "summary.json").unlink()
+    assert jax_run.main(["--resume", str(copy)]) == 2
+    assert "written by the torch backend; training resumes in the backend that wrote" in capsys.readouterr().err
+
+
+def test_training_on_a_mesh_of_4_devices_equals_one_device() -> None:
+    """Data-parallel and sharded weights (tests/sharding_check.py, in a process with 4 CPU
+    devices): every phase's weights after a few steps equal the single-device run's."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "sharding_check.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["devices"] == 4
+    assert report["sharded_parameters"] > 0  # fsdp split some weights over the devices
+    for case, difference in report["max_relative_difference"].items():
+        assert difference < 1e-5, (case, difference)
+    assert report["control_difference"] > 1e-3  # a different seed: the comparison can fail

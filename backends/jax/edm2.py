@@ -11,14 +11,17 @@ Parameter names and layouts are those of the torch backend, so one `state_dict` 
 `conv_res1.weight`, `conv_skip.weight`, `attn_qkv.weight`, `attn_proj.weight`. Weights are
 (out, in, kh, kw) or (out, in); images are (batch, channels, height, width).
 
+EDM2-S at the ImageNet 512×512 latent shape, built with shapes only (`nnx.eval_shape`: the
+weights are 280M floats):
+
 >>> import jax.numpy as jnp
 >>> from flax import nnx
 >>> net = nnx.eval_shape(lambda: EDM2UNet(img_resolution=64, img_channels=4, label_dim=1000, **PRESETS["S"]))
->>> round(count_parameters(net) / 1e6, 1)  # EDM2-S at the ImageNet 512×512 latent shape
+>>> round(count_parameters(net) / 1e6, 1)
 280.2
->>> net = EDM2UNet(img_resolution=8, img_channels=3, **PRESETS["tiny"])
->>> net(jnp.zeros((2, 3, 8, 8)), jnp.ones(2)).shape
-(2, 3, 8, 8)
+>>> x, t, labels = jnp.zeros((2, 4, 64, 64)), jnp.ones(2), jnp.zeros((2, 1000))
+>>> nnx.eval_shape(lambda net: net(x, t, labels), net).shape
+(2, 4, 64, 64)
 """
 
 from __future__ import annotations
@@ -93,7 +96,9 @@ class Block(nnx.Module):
         self.conv_res0 = MPConv(out_channels if flavor == "enc" else in_channels, out_channels, (3, 3), rngs)
         self.emb_linear = MPConv(emb_channels, out_channels, (), rngs)
         self.conv_res1 = MPConv(out_channels, out_channels, (3, 3), rngs)
-        self.conv_skip = MPConv(in_channels, out_channels, (1, 1), rngs) if in_channels != out_channels else None
+        self.conv_skip = (
+            MPConv(in_channels, out_channels, (1, 1), rngs) if in_channels != out_channels else None
+        )
         self.attn_qkv = MPConv(out_channels, out_channels * 3, (1, 1), rngs) if attention else None
         self.attn_proj = MPConv(out_channels, out_channels, (1, 1), rngs) if attention else None
 

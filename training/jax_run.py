@@ -412,7 +412,7 @@ class _VSD:
         weight_graphdef, weight_params = nnx.split(AdaptiveWeight(rngs=nnx.Rngs(seed)), nnx.Param)
         weight_params = distributed.replicated(context, weight_params)
         settings = runs.vsd_settings(config, phase)
-        opt_state = tx.init({"fake": fake_params})
+        opt_state = distributed.place_params(context, tx.init({"fake": fake_params}))
         return cls(fake_graphdef, fake_params, opt_state, weight_graphdef, weight_params, settings)
 
     def arrays(self) -> dict[str, np.ndarray]:

@@ -51,13 +51,17 @@ def typecheck(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """trigcore's overhead against the same formulas written directly in torch and jax.numpy,
-    then the cost of sCT/sCD training steps against a teacher step (results go in
-    BENCHMARKS.md); pass `-- --quick` for a short run (without the compiled steps, which spend
-    minutes compiling)."""
-    install(session, "torch,jax,dev")
+    the cost of sCT/sCD training steps against a teacher step, then JAX's training steps
+    against PyTorch's (results go in BENCHMARKS.md); pass `-- --quick` for a short run (without
+    the compiled steps, which spend minutes compiling)."""
+    install(session, "torch,jax,train,dev")
     session.run("python", "benchmarks/overhead.py", *session.posargs)
-    quick = ["--repeats", "3", "--kinds", "teacher", "sct", "scd", "sct-fused", "scd-fused"]
-    session.run("python", "benchmarks/steps.py", *(quick if "--quick" in session.posargs else []))
+    quick = "--quick" in session.posargs
+    kinds = ["--repeats", "3", "--kinds", "teacher", "sct", "scd", "sct-fused", "scd-fused"]
+    session.run("python", "benchmarks/steps.py", *(kinds if quick else []))
+    session.run(
+        "python", "benchmarks/jax_vs_torch.py", *(["--rounds", "1", "--repeats", "5"] if quick else [])
+    )
 
 
 @nox.session
@@ -66,3 +70,11 @@ def train(session: nox.Session) -> None:
     cores); arguments after `--` go to the script, e.g. `-- --preset toy2d`."""
     install(session, "torch,train")
     session.run("python", "training/torch_run.py", *session.posargs)
+
+
+@nox.session
+def train_jax(session: nox.Session) -> None:
+    """The same default run with JAX (`python training/jax_run.py`); arguments after `--` go to
+    the script."""
+    install(session, "jax,train")
+    session.run("python", "training/jax_run.py", *session.posargs)

@@ -44,3 +44,20 @@ def test_step_benchmark_runs_every_eager_kind_end_to_end(tmp_path: Path) -> None
     assert len(result["tangent"]) == 2
     with pytest.raises(SystemExit):
         steps.main(["--kinds", "sct", "teacher"])
+
+
+def test_backend_benchmark_times_both_backends_on_every_kind(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("flax")
+    pytest.importorskip("sklearn")
+    import json
+
+    import jax_vs_torch
+
+    out = tmp_path / "backends.json"
+    argv = ["--networks", "mlp", "--rounds", "1", "--repeats", "1", "--warmup", "1", "--out", str(out)]
+    assert jax_vs_torch.main(argv) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["kind"] for row in rows] == ["teacher", "sct", "scd"]
+    assert all(row["torch_ms"] > 0 and row["jax_ms"] > 0 for row in rows)
+    assert rows[0]["torch_over_teacher"] == rows[0]["jax_over_teacher"] == 1.0

@@ -130,7 +130,9 @@ def test_bad_input_is_refused_before_any_training(
     shutil.copytree(short_runs["torch"], copy)
     (copy / "summary.json").unlink()
     assert jax_run.main(["--resume", str(copy)]) == 2
-    assert "written by the torch backend; training resumes in the backend that wrote" in capsys.readouterr().err
+    assert (
+        "written by the torch backend; training resumes in the backend that wrote" in capsys.readouterr().err
+    )
 
 
 def test_training_on_a_mesh_of_4_devices_equals_one_device() -> None:

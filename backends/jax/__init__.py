@@ -1,2 +1,11 @@
 """JAX backend for trigcore: jax.jvp tangents, attention with a JVP rule, Flax NNX networks,
-optax optimisers and jax.sharding. The math it runs comes from trigcore, called with jax arrays."""
+training steps, optax optimisation and jax.sharding. The math it runs comes from trigcore, called
+with jax arrays.
+
+Modules (the names of the PyTorch backend): `attention`, `autodiff`, `layers`, `edm2`, `ddpmpp`,
+`mlp`, `steps`, `optim`, and `distributed`.
+"""
+
+from . import attention, autodiff, ddpmpp, distributed, edm2, layers, mlp, optim, steps
+
+__all__ = ["attention", "autodiff", "ddpmpp", "distributed", "edm2", "layers", "mlp", "optim", "steps"]

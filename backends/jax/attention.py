@@ -1,16 +1,17 @@
 """Softmax attention with a JVP rule from `trigcore.attention`.
 
 `attention` is a `jax.custom_jvp` function: its primal is `jax.nn.dot_product_attention` (XLA's
-fused attention where the platform has one; trigcore's reference in float64), and `jax.jvp` of a network reaches the rule, whose
-tangent is App. F's blockwise recurrence when the score matrix would be large and the
-materialised form otherwise. The tangent is linear in (tq, tk, tv), so JAX transposes the rule
-and reverse mode of the primal (`jax.grad`) works too. `TANGENT_KERNELS` is the one place where
-a fused GPU kernel plugs in.
+fused attention where the platform has one; trigcore's reference in float64), and `jax.jvp` of a
+network reaches the rule, whose tangent is App. F's blockwise recurrence when the score matrix
+would be large and the materialised form otherwise. The tangent is linear in (tq, tk, tv), so
+JAX transposes the rule and reverse mode of the primal (`jax.grad`) works too. `TANGENT_KERNELS`
+is the one place where a fused GPU kernel plugs in.
 
 >>> import jax, jax.numpy as jnp
 >>> q, k, v = (jax.random.normal(jax.random.key(i), (1, 2, 5, 8)) for i in range(3))
 >>> y, t_y = jax.jvp(attention, (q, k, v), (q, k, v))
->>> bool(jnp.allclose(y, jax.nn.dot_product_attention(*(a.swapaxes(1, 2) for a in (q, k, v))).swapaxes(1, 2), atol=1e-6))
+>>> y_ref = jax.nn.dot_product_attention(*(a.swapaxes(1, 2) for a in (q, k, v))).swapaxes(1, 2)
+>>> bool(jnp.allclose(y, y_ref, atol=1e-6))
 True
 """
 

@@ -246,7 +246,9 @@ def with_arrays(state: nnx.State, arrays: dict[str, Any], strict: bool = True) -
         # a copy: on the CPU jnp.asarray may share the memory of a numpy (or torch) array
         new = jnp.array(arrays[name], dtype=old.dtype, copy=True) if name in arrays else old
         if new.shape != old.shape:
-            raise ValueError(f"{name}: shape {tuple(new.shape)} does not fit the network's {tuple(old.shape)}")
+            raise ValueError(
+                f"{name}: shape {tuple(new.shape)} does not fit the network's {tuple(old.shape)}"
+            )
         out[path] = leaf.replace(new) if isinstance(leaf, nnx.Variable) else new  # the same pytree
     return nnx.from_flat_state(out)
 

@@ -7,8 +7,8 @@ The backends take turns: every round times each (backend, kind) once (the median
 steps after --warmup untimed ones, which absorb JAX's compilation), and the table reports the
 median over rounds, so a change in the machine's load reaches both alike.
 
-    python benchmarks/backends.py                       # the default run's MLP and a tiny U-Net
-    python benchmarks/backends.py --networks edm2 --device gpu --rounds 5
+    python benchmarks/jax_vs_torch.py                       # the default run's MLP and a tiny U-Net
+    python benchmarks/jax_vs_torch.py --networks edm2 --device gpu --rounds 5
 """
 
 from __future__ import annotations
@@ -47,9 +47,13 @@ NETWORKS = {
 def config_for(network: str):
     net, shape, batch = NETWORKS[network]
     phase = PhaseConfig(steps=1, batch=batch, warmup_steps=0)
-    return replace(
-        PRESETS["digits"], network=net, teacher=phase, scd=replace(phase, guidance_max=1.5), sct=phase
-    ), shape, batch
+    return (
+        replace(
+            PRESETS["digits"], network=net, teacher=phase, scd=replace(phase, guidance_max=1.5), sct=phase
+        ),
+        shape,
+        batch,
+    )
 
 
 def make_batch(shape: tuple[int, ...], batch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -64,7 +68,9 @@ def torch_step(network: str, kind: str, device: str):
     model = torch_run.build_network(config, shape, runs.takes_guidance(config, kind)).to(device)
     teacher = torch_run.build_network(config, shape).to(device).eval().requires_grad_(False)
     phase = getattr(config, kind)
-    optimizer = torch_optim.make_optimizer(model.parameters(), phase.optimizer, phase.lr, phase.betas, phase.eps)
+    optimizer = torch_optim.make_optimizer(
+        model.parameters(), phase.optimizer, phase.lr, phase.betas, phase.eps
+    )
     settings = runs.loss_settings(kind, config)
     x0, labels = make_batch(shape, batch)
     data = {"x0": torch.from_numpy(x0).to(device), "labels": torch.from_numpy(labels).to(device)}
@@ -148,8 +154,9 @@ def main(argv: list[str] | None = None) -> int:
                 "jax_over_teacher": round(ms["jax", kind] / ms["jax", "teacher"], 2),
             }
             rows.append(row)
-            print(f"{network:<8} {kind:<8} {row['torch_ms']:>9} {row['jax_ms']:>8} {row['jax_over_torch']:>9} "
-                  f"{row['torch_over_teacher']:>14} {row['jax_over_teacher']:>12}")  # fmt: skip
+            print(f"{network:<8} {kind:<8} {row['torch_ms']:>9} {row['jax_ms']:>8} "
+                  f"{row['jax_over_torch']:>9} {row['torch_over_teacher']:>14} "
+                  f"{row['jax_over_teacher']:>12}")  # fmt: skip
     if args.out:
         args.out.write_text(json.dumps({"device": args.device, "rows": rows}, indent=2))
     return 0

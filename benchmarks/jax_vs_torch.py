@@ -94,6 +94,7 @@ def jax_step(network: str, kind: str, device: str):
     tx = jax_optim.make_optimizer(phase.optimizer, phase.lr, phase.betas, phase.eps)
     trainable = {"model": distributed.place_params(context, params)}
     state = {"trainable": trainable, "opt": distributed.place_params(context, tx.init(trainable))}
+    holder = {"state": state}
     step_fn = jax_run._make_step(kind, config, phase, graphdef, teacher_graphdef, tx, None)
     x0, labels = make_batch(shape, batch)
     data = {"x0": distributed.place_batch(context, x0), "labels": distributed.place_batch(context, labels)}
@@ -101,9 +102,10 @@ def jax_step(network: str, kind: str, device: str):
     rate = np.float32(phase.lr)
 
     def step(i: int) -> None:
-        out = step_fn(state["trainable"], state["opt"], teacher_params, data, jax.random.key(i), i, rate)
-        state["trainable"], state["opt"] = out[0], out[1]
-        jax.block_until_ready(state["trainable"])
+        holder["state"], _, finite = step_fn(
+            holder["state"], teacher_params, data, jax.random.key(i), i, rate
+        )
+        jax.block_until_ready(finite)
 
     return step
 

@@ -164,10 +164,6 @@ def posthoc_params(folder: Path, name: str, sigma_rel: float, params: nnx.State)
     return load_arrays(params, {f"model/{k}": v for k, v in combined.items()}, "model")
 
 
-def _network(graphdef: nnx.GraphDef, params: nnx.State) -> nnx.Module:
-    return nnx.merge(graphdef, params)
-
-
 # --- one training phase ----------------------------------------------------------------------
 
 
@@ -204,27 +200,41 @@ def train_phase(
     place = lambda tree: distributed.place_params(context, tree)  # noqa: E731
     params = place(params)
     averages = Averages(params, phase)
-    trainable = {"model": params}
-    vsd = _VSD.build(config, phase, train_set, teacher, context, seed) if name == "scd_avsd" else None
-    if vsd is not None:  # w_ψ trains with θ (App. C.2)
-        trainable["vsd_weight"] = vsd.weight_params
     tx = optim.make_optimizer(phase.optimizer, phase.lr, phase.betas, phase.eps)
-    opt_state = place(tx.init(trainable))  # the moments placed as their parameters
+    # what the jitted step carries (`_make_step`): θ (and w_ψ, F_φ), optimiser states, loss scales
+    state: dict = {"trainable": {"model": params}}
+    vsd = _VSD.build(config, phase, train_set, teacher, seed) if name == "scd_avsd" else None
+    if vsd is not None:  # w_ψ trains with θ (App. C.2); F_φ has its own optimiser state
+        state["trainable"]["vsd_weight"] = distributed.replicated(context, vsd.weight)
+        state["fake"] = place(vsd.fake)
+        state["fake_opt"] = place(tx.init({"fake": state["fake"]}))
+    state["opt"] = place(tx.init(state["trainable"]))  # the moments placed as their parameters
+    scales = ["scale", *(["fake_scale"] if vsd else [])] if config.precision == "float16" else []
+    state |= {key: optim.loss_scale_state() for key in scales}
     stream = data.BatchStream(len(train_set), phase.batch, seed=config.seed + 1000 * PHASES.index(name))
     key = jax.random.key(seed)
     start = 0
-    if found is not None:  # then the EMAs, optimiser, data position, random key
+    if found is not None:  # then the EMAs, optimiser, loss scales, data position, random key
         averages.load(arrays, meta["averages"], place)
-        opt_state = _load_optimizer(opt_state, arrays, meta["optimizer"], "optimizer")
+        state["opt"] = _load_optimizer(state["opt"], arrays, meta["optimizer"], "optimizer")
         if vsd is not None:
-            vsd.load(arrays, meta, place)
-            trainable["vsd_weight"] = vsd.weight_params
-        trainable["model"] = params
+            weight = state["trainable"]["vsd_weight"]
+            state["trainable"]["vsd_weight"] = load_arrays(weight, arrays, "vsd_weight")
+            state["fake"] = place(load_arrays(state["fake"], arrays, "fake"))
+            state["fake_opt"] = _load_optimizer(
+                state["fake_opt"], arrays, meta["fake_optimizer"], "fake_optimizer"
+            )
+        for key_name in scales:
+            saved = meta[key_name]
+            state[key_name] = {
+                "scale": jnp.float32(saved["scale"]),
+                "good_steps": jnp.int32(saved["good_steps"]),
+            }
         stream.restore(meta["data"])
         key = jax.random.wrap_key_data(jnp.asarray(arrays["rng/key"]))
         start = meta["step"]
     if start >= phase.steps:
-        return _network(graphdef, averaged_params(name, phase, averages, params, run.checkpoints))
+        return nnx.merge(graphdef, averaged_params(name, phase, averages, params, run.checkpoints))
 
     teacher_params = None if teacher is None else distributed.replicated(context, nnx.split(teacher)[1])
     teacher_graphdef = None if teacher is None else nnx.split(teacher)[0]
@@ -241,14 +251,8 @@ def train_phase(
         rate = jnp.float32(lr.edm2_lr(step, phase.lr, phase.lr_decay, phase.lr_rampup))
         batch = _batch(train_set, index, context)
         key, step_key = jax.random.split(key)
-        extra = () if vsd is None else (vsd.fake_params, vsd.opt_state)
-        trainable, opt_state, metrics, finite, *extra = step_fn(
-            trainable, opt_state, teacher_params, batch, step_key, step, rate, *extra
-        )
-        if vsd is not None:
-            vsd.fake_params, vsd.opt_state = extra
-            vsd.weight_params = trainable["vsd_weight"]
-        params = trainable["model"]
+        state, metrics, finite = step_fn(state, teacher_params, batch, step_key, step, rate)
+        params = state["trainable"]["model"]
         if bool(finite):
             skipped_in_a_row = 0
             averages.update(params, phase.batch)
@@ -278,7 +282,7 @@ def train_phase(
             checkpoint.save(path, averages.arrays(power_only=True), meta)
         if (step + 1) % phase.checkpoint_every == 0 or done:
             arrays = arrays_of("model", params) | averages.arrays()
-            arrays |= _optimizer_arrays(opt_state, "optimizer")
+            arrays |= _optimizer_arrays(state["opt"], "optimizer")
             arrays["rng/key"] = np.asarray(jax.random.key_data(key))
             meta = {
                 "phase": name,
@@ -288,13 +292,23 @@ def train_phase(
                 "data": stream.state(),
                 "shards": config.micro_batches,
                 "averages": averages.state(),
-                "optimizer": _optimizer_meta(opt_state),
+                "optimizer": _optimizer_meta(state["opt"]),
             }
             if vsd is not None:
-                arrays |= vsd.arrays()
-                meta["fake_optimizer"] = _optimizer_meta(vsd.opt_state)
+                arrays |= arrays_of("fake", state["fake"]) | arrays_of(
+                    "vsd_weight", state["trainable"]["vsd_weight"]
+                )
+                arrays |= _optimizer_arrays(state["fake_opt"], "fake_optimizer")
+                meta["fake_optimizer"] = _optimizer_meta(state["fake_opt"])
+            for key_name in scales:
+                meta[key_name] = {k: v.item() for k, v in state[key_name].items()}
             checkpoint.save(run.checkpoints / f"{name}-{step + 1:06d}", arrays, meta)
-    return _network(graphdef, averaged_params(name, phase, averages, params, run.checkpoints))
+    return nnx.merge(graphdef, averaged_params(name, phase, averages, params, run.checkpoints))
+
+
+def _scaled(out: tuple, scale: jax.Array) -> tuple:
+    loss, aux = out
+    return loss * scale.astype(loss.dtype), aux
 
 
 def _check_resumable(found: Path, meta: dict, config: RunConfig) -> None:
@@ -315,9 +329,9 @@ def _make_step(
     tx: optax.GradientTransformation,
     vsd: _VSD | None,
 ) -> Callable:
-    """The jitted training step: (trainable, opt_state, teacher_params, batch, key, step, rate[,
-    fake params, fake opt_state]) → (trainable, opt_state, metrics, finite[, fake params, fake
-    opt_state])."""
+    """The jitted training step: (state, teacher_params, batch, key, step, rate) → (state,
+    metrics, finite). `state` holds "trainable" (θ, and w_ψ for aVSD), "opt" (its optimiser
+    state), "scale" (float16's loss scale) and for aVSD "fake", "fake_opt", "fake_scale" (F_φ's)."""
     settings = runs.loss_settings(name, config)
     parts = config.micro_batches
 
@@ -347,85 +361,84 @@ def _make_step(
     def project(trainable: dict) -> dict:
         return {**trainable, "model": optim.unit_norm(graphdef, trainable["model"])}
 
-    def step_fn(trainable, opt_state, teacher_params, batch, key, step, rate, fake=None, fake_state=None):
-        opt_state.hyperparams["learning_rate"] = rate  # EDM2's schedule, for each optimiser
-        if fake_state is not None:
-            fake_state.hyperparams["learning_rate"] = rate
-        grads, metrics = None, []
-        samples = []
+    def scaled_grads(loss: Callable, params: Any, scale: jax.Array | None) -> tuple:
+        """(value, aux), gradient of `loss`, through the loss scale when training in float16."""
+        if scale is None:
+            return jax.value_and_grad(loss, has_aux=True)(params)
+        (value, aux), grads = jax.value_and_grad(lambda p: _scaled(loss(p), scale), has_aux=True)(params)
+        return (value / scale, aux), jax.tree.map(lambda g: g / scale, grads)
+
+    def step_fn(state: dict, teacher_params: Any, batch: dict, key: jax.Array, step: Any, rate: Any):
+        state = dict(state)
+        state["opt"].hyperparams["learning_rate"] = rate  # EDM2's schedule, for each optimiser
+        if "fake_opt" in state:
+            state["fake_opt"].hyperparams["learning_rate"] = rate
+        grads, metrics, samples = None, [], []
         for k in range(parts):  # micro-batches: the mean of their gradients
             part = jax.tree.map(lambda a, k=k: a.reshape(parts, -1, *a.shape[1:])[k], batch)
             part_key = jax.random.fold_in(key, k)
-            (_, values), g = jax.value_and_grad(loss_fn, has_aux=True)(
-                trainable, teacher_params, part, part_key, step, fake
-            )
+
+            def loss(trainable: dict, part=part, part_key=part_key) -> tuple:
+                return loss_fn(trainable, teacher_params, part, part_key, step, state.get("fake"))
+
+            (_, values), g = scaled_grads(loss, state["trainable"], state.get("scale", {}).get("scale"))
             grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
             samples.append((values.pop("samples", None), part, part_key))
             metrics.append(values)
         grads = jax.tree.map(lambda g: g / parts, grads)
-        trainable, opt_state, finite = optim.apply_gradients(tx, trainable, opt_state, grads, project)
+        state["trainable"], state["opt"], finite = optim.apply_gradients(
+            tx, state["trainable"], state["opt"], grads, project
+        )
+        if "scale" in state:
+            state["scale"] = optim.update_loss_scale(state["scale"], finite)
         metrics = {key: jnp.mean(jnp.stack([m[key] for m in metrics])) for key in metrics[0]}
         if vsd is None:
-            return trainable, opt_state, metrics, finite
+            return state, metrics, finite
         # L_Diff(φ): the fake score learns the generator's samples
         fake_grads = None
         for x0, part, part_key in samples:
 
-            def fake_loss(fake_params: Any, x0=x0, part=part, part_key=part_key) -> jax.Array:
-                fake_net = nnx.merge(vsd.fake_graphdef, fake_params)
+            def fake_loss(fake: dict, x0=x0, part=part, part_key=part_key) -> tuple:
+                fake_net = nnx.merge(vsd.fake_graphdef, fake["fake"])
                 rng = steps.Draws(jax.random.fold_in(part_key, 1 << 20))
-                return steps.fake_score_loss(fake_net, x0, part.get("labels"), vsd.settings, rng)[0]
+                return steps.fake_score_loss(fake_net, x0, part.get("labels"), vsd.settings, rng)
 
-            g = {"fake": jax.grad(fake_loss)(fake)}
+            scale = state.get("fake_scale", {}).get("scale")
+            _, g = scaled_grads(fake_loss, {"fake": state["fake"]}, scale)
             fake_grads = g if fake_grads is None else jax.tree.map(jnp.add, fake_grads, g)
         fake_grads = jax.tree.map(lambda g: g / parts, fake_grads)
         fake_project = lambda p: {"fake": optim.unit_norm(vsd.fake_graphdef, p["fake"])}  # noqa: E731
-        fake, fake_state, fake_finite = optim.apply_gradients(
-            tx, {"fake": fake}, fake_state, fake_grads, fake_project
+        fake, state["fake_opt"], fake_finite = optim.apply_gradients(
+            tx, {"fake": state["fake"]}, state["fake_opt"], fake_grads, fake_project
         )
-        fake = fake["fake"]
-        return trainable, opt_state, metrics, finite & fake_finite, fake, fake_state
+        state["fake"] = fake["fake"]
+        if "fake_scale" in state:
+            state["fake_scale"] = optim.update_loss_scale(state["fake_scale"], fake_finite)
+        return state, metrics, finite & fake_finite
 
     return jax.jit(step_fn)
 
 
 @dataclass
 class _VSD:
-    """aVSD's other networks: the fake score F_φ (from the teacher, its own optimiser state at
-    the phase's rate, no EMA: G.2) and the adaptive weight w_ψ (trained with θ)."""
+    """aVSD's other networks (App. C.2): the fake score F_φ, which starts from the teacher and
+    trains with its own optimiser state at the phase's rate and no EMA (G.2), and the adaptive
+    weight w_ψ, which trains with θ; their parameters travel in the step's state."""
 
     fake_graphdef: nnx.GraphDef
-    fake_params: nnx.State
-    opt_state: Any
+    fake: nnx.State  # F_φ's initial parameters
     weight_graphdef: nnx.GraphDef
-    weight_params: nnx.State
+    weight: nnx.State  # w_ψ's initial parameters
     settings: Any
 
     @classmethod
-    def build(cls, config, phase, train_set, teacher, context, seed) -> _VSD:
+    def build(cls, config, phase, train_set, teacher, seed) -> _VSD:
         fake_phase = replace(phase, dropout=phase.fake_dropout)
         network = build_network(config, train_set.sample_shape, phase=fake_phase, seed=seed)
         load_state_dict(network, state_dict(teacher))
-        fake_graphdef, fake_params = nnx.split(network, nnx.Param)
-        fake_params = distributed.place_params(context, fake_params)
-        tx = optim.make_optimizer(phase.optimizer, phase.lr, phase.betas, phase.eps)
-        weight_graphdef, weight_params = nnx.split(AdaptiveWeight(rngs=nnx.Rngs(seed)), nnx.Param)
-        weight_params = distributed.replicated(context, weight_params)
+        weight = AdaptiveWeight(rngs=nnx.Rngs(seed))
         settings = runs.vsd_settings(config, phase)
-        opt_state = distributed.place_params(context, tx.init({"fake": fake_params}))
-        return cls(fake_graphdef, fake_params, opt_state, weight_graphdef, weight_params, settings)
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return (
-            arrays_of("fake", self.fake_params)
-            | arrays_of("vsd_weight", self.weight_params)
-            | _optimizer_arrays(self.opt_state, "fake_optimizer")
-        )
-
-    def load(self, arrays: dict[str, np.ndarray], meta: dict, place: Callable) -> None:
-        self.fake_params = place(load_arrays(self.fake_params, arrays, "fake"))
-        self.weight_params = load_arrays(self.weight_params, arrays, "vsd_weight")
-        self.opt_state = _load_optimizer(self.opt_state, arrays, meta["fake_optimizer"], "fake_optimizer")
+        return cls(*nnx.split(network, nnx.Param), *nnx.split(weight, nnx.Param), settings)
 
 
 def _batch(train_set: data.Dataset, index: np.ndarray, context: distributed.Context) -> dict:
@@ -539,10 +552,6 @@ def _conditioned(graphdef: nnx.GraphDef, guidance: float, takes_guidance: bool) 
 def run_training(config: RunConfig, run: runs.Run, context: distributed.Context) -> dict | None:
     """Train the configured phases, then (on the main process) evaluate every model and write
     the summary; other processes return None."""
-    if config.precision == "float16":
-        raise ValueError(
-            "--precision float16 needs loss scaling, which the JAX backend does not have: use bfloat16"
-        )
     train_set, held_out = runs.load_data(config)
     metric = runs.Metric(config, train_set, held_out) if context.main else None
     if metric is not None:

@@ -382,7 +382,10 @@ def argument_parser(doc: str, presets: dict) -> argparse.ArgumentParser:
         "--vae", metavar="FOLDER", help="latents: a diffusers AutoencoderKL to decode them for the metric"
     )
     parser.add_argument(
-        "--device", default="auto", help="auto (this process's GPU if any, else cpu), cpu, cuda:N"
+        "--device",
+        default="auto",
+        help="torch: auto (this process's GPU if any, else cpu), cpu, cuda:N; JAX: auto (every device "
+        "of the default backend), cpu (every CPU device), gpu, gpu:N",
     )
     commands = parser.add_subparsers(dest="command")
     sample = commands.add_parser("sample", help="draw samples from a checkpoint")

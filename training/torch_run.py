@@ -195,9 +195,8 @@ def train_phase(
         )
     shard = config.parallel == "fsdp" and context.world > 1
     torch.manual_seed(config.seed + PHASES.index(name))
-    network = build_network(config, train_set.sample_shape, runs.takes_guidance(config, name), phase).to(
-        device
-    )
+    guided = runs.takes_guidance(config, name)
+    network = build_network(config, train_set.sample_shape, guided, phase).to(device)
     if name != "teacher" and phase.init == "teacher":  # G.2: CMs start from the teacher's EMA
         network.load_state_dict(teacher.state_dict(), strict=False)
     found = checkpoint.latest(run.checkpoints, prefix=f"{name}-")

@@ -56,6 +56,25 @@ def apply_gradients(
     return jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_state, opt_state), finite
 
 
+# Dynamic loss scaling for float16 (the policy of torch.amp.GradScaler): the loss is multiplied by
+# `scale` before differentiation and the gradients divided by it; a step with non-finite
+# gradients is skipped and halves the scale, and 2000 finite steps in a row double it.
+LOSS_SCALE = {"init": 2.0**16, "growth": 2.0, "backoff": 0.5, "interval": 2000}
+
+
+def loss_scale_state() -> dict[str, jax.Array]:
+    """A fresh loss scale: {"scale", "good_steps"} (a pytree, carried through the jitted step)."""
+    return {"scale": jnp.float32(LOSS_SCALE["init"]), "good_steps": jnp.int32(0)}
+
+
+def update_loss_scale(state: dict[str, jax.Array], finite: jax.Array) -> dict[str, jax.Array]:
+    """The scale after a step whose gradients were finite or not."""
+    good = jnp.where(finite, state["good_steps"] + 1, 0)
+    grow = good >= LOSS_SCALE["interval"]
+    scale = state["scale"] * jnp.where(finite, jnp.where(grow, LOSS_SCALE["growth"], 1.0), LOSS_SCALE["backoff"])
+    return {"scale": scale.astype(jnp.float32), "good_steps": jnp.where(grow, 0, good).astype(jnp.int32)}
+
+
 def unit_norm(graphdef: nnx.GraphDef, params: nnx.State) -> nnx.State:
     """A network's parameters with its MPConv weights forced back to unit norm (EDM2)."""
     model = nnx.merge(graphdef, params)

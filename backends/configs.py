@@ -1,6 +1,7 @@
-"""What the training steps of both backends share (`backends.torch.steps` and `backends.jax.steps`
-re-export it): the losses' settings, plain frozen dataclasses with a comment per field checked
-when made, and the segment boundaries of multistep consistency models."""
+"""What both backends share beyond trigcore: the losses' settings (plain frozen dataclasses with a
+comment per field, checked when made; `backends.torch.steps` and `backends.jax.steps` re-export
+them), the segment boundaries of multistep consistency models, and the check of a network's
+inputs, so that both backends refuse bad input with the same words."""
 
 from __future__ import annotations
 
@@ -80,3 +81,28 @@ def multistep_times(segments: int, sigma_d: float) -> list[float]:
         raise ValueError(f"segments must be >= 1, got {segments}")
     interior = schedule.edm_sigmas(segments + 1, xp=np)[1:-1]
     return [0.0, *sorted(math.atan(float(sigma) / sigma_d) for sigma in interior)]
+
+
+def check_network_inputs(
+    x_shape: tuple[int, ...],
+    sample_shape: tuple[int, ...],
+    t_shape: tuple[int, ...],
+    labels_shape: tuple[int, ...] | None,
+    label_dim: int,
+    has_guidance: bool,
+    takes_guidance: bool,
+) -> None:
+    """Raise a ValueError naming the bad input of a network F(x, t, class_labels, guidance)."""
+    if x_shape[1:] != sample_shape or len(x_shape) != len(sample_shape) + 1:
+        raise ValueError(f"x must have shape (batch, {', '.join(map(str, sample_shape))}), got {x_shape}")
+    batch = x_shape[0]
+    if len(t_shape) > 1 or (len(t_shape) == 1 and t_shape[0] != batch):
+        raise ValueError(f"t must be a scalar or hold one time per sample ({batch}), got shape {t_shape}")
+    if label_dim and labels_shape != (batch, label_dim):
+        raise ValueError(f"class_labels must have shape ({batch}, {label_dim}) (one-hot), got {labels_shape}")
+    if not label_dim and labels_shape is not None:
+        raise ValueError("this network is not class-conditional (label_dim=0) but class_labels were given")
+    if has_guidance != takes_guidance:
+        raise ValueError(
+            "this network takes a guidance scale" if takes_guidance else "this network has no guidance input"
+        )

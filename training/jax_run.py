@@ -21,11 +21,9 @@ devices the batch is split over them (`--parallel ddp`: weights replicated; `fsd
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,7 +40,7 @@ from flax import nnx  # noqa: E402
 
 from backends.jax import distributed, optim, steps  # noqa: E402
 from backends.jax.layers import AdaptiveWeight, load_state_dict, named, state_dict, with_arrays  # noqa: E402
-from training import checkpoint, data, plots, runs  # noqa: E402
+from training import checkpoint, data, runs  # noqa: E402
 from training.config import PHASES, PRESETS, PhaseConfig, RunConfig  # noqa: E402
 from trigcore import lr, samplers  # noqa: E402
 
@@ -550,70 +548,13 @@ def _conditioned(graphdef: nnx.GraphDef, guidance: float, takes_guidance: bool) 
 
 
 def run_training(config: RunConfig, run: runs.Run, context: distributed.Context) -> dict | None:
-    """Train the configured phases, then (on the main process) evaluate every model and write
-    the summary; other processes return None."""
-    train_set, held_out = runs.load_data(config)
-    metric = runs.Metric(config, train_set, held_out) if context.main else None
-    if metric is not None:
-        floor = metric.of_training_data(train_set, config.eval.num)
-        run.log({"phase": "eval", "model": "data", "num": config.eval.num, metric.name: floor})
-        print(f"{metric.name} of {config.eval.num} training samples (the floor at this size): {floor:.4f}")
-    start = time.perf_counter() - run.elapsed()
-    models = {}
-    # the teacher (Eq. 4 with adaptive weighting) or a trained one, then the consistency models:
-    # sCD from it, sCT (from scratch or from it), sCD + aVSD and dsCD
-    if config.teacher_checkpoint:
-        teacher, _, trained = load_network(Path(config.teacher_checkpoint))
-        if trained.network != config.network:  # the students start from its weights
-            raise ValueError(
-                f"--teacher-checkpoint {config.teacher_checkpoint}: its network {trained.network} "
-                f"differs from this run's {config.network}"
-            )
-        models["teacher"] = teacher
-    else:
-        models["teacher"] = train_phase("teacher", config, train_set, run, context)
-    for name in PHASES[1:]:
-        if getattr(config, name).steps:
-            models[name] = train_phase(name, config, train_set, run, context, models["teacher"])
-    if not context.main:
-        return None
-    # evaluation: every model and sampler on the same noise, against held-out data
-    results = []
-    for name, model in models.items():
-        kind, counts = (
-            ("teacher", config.eval.heun_steps) if name == "teacher" else ("cm", config.eval.cm_steps)
-        )
-        for n in counts:
-            samples, _ = draw_samples(
-                model,
-                kind,
-                n,
-                config.eval.num,
-                config.seed + 7,
-                train_set.sample_shape,
-                train_set.num_classes,
-                config.sigma_d,
-                config.eval.guidance_of(name, n),
-                runs.takes_guidance(config, name),
-            )
-            nfe = 2 * n - 1 if kind == "teacher" else n
-            sampler = f"heun-{n}" if kind == "teacher" else f"{n}-step"
-            value = metric(samples)
-            results.append({"model": name, "sampler": sampler, "nfe": nfe, "value": value})
-            run.log({"phase": "eval", "model": name, "sampler": sampler, "nfe": nfe, metric.name: value})
-            grid = metric.images(samples[: config.eval.grid])
-            runs.save_samples(grid, run.folder / "samples" / f"{name}_{sampler}.png")
-            print(f"  {name:<8} {sampler:<8} NFE {nfe:>3}  {metric.name} {value:.4f}")
-    plots.metric_plot(results, metric.name, run.folder / "metric_vs_nfe.png")
-    summary = {
-        "dataset": config.data,
-        "backend": "jax",
-        "metric": metric.name,
-        "results": results,
-        "wall_seconds": round(time.perf_counter() - start, 1),
-    }
-    run.write_summary(summary)
-    return summary
+    """Train the configured phases, then evaluate every model and write the summary
+    (`runs.train_and_evaluate`)."""
+
+    def phase(name: str, train_set: data.Dataset, teacher: nnx.Module | None) -> nnx.Module:
+        return train_phase(name, config, train_set, run, context, teacher)
+
+    return runs.train_and_evaluate(config, run, context.main, "jax", phase, load_network, draw_samples)
 
 
 def load_network(path: Path, sigma_rel: float | None = None) -> tuple[nnx.Module, dict, RunConfig]:
@@ -630,36 +571,12 @@ def load_network(path: Path, sigma_rel: float | None = None) -> tuple[nnx.Module
     return nnx.merge(graphdef, params), meta, config
 
 
-def sample_command(args: argparse.Namespace) -> int:
-    model, meta, config = load_network(args.checkpoint, args.ema)
-    kind = "teacher" if meta["phase"] == "teacher" else "cm"
-    shape = tuple(meta["sample_shape"])
-    samples, classes = draw_samples(
-        model,
-        kind,
-        args.steps,
-        args.num,
-        args.seed,
-        shape,
-        config.network.label_dim,
-        config.sigma_d,
-        args.guidance,
-        meta.get("guidance", False),
-    )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(args.out, samples=samples, **({} if classes is None else {"labels": classes}))
-    if samples.ndim == 4:
-        runs.save_samples(samples[:100], args.out.with_suffix(".png"))
-    print(f"wrote {len(samples)} samples to {args.out}")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = runs.argument_parser(__doc__, PRESETS)
     args = parser.parse_args(argv)
     try:
         if args.command == "sample":
-            return sample_command(args)
+            return runs.sample_command(args, load_network, draw_samples)
         if args.command == "encode":  # the SD-VAE is a PyTorch network: the same latents folder
             from training.torch_run import encode_command
 

@@ -497,3 +497,111 @@ def _start(args: argparse.Namespace, presets: dict) -> tuple[RunConfig, Run]:
     text = json.dumps(config.to_dict(), indent=2)
     checkpoint.write_atomically(folder / "config.json", lambda p: p.write_text(text))
     return config, run
+
+
+# --- a whole run, and sampling a checkpoint (either backend) --------------------------------
+
+
+def train_and_evaluate(
+    config: RunConfig,
+    run: Run,
+    main: bool,
+    backend: str,
+    train_phase: Callable[..., Any],
+    load_network: Callable[[Path], tuple[Any, dict, RunConfig]],
+    draw_samples: Callable[..., tuple[np.ndarray, np.ndarray | None]],
+) -> dict | None:
+    """Train the configured phases with the backend's `train_phase(name, train_set, teacher)`,
+    then (on the main process) evaluate every model and write the summary; other processes
+    return None."""
+    train_set, held_out = load_data(config)
+    metric = Metric(config, train_set, held_out) if main else None
+    if metric is not None:
+        floor = metric.of_training_data(train_set, config.eval.num)
+        run.log({"phase": "eval", "model": "data", "num": config.eval.num, metric.name: floor})
+        print(f"{metric.name} of {config.eval.num} training samples (the floor at this size): {floor:.4f}")
+    start = time.perf_counter() - run.elapsed()
+    models = {}
+    # the teacher (Eq. 4 with adaptive weighting) or a trained one, then the consistency models:
+    # sCD from it, sCT (from scratch or from it), sCD + aVSD and dsCD
+    if config.teacher_checkpoint:
+        teacher, _, trained = load_network(Path(config.teacher_checkpoint))
+        if trained.network != config.network:  # the students start from its weights
+            raise ValueError(
+                f"--teacher-checkpoint {config.teacher_checkpoint}: its network {trained.network} "
+                f"differs from this run's {config.network}"
+            )
+        models["teacher"] = teacher
+    else:
+        models["teacher"] = train_phase("teacher", train_set, None)
+    for name in PHASES[1:]:
+        if getattr(config, name).steps:
+            models[name] = train_phase(name, train_set, models["teacher"])
+    if metric is None:
+        return None
+    # evaluation: every model and sampler on the same noise, against held-out data
+    results = []
+    for name, model in models.items():
+        kind, counts = (
+            ("teacher", config.eval.heun_steps) if name == "teacher" else ("cm", config.eval.cm_steps)
+        )
+        for n in counts:
+            samples, _ = draw_samples(
+                model,
+                kind,
+                n,
+                config.eval.num,
+                config.seed + 7,
+                train_set.sample_shape,
+                train_set.num_classes,
+                config.sigma_d,
+                config.eval.guidance_of(name, n),
+                takes_guidance(config, name),
+            )
+            nfe = 2 * n - 1 if kind == "teacher" else n
+            sampler = f"heun-{n}" if kind == "teacher" else f"{n}-step"
+            value = metric(samples)
+            results.append({"model": name, "sampler": sampler, "nfe": nfe, "value": value})
+            run.log({"phase": "eval", "model": name, "sampler": sampler, "nfe": nfe, metric.name: value})
+            grid = metric.images(samples[: config.eval.grid])
+            save_samples(grid, run.folder / "samples" / f"{name}_{sampler}.png")
+            print(f"  {name:<8} {sampler:<8} NFE {nfe:>3}  {metric.name} {value:.4f}")
+    plots.metric_plot(results, metric.name, run.folder / "metric_vs_nfe.png")
+    summary = {
+        "dataset": config.data,
+        "backend": backend,
+        "metric": metric.name,
+        "results": results,
+        "wall_seconds": round(time.perf_counter() - start, 1),
+    }
+    run.write_summary(summary)
+    return summary
+
+
+def sample_command(
+    args: argparse.Namespace,
+    load_network: Callable[[Path, float | None], tuple[Any, dict, RunConfig]],
+    draw_samples: Callable[..., tuple[np.ndarray, np.ndarray | None]],
+) -> int:
+    """`sample`: draw from a checkpoint of either backend into an .npz (and a PNG of images)."""
+    model, meta, config = load_network(args.checkpoint, args.ema)
+    kind = "teacher" if meta["phase"] == "teacher" else "cm"
+    shape = tuple(meta["sample_shape"])
+    samples, classes = draw_samples(
+        model,
+        kind,
+        args.steps,
+        args.num,
+        args.seed,
+        shape,
+        config.network.label_dim,
+        config.sigma_d,
+        args.guidance,
+        meta.get("guidance", False),
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(args.out, samples=samples, **({} if classes is None else {"labels": classes}))
+    if samples.ndim == 4:
+        save_samples(samples[:100], args.out.with_suffix(".png"))
+    print(f"wrote {len(samples)} samples to {args.out}")
+    return 0

@@ -18,6 +18,8 @@ from flax import nnx
 
 from trigcore import embedding
 
+from ..configs import check_network_inputs
+
 
 def _rngs(rngs: nnx.Rngs | None) -> nnx.Rngs:
     return nnx.Rngs(0) if rngs is None else rngs
@@ -199,24 +201,17 @@ def check_inputs(
 ) -> jax.Array:
     """Check a network's inputs before any work; returns t as one time per sample in x's dtype."""
     t = jnp.asarray(t)
-    if tuple(x.shape[1:]) != sample_shape or x.ndim != len(sample_shape) + 1:
-        raise ValueError(
-            f"x must have shape (batch, {', '.join(map(str, sample_shape))}), got {tuple(x.shape)}"
-        )
+    labels_shape = None if class_labels is None else tuple(class_labels.shape)
+    check_network_inputs(
+        tuple(x.shape),
+        sample_shape,
+        tuple(t.shape),
+        labels_shape,
+        label_dim,
+        guidance is not None,
+        takes_guidance,
+    )
     batch = x.shape[0]
-    if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != batch):
-        raise ValueError(
-            f"t must be a scalar or hold one time per sample ({batch}), got shape {tuple(t.shape)}"
-        )
-    if label_dim and (class_labels is None or tuple(class_labels.shape) != (batch, label_dim)):
-        got = None if class_labels is None else tuple(class_labels.shape)
-        raise ValueError(f"class_labels must have shape ({batch}, {label_dim}) (one-hot), got {got}")
-    if not label_dim and class_labels is not None:
-        raise ValueError("this network is not class-conditional (label_dim=0) but class_labels were given")
-    if (guidance is None) == takes_guidance:
-        raise ValueError(
-            "this network takes a guidance scale" if takes_guidance else "this network has no guidance input"
-        )
     return jnp.broadcast_to(t.astype(x.dtype), (batch,))
 
 

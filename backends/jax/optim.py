@@ -71,7 +71,9 @@ def update_loss_scale(state: dict[str, jax.Array], finite: jax.Array) -> dict[st
     """The scale after a step whose gradients were finite or not."""
     good = jnp.where(finite, state["good_steps"] + 1, 0)
     grow = good >= LOSS_SCALE["interval"]
-    scale = state["scale"] * jnp.where(finite, jnp.where(grow, LOSS_SCALE["growth"], 1.0), LOSS_SCALE["backoff"])
+    scale = state["scale"] * jnp.where(
+        finite, jnp.where(grow, LOSS_SCALE["growth"], 1.0), LOSS_SCALE["backoff"]
+    )
     return {"scale": scale.astype(jnp.float32), "good_steps": jnp.where(grow, 0, good).astype(jnp.int32)}
 
 

@@ -15,6 +15,8 @@ from torch.nn import functional as F
 
 from trigcore import embedding
 
+from ..configs import check_network_inputs
+
 
 def normalize(x: torch.Tensor, dim: int | tuple[int, ...] | None = None, eps: float = 1e-4) -> torch.Tensor:
     """x scaled to unit root-mean-square over `dim` (all but the first axis by default)."""
@@ -142,22 +144,15 @@ def check_inputs(
     takes_guidance: bool,
 ) -> torch.Tensor:
     """Check a network's inputs before any work; returns t as one time per sample in x's dtype."""
-    if tuple(x.shape[1:]) != sample_shape or x.ndim != len(sample_shape) + 1:
-        raise ValueError(
-            f"x must have shape (batch, {', '.join(map(str, sample_shape))}), got {tuple(x.shape)}"
-        )
+    labels_shape = None if class_labels is None else tuple(class_labels.shape)
+    check_network_inputs(
+        tuple(x.shape),
+        sample_shape,
+        tuple(t.shape),
+        labels_shape,
+        label_dim,
+        guidance is not None,
+        takes_guidance,
+    )
     batch = x.shape[0]
-    if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != batch):
-        raise ValueError(
-            f"t must be a scalar or hold one time per sample ({batch}), got shape {tuple(t.shape)}"
-        )
-    if label_dim and (class_labels is None or tuple(class_labels.shape) != (batch, label_dim)):
-        got = None if class_labels is None else tuple(class_labels.shape)
-        raise ValueError(f"class_labels must have shape ({batch}, {label_dim}) (one-hot), got {got}")
-    if not label_dim and class_labels is not None:
-        raise ValueError("this network is not class-conditional (label_dim=0) but class_labels were given")
-    if (guidance is None) == takes_guidance:
-        raise ValueError(
-            "this network takes a guidance scale" if takes_guidance else "this network has no guidance input"
-        )
     return t.to(x.dtype).expand(batch) if t.ndim == 0 else t.to(x.dtype)

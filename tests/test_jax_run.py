@@ -160,3 +160,50 @@ def test_training_on_a_mesh_of_4_devices_equals_one_device() -> None:
     for case, difference in report["max_relative_difference"].items():
         assert difference < 1e-5, (case, difference)
     assert report["control_difference"] > 1e-3  # a different seed: the comparison can fail
+
+
+def test_every_phase_kind_of_a_paper_preset_runs_and_resumes_exactly(tmp_path: Path) -> None:
+    """imagenet512-s shrunk to an MLP on random 4×8×8 latents: every phase kind (sCD with CFG,
+    sCT, sCD + aVSD, dsCD), fp16 with loss scaling, power EMAs and the teacher's post-hoc EMA;
+    then cut back to the step-3 checkpoints (weights, EMAs, Adam, loss scales, F_φ and w_ψ,
+    random key, data position) and resumed: steps 3–5 repeat the uninterrupted losses."""
+    from dataclasses import replace
+
+    from training.config import PHASES, PRESETS, NetworkConfig
+
+    rng = np.random.default_rng(0)
+    latents = tmp_path / "latents.npz"
+    np.savez(latents, x=rng.normal(size=(40, 4, 8, 8)).astype(np.float32) * 5, labels=rng.integers(0, 3, 40))
+    paper = PRESETS["imagenet512-s"]
+    shrink = dict(steps=6, batch=8, checkpoint_every=3, snapshot_every=2, lr_rampup=2, warmup_steps=4)
+    config = replace(
+        paper,
+        data=f"latents:{latents}",
+        network=NetworkConfig("mlp", label_dim=3, options={"hidden": 32, "depth": 2}),
+        **{name: replace(getattr(paper, name), **shrink) for name in PHASES},
+        eval=replace(paper.eval, num=6, heun_steps=(2,), metric="auto", grid=6),
+        log_every=1,
+    )
+    context = jax_run.distributed.setup("cpu:0")
+    run = jax_run.runs.Run(tmp_path / "run")
+    summary = jax_run.run_training(config, run, context)
+    assert {r["model"] for r in summary["results"]} == set(PHASES)
+    assert all(np.isfinite(r["value"]) for r in summary["results"])
+    assert list((run.checkpoints).glob("teacher.ema-*.json"))  # its σ_rel 0.025 came post hoc
+    cut = tmp_path / "cut"
+    shutil.copytree(run.folder, cut)
+    for path in (cut / "checkpoints").iterdir():
+        if not path.name.startswith("teacher") and int(path.name.split("-")[-1].split(".")[0]) > 3:
+            path.unlink()
+    (cut / "metrics.jsonl").unlink()
+    jax_run.run_training(config, jax_run.runs.Run(cut), context)
+
+    def losses(folder: Path) -> dict:
+        records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        return {
+            (r["phase"], r["step"]): r["loss"] for r in records if "loss" in r and r["phase"] != "teacher"
+        }
+
+    resumed, uninterrupted = losses(cut), losses(run.folder)
+    assert set(resumed) == {(p, s) for p in ("scd", "sct", "scd_avsd", "dscd") for s in (3, 4, 5)}
+    assert resumed == {key: uninterrupted[key] for key in resumed}

@@ -216,8 +216,8 @@ def train_phase(
         averages.load(arrays, meta["averages"], place)
         state["opt"] = _load_optimizer(state["opt"], arrays, meta["optimizer"], "optimizer")
         if vsd is not None:
-            weight = state["trainable"]["vsd_weight"]
-            state["trainable"]["vsd_weight"] = load_arrays(weight, arrays, "vsd_weight")
+            weight = load_arrays(state["trainable"]["vsd_weight"], arrays, "vsd_weight")
+            state["trainable"]["vsd_weight"] = distributed.replicated(context, weight)
             state["fake"] = place(load_arrays(state["fake"], arrays, "fake"))
             state["fake_opt"] = _load_optimizer(
                 state["fake_opt"], arrays, meta["fake_optimizer"], "fake_optimizer"
@@ -234,8 +234,8 @@ def train_phase(
     if start >= phase.steps:
         return nnx.merge(graphdef, averaged_params(name, phase, averages, params, run.checkpoints))
 
-    teacher_params = None if teacher is None else distributed.replicated(context, nnx.split(teacher)[1])
-    teacher_graphdef = None if teacher is None else nnx.split(teacher)[0]
+    teacher_graphdef, teacher_params = nnx.split(teacher) if teacher is not None else (None, None)
+    teacher_params = None if teacher is None else distributed.replicated(context, teacher_params)
     step_fn = _make_step(name, config, phase, graphdef, teacher_graphdef, tx, vsd)
     log = run.log if context.main else lambda record: None
     skipped_in_a_row = 0

@@ -1,7 +1,7 @@
 """What both backends share beyond trigcore: the losses' settings (plain frozen dataclasses with a
 comment per field, checked when made; `backends.torch.steps` and `backends.jax.steps` re-export
-them), the segment boundaries of multistep consistency models, and the check of a network's
-inputs, so that both backends refuse bad input with the same words."""
+them), the segment boundaries of multistep consistency models, the EDM2 U-Net's size presets,
+and the check of a network's inputs, so that both backends refuse bad input with the same words."""
 
 from __future__ import annotations
 
@@ -13,6 +13,18 @@ import numpy as np
 from trigcore import schedule
 
 PRECISIONS = ("float32", "bfloat16", "float16")
+
+# The EDM2 U-Net's architecture presets (`backends.torch.edm2`, `backends.jax.edm2`). S–XXL are
+# EDM2's sizes (Tables 3–4: 280.2M, 497.8M, 777.6M, 1119.4M and 1523.4M parameters at the
+# 64×64×4 latent shape with 1000 classes); `tiny` runs on a laptop CPU.
+EDM2_PRESETS: dict[str, dict] = {
+    "tiny": dict(model_channels=32, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(4,)),
+    "S": dict(model_channels=192),
+    "M": dict(model_channels=256),
+    "L": dict(model_channels=320),
+    "XL": dict(model_channels=384),
+    "XXL": dict(model_channels=448),
+}
 
 
 def _check_precision(precision: str) -> None:

@@ -30,6 +30,7 @@ import math
 import torch
 from torch.nn import functional as F
 
+from ..configs import EDM2_PRESETS as PRESETS
 from .attention import attention
 from .layers import (
     LogvarHead,
@@ -46,17 +47,6 @@ from .layers import (
 )
 
 __all__ = ["PRESETS", "EDM2UNet", "Block", "count_parameters"]
-
-# Architecture presets. S–XXL are EDM2's sizes (Tables 3–4: 280.2M, 497.8M, 777.6M, 1119.4M and
-# 1523.4M parameters at the 64×64×4 latent shape with 1000 classes); `tiny` runs on a laptop CPU.
-PRESETS: dict[str, dict] = {
-    "tiny": dict(model_channels=32, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(4,)),
-    "S": dict(model_channels=192),
-    "M": dict(model_channels=256),
-    "L": dict(model_channels=320),
-    "XL": dict(model_channels=384),
-    "XXL": dict(model_channels=448),
-}
 
 
 class Block(torch.nn.Module):

@@ -32,14 +32,13 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+# TRIGCORE_TEST_DEVICE=cuda runs the torch tests on a GPU (JAX uses its default device anyway)
+TORCH_DEVICE = os.environ.get("TRIGCORE_TEST_DEVICE", "cpu")
+
 if importlib.util.find_spec("jax") is not None:
     import jax
 
     jax.config.update("jax_enable_x64", True)
-
-
-# TRIGCORE_TEST_DEVICE=cuda runs the torch tests on a GPU (JAX uses its default device anyway)
-TORCH_DEVICE = os.environ.get("TRIGCORE_TEST_DEVICE", "cpu")
 
 
 @dataclass(frozen=True)

@@ -61,17 +61,20 @@ def test_attention_dual_tensors_gradients_and_blockwise_route(monkeypatch: pytes
     torch.testing.assert_close(t_y, t_ref)
 
 
-def test_a_registered_tangent_kernel_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_registered_tangent_kernel_serves_the_inputs_it_covers(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
 
     def kernel(*args: torch.Tensor) -> tuple:
         calls.append(args[0].shape)
         return reference.attention_jvp(*args)
 
-    monkeypatch.setitem(attention_op.TANGENT_KERNELS, "cpu", kernel)
-    q = randn(1, 1, 3, 4)
+    covers = lambda q, k, v: q.shape[-2] == 3  # noqa: E731
+    monkeypatch.setitem(attention_op.TANGENT_KERNELS, "cpu", attention_op.TangentKernel(kernel, covers))
+    q, q5 = randn(1, 1, 3, 4), randn(1, 1, 5, 4)
     torch.func.jvp(attention_op.attention, (q, q, q), (q, q, q))
+    _, t_y = torch.func.jvp(attention_op.attention, (q5, q5, q5), (q5, q5, q5))  # not covered
     assert calls == [torch.Size([1, 1, 3, 4])]
+    torch.testing.assert_close(t_y, reference.attention_jvp(q5, q5, q5, q5, q5, q5)[1])
 
 
 def test_attention_under_autocast_keeps_output_tangent_and_gradient_dtypes_consistent(

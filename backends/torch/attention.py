@@ -3,8 +3,9 @@
 PyTorch's fused `scaled_dot_product_attention` has no forward-mode derivative, so the JVP of a
 network with attention fails there. `attention` wraps it in an autograd.Function: the primal and
 its gradient use SDPA (fast and memory-efficient), and the tangent comes from
-`trigcore.attention` — App. F's blockwise recurrence when the score matrix would be large, the
-materialised form otherwise. `TANGENT_KERNELS` is the one place where a fused GPU kernel plugs in.
+the fused Triton kernel of `flash_jvp` on CUDA (`TANGENT_KERNELS`), trigcore's reference elsewhere
+— App. F's blockwise recurrence when the score matrix would be large, the materialised form
+otherwise.
 
 >>> import torch
 >>> q, k, v = (torch.randn(1, 2, 5, 8, dtype=torch.float64) for _ in range(3))
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.nn import functional as F
@@ -29,8 +30,6 @@ from trigcore import attention as reference
 BLOCKWISE_SCORES = 1 << 20
 BLOCK_SIZE = 512
 
-TangentKernel = Callable[..., tuple[torch.Tensor, torch.Tensor]]
-
 
 def _materialised(*args: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
     return reference.attention_jvp(*args)
@@ -40,10 +39,25 @@ def _blockwise(*args: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]
     return reference.flash_attention_jvp(*args, block_size=BLOCK_SIZE)
 
 
-# Which tangent computation serves which device: the capability table of the attention op. A
-# fused kernel registers itself here (e.g. TANGENT_KERNELS["cuda"] = kernel) and is then used
-# for every tensor on that device; devices not listed use trigcore's reference.
+class TangentKernel(NamedTuple):
+    """A fused tangent kernel: `run(q, k, v, tq, tk, tv, scale)` returns (y, t_y, …) in q's dtype
+    and `covers(q, k, v)` says whether it takes these inputs (dtype, head dims, device)."""
+
+    run: Callable[..., tuple[torch.Tensor, ...]]
+    covers: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], bool]
+
+
+# Which tangent computation serves which device: the capability table of the attention op.
+# Devices not listed, and inputs a kernel does not cover, use trigcore's reference.
 TANGENT_KERNELS: dict[str, TangentKernel] = {}
+if torch.cuda.is_available():
+    try:  # Triton comes with PyTorch's CUDA builds
+        from . import flash_jvp
+    except ImportError:
+        pass
+    else:
+        if not flash_jvp.INTERPRETED:
+            TANGENT_KERNELS["cuda"] = TangentKernel(flash_jvp.flash_attention_jvp, flash_jvp.covers)
 
 
 def attention_tangent(
@@ -58,8 +72,8 @@ def attention_tangent(
     """t_y, the JVP of softmax(scale·q·kᵀ)·v along (tq, tk, tv), by the best available route, in
     q's dtype (a registered kernel returns that dtype; the reference accumulates in float32)."""
     kernel = TANGENT_KERNELS.get(q.device.type)
-    if kernel is not None:
-        return kernel(q, k, v, tq, tk, tv, scale)[1]
+    if kernel is not None and kernel.covers(q, k, v):
+        return kernel.run(q, k, v, tq, tk, tv, scale)[1]
     route = _blockwise if q.shape[-2] * k.shape[-2] > BLOCKWISE_SCORES else _materialised
     wide = torch.promote_types(q.dtype, torch.float32)
     return route(*(a.to(wide) for a in (q, k, v, tq, tk, tv)), scale)[1].to(q.dtype)

@@ -48,13 +48,32 @@ def _setup(args: argparse.Namespace):
 
     torch.manual_seed(0)
     device = torch.device(args.device)
-    net = EDM2UNet(args.resolution, args.channels, args.label_dim, **PRESETS[args.preset]).to(device)
+    options = dict(PRESETS[args.preset])
+    if args.attn_resolutions is not None:
+        options["attn_resolutions"] = tuple(args.attn_resolutions)
+    net = EDM2UNet(args.resolution, args.channels, args.label_dim, **options).to(device)
+    _choose_attention_tangent(args.attention_tangent, device.type)
     x0 = 0.5 * torch.randn(args.batch, args.channels, args.resolution, args.resolution, device=device)
     labels = None
     if args.label_dim:
         classes = torch.randint(args.label_dim, (args.batch,), device=device)
         labels = torch.nn.functional.one_hot(classes, args.label_dim).float()
     return torch, device, net, {"x0": x0, "labels": labels}
+
+
+def _choose_attention_tangent(choice: str, device: str) -> None:
+    """The attention op's tangent: "auto" as the backend chooses (the fused kernel on CUDA),
+    "reference" trigcore's formulas everywhere, "kernel" the fused Triton kernel (interpreted on
+    the CPU, where TRITON_INTERPRET=1 must be set)."""
+    from backends.torch import attention
+
+    if choice == "reference":
+        attention.TANGENT_KERNELS.clear()
+    elif choice == "kernel":
+        from backends.torch import flash_jvp
+
+        run, covers = flash_jvp.flash_attention_jvp, flash_jvp.covers
+        attention.TANGENT_KERNELS[device] = attention.TangentKernel(run, covers)
 
 
 def sync(device: Any) -> None:
@@ -154,8 +173,10 @@ def measure_tangent(args: argparse.Namespace) -> dict:
 def _child(args: argparse.Namespace, measure: str) -> dict:
     command = [sys.executable, __file__, "--measure", measure]
     options = ("preset", "resolution", "channels", "label_dim", "batch", "device", "precision", "repeats")
-    for key in (*options, "warmup", "threads"):
+    for key in (*options, "warmup", "threads", "attention_tangent"):
         command += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    if args.attn_resolutions is not None:
+        command += ["--attn-resolutions", *map(str, args.attn_resolutions)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode:  # reported, and the other measurements still run
         print(f"{measure} failed:\n{result.stderr}", file=sys.stderr)
@@ -189,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1, help="measurements of each kind, taking turns")
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS, metavar="KIND",
                         help=f"steps to time, teacher first (default: {' '.join(KINDS)})")  # fmt: skip
+    parser.add_argument("--attn-resolutions", type=int, nargs="*", metavar="RES",
+                        help="resolutions with self-attention (default: the preset's)")  # fmt: skip
+    parser.add_argument("--attention-tangent", default="auto", choices=("auto", "reference", "kernel"),
+                        help="the attention op's tangent: as the backend chooses (the fused kernel on "
+                        "CUDA), trigcore's formulas, or the fused kernel")  # fmt: skip
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     parser.add_argument("--measure", choices=(*KINDS, "tangent"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -204,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
 
     shape = f"{args.batch}×{args.channels}×{args.resolution}²"
     where = f"{args.label_dim} classes, {args.device}, {args.precision}"
+    where += f", attention tangent: {args.attention_tangent}"
     print(f"EDM2 U-Net '{args.preset}', batch {shape}, {where}")
     if args.kinds[0] != "teacher":
         parser.error("--kinds: the teacher step comes first (the others are measured against it)")

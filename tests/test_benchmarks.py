@@ -61,3 +61,27 @@ def test_backend_benchmark_times_both_backends_on_every_kind(tmp_path: Path) -> 
     assert [row["kind"] for row in rows] == ["teacher", "sct", "scd"]
     assert all(row["torch_ms"] > 0 and row["jax_ms"] > 0 for row in rows)
     assert rows[0]["torch_over_teacher"] == rows[0]["jax_over_teacher"] == 1.0
+
+
+def test_attention_benchmark_smoke_run_covers_every_method_and_the_step(tmp_path: Path) -> None:
+    """The GPU suite of benchmarks/attention_jvp.py on tiny cases, both kernels interpreted: every
+    method times every case, the Triton kernel's tangent matches the reference (the suite checks
+    it), and the sCD step runs with the tangent by the kernel and by trigcore's formulas."""
+    pytest.importorskip("triton")
+    pytest.importorskip("flax")
+    import argparse
+    import json
+
+    import attention_jvp
+
+    assert attention_jvp.main(["--smoke", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "attention_jvp.json").read_text())
+    cases = {tuple(row["shape"]) for row in result["rows"]}
+    assert cases == {tuple(s) for s in attention_jvp.shapes(argparse.Namespace(**attention_jvp.SMOKE))}
+    for method in ("triton", "math", "sdpa", "pallas", "jax-math"):
+        rows = [row for row in result["rows"] if row["method"] == method]
+        assert len(rows) == len(cases) and all(row["ms"] > 0 and row["tflops"] > 0 for row in rows), method
+    assert all(row["tangent_error"] < 1e-5 for row in result["rows"] if row["method"] == "triton")
+    for choice in ("kernel", "reference"):
+        assert list(result["step"][choice]["steps"]) == ["teacher", "scd"]
+    assert "| 70 | 32 | 2 |" in (tmp_path / "attention_jvp.md").read_text()

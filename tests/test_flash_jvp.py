@@ -161,6 +161,17 @@ def test_kernel_rejects_bad_inputs_and_covers_says_so(kernel: str) -> None:
     assert not any(flash_jvp.covers(*cases[i][0][:3]) for i in (0, 2, 3, 5))  # bad q, k or v
 
 
+def test_triton_kernel_is_one_opaque_call_to_torch_compile() -> None:
+    torch = pytest.importorskip("torch")
+    flash_jvp = pytest.importorskip("backends.torch.flash_jvp")
+    q, k = (torch.randn(1, 2, 20, 32, device=flash_jvp.DEVICE) for _ in range(2))
+
+    def f(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return flash_jvp.flash_attention_jvp(q, k, k, q, k, q)[1].sin()
+
+    torch.testing.assert_close(torch.compile(f, fullgraph=True)(q, k), f(q, k))
+
+
 # --- inside the networks --------------------------------------------------------------------
 
 # a small program: compile it without XLA's costlier CPU code generation

@@ -28,7 +28,7 @@ TOLERANCE = {"float32": 1e-5, "float16": 4e-3, "bfloat16": 2e-2}
 Kernel = Callable[..., tuple[np.ndarray, ...]]
 
 
-def triton_kernel(arrays: list[np.ndarray], dtype: str, **kw: object) -> tuple[np.ndarray, ...]:
+def run_triton(arrays: list[np.ndarray], dtype: str, **kw: object) -> tuple[np.ndarray, ...]:
     """(rounded q, k, v, tq, tk, tv, y, t_y, lse) as float64 numpy, from the Triton kernel."""
     torch = pytest.importorskip("torch")
     flash_jvp = pytest.importorskip("backends.torch.flash_jvp")
@@ -39,7 +39,7 @@ def triton_kernel(arrays: list[np.ndarray], dtype: str, **kw: object) -> tuple[n
     return tuple(a.double().cpu().numpy() for a in (*tensors, *out))
 
 
-def pallas_kernel(arrays: list[np.ndarray], dtype: str, **kw: object) -> tuple[np.ndarray, ...]:
+def run_pallas(arrays: list[np.ndarray], dtype: str, **kw: object) -> tuple[np.ndarray, ...]:
     """(rounded q, k, v, tq, tk, tv, y, t_y, lse) as float64 numpy, from the Pallas kernel."""
     jax = pytest.importorskip("jax")
     flash_jvp = pytest.importorskip("backends.jax.flash_jvp")
@@ -50,7 +50,7 @@ def pallas_kernel(arrays: list[np.ndarray], dtype: str, **kw: object) -> tuple[n
     return tuple(np.asarray(a, np.float64) for a in (*arrays, *out))
 
 
-KERNELS = {"triton": triton_kernel, "pallas": pallas_kernel}
+KERNELS = {"triton": run_triton, "pallas": run_pallas}
 
 
 def random_inputs(rng: np.random.Generator, *shape: int) -> list[np.ndarray]:
@@ -159,6 +159,33 @@ def test_kernel_rejects_bad_inputs_and_covers_says_so(kernel: str) -> None:
             flash_jvp.flash_attention_jvp(*args, **kw)
     assert flash_jvp.covers(a, a, a)
     assert not any(flash_jvp.covers(*cases[i][0][:3]) for i in (0, 2, 3, 5))  # bad q, k or v
+
+
+@pytest.mark.parametrize("head_dim", [64, 256])
+def test_every_triton_block_shape_it_may_tune_to_is_right(
+    head_dim: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # on a GPU the kernel is autotuned over these block shapes (those that fit the head dim)
+    flash_jvp = pytest.importorskip("backends.torch.flash_jvp")
+    if not flash_jvp.INTERPRETED:
+        pytest.skip("compiled kernels are autotuned; the interpreter takes the blocks it is given")
+    configs = flash_jvp._fits(flash_jvp._tuned_configs(), {"D": head_dim, "D_V": head_dim})
+    inputs = random_inputs(np.random.default_rng(5), 1, 1, 150, 150, head_dim, head_dim)
+    for config in configs:
+        monkeypatch.setattr(flash_jvp, "INTERPRETER_BLOCKS", config.kwargs)
+        *rounded, y, t_y, _ = run_triton(inputs, "bfloat16")
+        y_ref, t_ref = attention_jvp(*rounded)
+        assert rel(y, y_ref) < TOLERANCE["bfloat16"] and rel(t_y, t_ref) < TOLERANCE["bfloat16"], config
+    assert len(configs) == (7 if head_dim == 64 else 1)
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_the_pallas_gpu_block_shapes_are_right(head_dim: int) -> None:
+    flash_jvp = pytest.importorskip("backends.jax.flash_jvp")
+    inputs = random_inputs(np.random.default_rng(6), 1, 1, 150, 150, head_dim, head_dim)
+    *rounded, y, t_y, _ = run_pallas(inputs, "bfloat16", blocks=flash_jvp.gpu_blocks(head_dim))
+    y_ref, t_ref = attention_jvp(*rounded)
+    assert rel(y, y_ref) < TOLERANCE["bfloat16"] and rel(t_y, t_ref) < TOLERANCE["bfloat16"]
 
 
 def test_triton_kernel_is_one_opaque_call_to_torch_compile() -> None:

@@ -73,7 +73,7 @@ def attention_tangent(
     q's dtype (a registered kernel returns that dtype; the reference accumulates in float32)."""
     kernel = TANGENT_KERNELS.get(q.device.type)
     if kernel is not None and kernel.covers(q, k, v):
-        return kernel.run(q, k, v, tq, tk, tv, scale)[1]
+        return kernel.run(q, k, v, *(t.to(q.dtype) for t in (tq, tk, tv)), scale)[1]
     route = _blockwise if q.shape[-2] * k.shape[-2] > BLOCKWISE_SCORES else _materialised
     wide = torch.promote_types(q.dtype, torch.float32)
     return route(*(a.to(wide) for a in (q, k, v, tq, tk, tv)), scale)[1].to(q.dtype)

@@ -130,6 +130,21 @@ def test_key_mask_is_attention_over_the_kept_keys(kernel: str) -> None:
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
+def test_masked_first_blocks_then_scores_far_below_zero(kernel: str) -> None:
+    # the running max must stay −∞ through the masked blocks: an exponent shifted by anything
+    # else underflows float32 for scores near −150 and would give y = 0
+    rng = np.random.default_rng(7)
+    q, k, v, tq, tk, tv = random_inputs(rng, 1, 1, 5, 40, 32, 32)
+    q[...], k[...] = 1.0, -150.0 / 32 + 0.05 * k  # scores scale·q·kᵀ ≈ −150 at scale 1
+    keep = np.zeros((1, 40), bool)
+    keep[0, 35:] = True  # the first two 16-key blocks and half the third are masked
+    *_, y, t_y, lse = KERNELS[kernel]([q, k, v, tq, tk, tv], "float32", scale=1.0, key_mask=keep)
+    y_ref, t_ref = attention_jvp(q, k[..., 35:, :], v[..., 35:, :], tq, tk[..., 35:, :], tv[..., 35:, :], 1.0)
+    assert rel(y, y_ref) < 1e-5 and rel(t_y, t_ref) < 1e-5
+    np.testing.assert_allclose(lse, np_lse(q, k[..., 35:, :], 1.0), rtol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_kernel_rejects_bad_inputs_and_covers_says_so(kernel: str) -> None:
     if kernel == "triton":
         torch = pytest.importorskip("torch")

@@ -64,9 +64,9 @@ def _kernel(q_ref, k_ref, v_ref, tq_ref, tk_ref, tv_ref, keep_ref, y_ref, ty_ref
         t_x = scale * (_dot(tq, k, 1) + _dot(q, tk, 1))
         # merge this block into the running state: rescale by e^{m_old − m_new} and add
         m_new = jnp.maximum(m, jnp.max(x, axis=1))
-        m_new = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # no key yet: keep the sums at 0
-        alpha = jnp.exp(m - m_new)
-        p = jnp.exp(x - m_new[:, None])
+        shift = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # no key yet: the sums stay 0
+        alpha = jnp.exp(m - shift)
+        p = jnp.exp(x - shift[:, None])
         p_tx = p * t_x
         return (
             m_new,

@@ -52,7 +52,7 @@ def _flash_jvp_kernel(
     HAS_MASK: tl.constexpr, PRECISION: tl.constexpr, WIDEN: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):  # fmt: skip
-    bh = tl.program_id(1)  # (batch, head) pair; tensors are contiguous (B, H, L, d)
+    bh = tl.program_id(1).to(tl.int64)  # (batch, head) pair; tensors are contiguous (B, H, L, d)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     dims, dims_v = tl.arange(0, BLOCK_D), tl.arange(0, BLOCK_DV)
     row_ok = rows < L_q
@@ -87,9 +87,9 @@ def _flash_jvp_kernel(
 
         # merge this block into the running state: rescale by e^{m_old − m_new} and add
         m_new = tl.maximum(m, tl.max(x, 1))
-        m_new = tl.where(m_new == float("-inf"), 0.0, m_new)  # no key yet: keep the sums at 0
-        alpha = tl.exp2(m - m_new)
-        p = tl.exp2(x - m_new[:, None])
+        shift = tl.where(m_new == float("-inf"), 0.0, m_new)  # no key yet: the sums stay 0
+        alpha = tl.exp2(m - shift)
+        p = tl.exp2(x - shift[:, None])
         p_tx = p * t_x
         ell = ell * alpha + tl.sum(p, 1)
         mu = mu * alpha + tl.sum(p_tx, 1)

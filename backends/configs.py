@@ -1,12 +1,14 @@
 """What both backends share beyond trigcore: the losses' settings (plain frozen dataclasses with a
 comment per field, checked when made; `backends.torch.steps` and `backends.jax.steps` re-export
 them), the segment boundaries of multistep consistency models, the EDM2 U-Net's size presets,
-and the check of a network's inputs, so that both backends refuse bad input with the same words."""
+and the checks of a network's and of an attention kernel's inputs, so that both backends refuse
+bad input with the same words."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -117,4 +119,50 @@ def check_network_inputs(
     if has_guidance != takes_guidance:
         raise ValueError(
             "this network takes a guidance scale" if takes_guidance else "this network has no guidance input"
+        )
+
+
+# The fused attention-JVP kernels' inputs (`backends.torch.flash_jvp`, `backends.jax.flash_jvp`)
+KERNEL_DTYPES = ("float16", "bfloat16", "float32")
+KERNEL_MAX_HEAD_DIM = 256
+
+
+def _dtype_name(a: Any) -> str:
+    return str(a.dtype).removeprefix("torch.")
+
+
+def check_kernel_inputs(q: Any, k: Any, v: Any, tangents: dict[str, Any], key_mask: Any = None) -> None:
+    """Raise ValueError unless q, k, v are (B, H, L_q, d), (B, H, L_k, d), (B, H, L_k, d_v)
+    arrays of one of KERNEL_DTYPES with lengths ≥ 1 and 1 ≤ d, d_v ≤ KERNEL_MAX_HEAD_DIM, the
+    tangents have their primals' shapes and dtype, and key_mask is None or a bool (B, L_k) array."""
+    primals = {"q": q, "k": k, "v": v}
+    for name, a in {**primals, **tangents}.items():
+        if not hasattr(a, "shape") or a.ndim != 4:
+            got = tuple(a.shape) if hasattr(a, "shape") else type(a).__name__
+            raise ValueError(f"{name} must be a (batch, heads, length, head_dim) array, got {got}")
+        if _dtype_name(a) != _dtype_name(q) or _dtype_name(a) not in KERNEL_DTYPES:
+            raise ValueError(
+                f"{name} has dtype {_dtype_name(a)}; the kernel takes q, k, v and their tangents all in "
+                f"one of {', '.join(KERNEL_DTYPES)} (q is {_dtype_name(q)})"
+            )
+    (b, h, _, d), (_, _, l_k, d_v) = q.shape, v.shape
+    if tuple(k.shape[:2]) != (b, h) or tuple(v.shape[:2]) != (b, h) or k.shape[-1] != d or k.shape[2] != l_k:
+        raise ValueError(
+            f"q, k, v must be (B, H, L_q, d), (B, H, L_k, d), (B, H, L_k, d_v), got shapes "
+            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if min(q.shape[2], l_k, d, d_v) < 1 or max(d, d_v) > KERNEL_MAX_HEAD_DIM:
+        raise ValueError(
+            f"lengths and head dims must be at least 1 and head dims at most {KERNEL_MAX_HEAD_DIM}, got "
+            f"shapes {tuple(q.shape)}, {tuple(v.shape)}"
+        )
+    for (name, t), p in zip(tangents.items(), primals.values()):
+        if tuple(t.shape) != tuple(p.shape):
+            raise ValueError(
+                f"{name} must have the shape of its primal {tuple(p.shape)}, got {tuple(t.shape)}"
+            )
+    if key_mask is not None and (_dtype_name(key_mask) != "bool" or tuple(key_mask.shape) != (b, l_k)):
+        raise ValueError(
+            f"key_mask must be a bool (batch, L_k) = {(b, l_k)} array, got {_dtype_name(key_mask)} "
+            f"{tuple(key_mask.shape)}"
         )

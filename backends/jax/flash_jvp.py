@@ -31,8 +31,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-DTYPES = (jnp.float16, jnp.bfloat16, jnp.float32)
-MAX_HEAD_DIM = 256
+from backends.configs import check_kernel_inputs
+
 INTERPRETER_BLOCKS = (16, 16)  # (query rows, keys) per block in the interpreter
 
 
@@ -92,47 +92,11 @@ def _kernel(q_ref, k_ref, v_ref, tq_ref, tk_ref, tv_ref, keep_ref, y_ref, ty_ref
     lse_ref[...] = jnp.where(empty, -jnp.inf, m + jnp.log(jnp.where(empty, 1.0, ell)))
 
 
-def _check(
-    q: jax.Array, k: jax.Array, v: jax.Array, tangents: dict[str, jax.Array], key_mask: jax.Array | None
-) -> None:
-    primals = {"q": q, "k": k, "v": v}
-    for name, a in {**primals, **tangents}.items():
-        if not hasattr(a, "shape") or a.ndim != 4:
-            got = tuple(a.shape) if hasattr(a, "shape") else type(a).__name__
-            raise ValueError(f"{name} must be a (batch, heads, length, head_dim) array, got {got}")
-        if a.dtype != q.dtype or a.dtype not in DTYPES:
-            raise ValueError(
-                f"{name} has dtype {a.dtype}; the kernel takes q, k, v and their tangents all in "
-                f"one of {', '.join(jnp.dtype(d).name for d in DTYPES)} (q is {q.dtype})"
-            )
-    (b, h, _, d), (_, _, l_k, d_v) = q.shape, v.shape
-    if k.shape[:2] != (b, h) or v.shape[:2] != (b, h) or k.shape[-1] != d or k.shape[2] != l_k:
-        raise ValueError(
-            f"q, k, v must be (B, H, L_q, d), (B, H, L_k, d), (B, H, L_k, d_v), got shapes "
-            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
-        )
-    if min(q.shape[2], l_k, d, d_v) < 1 or max(d, d_v) > MAX_HEAD_DIM:
-        raise ValueError(
-            f"lengths and head dims must be at least 1 and head dims at most {MAX_HEAD_DIM}, got shapes "
-            f"{tuple(q.shape)}, {tuple(v.shape)}"
-        )
-    for (name, t), p in zip(tangents.items(), primals.values()):
-        if t.shape != p.shape:
-            raise ValueError(
-                f"{name} must have the shape of its primal {tuple(p.shape)}, got {tuple(t.shape)}"
-            )
-    if key_mask is not None and (key_mask.dtype != jnp.bool_ or tuple(key_mask.shape) != (b, l_k)):
-        raise ValueError(
-            f"key_mask must be a bool (batch, L_k) = {(b, l_k)} array, got "
-            f"{key_mask.dtype} {tuple(key_mask.shape)}"
-        )
-
-
 def covers(q: jax.Array, k: jax.Array, v: jax.Array) -> bool:
-    """Whether the kernel takes these inputs: (B, H, L, d) of one supported dtype, head dims
-    at most MAX_HEAD_DIM (what `flash_attention_jvp` would otherwise reject)."""
+    """Whether the kernel takes these inputs: (B, H, L, d) of float16, bfloat16 or float32, head dims
+    at most 256 (what `flash_attention_jvp` would otherwise reject)."""
     try:
-        _check(q, k, v, {}, None)
+        check_kernel_inputs(q, k, v, {})
     except ValueError:
         return False
     return True
@@ -162,7 +126,7 @@ def flash_attention_jvp(
     key_mask, a bool (B, L_k) array, is True where a key takes part; a query whose keys are all
     masked gets y = t_y = 0 and lse = −∞. `blocks` = (query rows, keys) per block overrides
     the default (`gpu_blocks`, or `INTERPRETER_BLOCKS` when interpreting)."""
-    _check(q, k, v, {"tq": tq, "tk": tk, "tv": tv}, key_mask)
+    check_kernel_inputs(q, k, v, {"tq": tq, "tk": tk, "tv": tv}, key_mask)
     (b, h, l_q, d), (l_k, d_v) = q.shape, v.shape[2:]
     scale = 1 / math.sqrt(d) if scale is None else float(scale)
     block_q, block_k = blocks or (INTERPRETER_BLOCKS if interpret else gpu_blocks(max(d, d_v)))

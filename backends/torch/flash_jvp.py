@@ -29,11 +29,11 @@ import torch
 import triton
 import triton.language as tl
 
+from backends.configs import check_kernel_inputs
+
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 DEVICE = "cpu" if INTERPRETED else "cuda"  # where the kernel runs (the doctest's device)
 
-DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-MAX_HEAD_DIM = 256
 LOG2E = tl.constexpr(1.4426950408889634)  # the kernel exponentiates base 2: e^x = 2^{x·log₂e}
 
 
@@ -151,52 +151,20 @@ def _check(
     tangents: dict[str, torch.Tensor],
     key_mask: torch.Tensor | None,
 ) -> None:
-    primals = {"q": q, "k": k, "v": v}
-    for name, a in {**primals, **tangents}.items():
-        if not isinstance(a, torch.Tensor) or a.ndim != 4:
-            got = tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__
-            raise ValueError(f"{name} must be a (batch, heads, length, head_dim) tensor, got {got}")
-        if a.dtype != q.dtype or a.dtype not in DTYPES:
-            dtype = lambda t: str(t).removeprefix("torch.")  # noqa: E731
-            raise ValueError(
-                f"{name} has dtype {dtype(a.dtype)}; the kernel takes q, k, v and their tangents all in "
-                f"one of {', '.join(map(dtype, DTYPES))} (q is {dtype(q.dtype)})"
-            )
-        if a.device != q.device:
+    check_kernel_inputs(q, k, v, tangents, key_mask)
+    for name, a in {"k": k, "v": v, **tangents, "key_mask": key_mask}.items():
+        if a is not None and a.device != q.device:
             raise ValueError(f"{name} is on {a.device} but q is on {q.device}")
     if q.device.type != DEVICE:
         raise ValueError(
             f"the kernel runs on {DEVICE} tensors here, got {q.device} "
             "(CPU tensors need TRITON_INTERPRET=1 before the kernel is imported)"
         )
-    (b, h, _, d), (_, _, l_k, d_v) = q.shape, v.shape
-    if k.shape[:2] != (b, h) or v.shape[:2] != (b, h) or k.shape[-1] != d or k.shape[2] != l_k:
-        raise ValueError(
-            f"q, k, v must be (B, H, L_q, d), (B, H, L_k, d), (B, H, L_k, d_v), got shapes "
-            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
-        )
-    if min(q.shape[2], l_k, d, d_v) < 1 or max(d, d_v) > MAX_HEAD_DIM:
-        raise ValueError(
-            f"lengths and head dims must be at least 1 and head dims at most {MAX_HEAD_DIM}, got shapes "
-            f"{tuple(q.shape)}, {tuple(v.shape)}"
-        )
-    for (name, t), p in zip(tangents.items(), primals.values()):
-        if t.shape != p.shape:
-            raise ValueError(
-                f"{name} must have the shape of its primal {tuple(p.shape)}, got {tuple(t.shape)}"
-            )
-    if key_mask is not None and (
-        key_mask.dtype != torch.bool or tuple(key_mask.shape) != (b, l_k) or key_mask.device != q.device
-    ):
-        raise ValueError(
-            f"key_mask must be a bool (batch, L_k) = {(b, l_k)} tensor on {q.device}, got "
-            f"{key_mask.dtype} {tuple(key_mask.shape)} on {key_mask.device}"
-        )
 
 
 def covers(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """Whether the kernel takes these inputs: (B, H, L, d) of one supported dtype, head dims
-    at most MAX_HEAD_DIM (what `flash_attention_jvp` would otherwise reject)."""
+    """Whether the kernel takes these inputs: (B, H, L, d) of float16, bfloat16 or float32, head dims
+    at most 256 (what `flash_attention_jvp` would otherwise reject)."""
     try:
         _check(q, k, v, {}, None)
     except ValueError:

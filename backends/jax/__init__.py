@@ -3,7 +3,8 @@ training steps, optax optimisation and jax.sharding. The math it runs comes from
 with jax arrays.
 
 Modules (the names of the PyTorch backend): `attention`, `autodiff`, `layers`, `edm2`, `ddpmpp`,
-`mlp`, `steps`, `optim`, and `distributed`.
+`mlp`, `steps`, `optim`, `distributed`, and `flash_jvp`, the fused Pallas kernel of the
+attention's JVP (`attention` uses it on CUDA).
 """
 
 from . import attention, autodiff, ddpmpp, distributed, edm2, layers, mlp, optim, steps

@@ -82,7 +82,8 @@ def _kernel(q_ref, k_ref, v_ref, tq_ref, tk_ref, tv_ref, keep_ref, y_ref, ty_ref
         *(jnp.zeros((rows,), jnp.float32) for _ in range(2)),
         *(jnp.zeros((rows, width), jnp.float32) for _ in range(2)),
     )
-    m, ell, mu, f, h = lax.fori_loop(0, k_ref.shape[0] // block_k, merge, state)
+    # int32 loop bounds: block offsets stay 32-bit even with jax_enable_x64
+    m, ell, mu, f, h = lax.fori_loop(jnp.int32(0), jnp.int32(k_ref.shape[0] // block_k), merge, state)
     # y = f/ℓ, t_y = h/ℓ − (μ/ℓ)·y; a row with every key masked gives 0, 0 and lse = −∞
     empty = ell == 0.0
     inv = 1.0 / jnp.where(empty, 1.0, ell)

@@ -16,6 +16,7 @@ True
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -50,14 +51,11 @@ class TangentKernel(NamedTuple):
 # Which tangent computation serves which device: the capability table of the attention op.
 # Devices not listed, and inputs a kernel does not cover, use trigcore's reference.
 TANGENT_KERNELS: dict[str, TangentKernel] = {}
-if torch.cuda.is_available():
-    try:  # Triton comes with PyTorch's CUDA builds
-        from . import flash_jvp
-    except ImportError:
-        pass
-    else:
-        if not flash_jvp.INTERPRETED:
-            TANGENT_KERNELS["cuda"] = TangentKernel(flash_jvp.flash_attention_jvp, flash_jvp.covers)
+if torch.cuda.is_available() and importlib.util.find_spec("triton"):  # CUDA builds of torch bring Triton
+    from . import flash_jvp
+
+    if not flash_jvp.INTERPRETED:
+        TANGENT_KERNELS["cuda"] = TangentKernel(flash_jvp.flash_attention_jvp, flash_jvp.covers)
 
 
 def attention_tangent(

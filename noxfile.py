@@ -1,5 +1,6 @@
-"""Project tasks. `nox -s lint typecheck tests verify` is what CI runs; extra arguments after
-`--` go to the underlying tool, e.g. `nox -s tests -- -k samplers -x`."""
+"""Project tasks. `nox -s lint typecheck tests verify` is the README's test command (the fast
+tier); CI runs it, then `nox -s slow`. Extra arguments after `--` go to the underlying tool,
+e.g. `nox -s tests -- -k samplers -x`."""
 
 from __future__ import annotations
 
@@ -15,12 +16,26 @@ def install(session: nox.Session, extras: str) -> None:
     session.install(*CONSTRAINTS, "-e", f".[{extras}]")
 
 
+PYTEST = ("pytest", "-n", "auto", "--dist", "worksteal")
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the test suite (pytest + hypothesis, doctests included) on every installed array
-    namespace: array_api_strict, numpy, torch (CPU build) and JAX, also under jit."""
+    """The fast tier: every test not marked slow (pytest + hypothesis, doctests included) on
+    every installed array namespace: array_api_strict, numpy, torch (CPU build) and JAX, also
+    under jit. A test over the time budget (conftest.py) fails."""
     install(session, "torch,jax,train,metrics,dev")
-    session.run("pytest", "-n", "2", *session.posargs, env={"HYPOTHESIS_PROFILE": "ci"})
+    session.run(*PYTEST, "-m", "not slow", *session.posargs, env={"HYPOTHESIS_PROFILE": "ci"})
+
+
+@nox.session
+def slow(session: nox.Session) -> None:
+    """The slow tier: the tests marked slow (end-to-end runs, resumption of every phase kind,
+    DDP/FSDP2 and 4-device sharding, compiled passes, benchmark smoke runs, the mutation test of
+    verify), and every hypothesis test again with ten times the examples."""
+    install(session, "torch,jax,train,metrics,dev")
+    args = ("-m", "slow or hypothesis", "--time-budget", "0")
+    session.run(*PYTEST, *args, *session.posargs, env={"HYPOTHESIS_PROFILE": "slow"})
 
 
 @nox.session

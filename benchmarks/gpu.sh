@@ -18,7 +18,7 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false  # several test workers share the GPU
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))" | tee -a "$out/gpu.txt"
 if [[ " $sections " == *" tests "* ]]; then
-    TRIGCORE_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -n 4 -o addopts="" \
+    TRIGCORE_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -n 4 -o addopts="" --time-budget 0 \
         tests/test_contract.py tests/test_flow.py tests/test_tangent.py tests/test_samplers.py tests/test_attention.py \
         tests/test_flash_jvp.py \
         2>&1 | tee "$out/tests.log" | tail -n 5

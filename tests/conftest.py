@@ -7,10 +7,13 @@ for the "jax-jit" backend, with the array positional arguments traced.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +27,8 @@ settings.register_profile(
     max_examples=40,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+# the slow tier runs every hypothesis test again with ten times the examples
+settings.register_profile("slow", parent=settings.get_profile("ci"), max_examples=400)
 settings.register_profile(
     "dev",
     deadline=None,
@@ -108,3 +113,31 @@ def xp(request: pytest.FixtureRequest) -> Backend:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+# --- the run scripts' smoke test: the default digits run, cut short -------------------------
+
+SHORT_RUN = ["--teacher-steps", "30", "--scd-steps", "8", "--sct-steps", "8", "--eval-num", "60"]
+
+
+def train_short_run(script: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run folder of `training/{script}.py` with SHORT_RUN's arguments."""
+    scripts = str(Path(__file__).resolve().parents[1] / "training")
+    if scripts not in sys.path:
+        sys.path.insert(0, scripts)
+    runs = tmp_path_factory.mktemp(f"runs-{script}")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRIGCORE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        assert importlib.import_module(script).main([*SHORT_RUN, "--runs", str(runs)]) == 0
+    (folder,) = runs.iterdir()
+    return folder
+
+
+@pytest.fixture(scope="session")
+def torch_short_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_short_run("torch_run", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def jax_short_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_short_run("jax_run", tmp_path_factory)

@@ -1,4 +1,6 @@
-"""The overhead benchmark compares trigcore against hand-written torch and jax.numpy formulas; its
+"""The benchmarks' smoke runs (the slow tier) and their refusals of bad arguments.
+
+The overhead benchmark compares trigcore against hand-written torch and jax.numpy formulas; its
 timings mean something only if both sides compute the same numbers. This runs it in --quick mode
 on tiny arrays, where `overhead.check` raises unless every trigcore call and its direct formula
 agree (allclose, same shape and dtype). Timings are not checked."""
@@ -15,6 +17,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import overhead  # noqa: E402
 
 
+def test_benchmarks_refuse_bad_arguments_before_measuring(capsys: pytest.CaptureFixture) -> None:
+    import steps
+
+    for argv, message in [
+        (["--functions", "nothing"], "unknown function 'nothing'"),
+        (["--backends", "cupy"], "unknown backend 'cupy'"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            overhead.main(argv)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    for argv, message in [
+        (["--kinds", "sct", "teacher"], "the teacher step comes first"),
+        (["--rounds", "0"], "--rounds must be at least 1, got 0"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            steps.main(argv)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_benchmark_quick_run_matches_direct_formulas(tmp_path: Path) -> None:
     backends = [b for b in overhead.BACKENDS if importlib.util.find_spec(b) is not None]
     if not backends:
@@ -27,6 +49,7 @@ def test_benchmark_quick_run_matches_direct_formulas(tmp_path: Path) -> None:
     assert len(rows) == 1 + len(overhead.FUNCTIONS) * len(backends)  # header + one row per case
 
 
+@pytest.mark.slow
 def test_step_benchmark_runs_every_eager_kind_end_to_end(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     import steps
@@ -42,10 +65,9 @@ def test_step_benchmark_runs_every_eager_kind_end_to_end(tmp_path: Path) -> None
     assert list(result["steps"]) == kinds
     assert all(row["seconds"] > 0 and len(row["rounds"]) == 2 for row in result["steps"].values())
     assert len(result["tangent"]) == 2
-    with pytest.raises(SystemExit):
-        steps.main(["--kinds", "sct", "teacher"])
 
 
+@pytest.mark.slow
 def test_backend_benchmark_times_both_backends_on_every_kind(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     pytest.importorskip("flax")
@@ -63,6 +85,7 @@ def test_backend_benchmark_times_both_backends_on_every_kind(tmp_path: Path) -> 
     assert rows[0]["torch_over_teacher"] == rows[0]["jax_over_teacher"] == 1.0
 
 
+@pytest.mark.slow
 def test_attention_benchmark_smoke_run_covers_every_method_and_the_step(tmp_path: Path) -> None:
     """The GPU suite of benchmarks/attention_jvp.py on tiny cases, both kernels interpreted: every
     method times every case, the Triton kernel's tangent matches the reference (the suite checks

@@ -14,6 +14,7 @@ import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("sklearn")
+pytestmark = pytest.mark.slow  # several processes each
 
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = [

@@ -203,6 +203,7 @@ def test_the_pallas_gpu_block_shapes_are_right(head_dim: int) -> None:
     assert rel(y, y_ref) < TOLERANCE["bfloat16"] and rel(t_y, t_ref) < TOLERANCE["bfloat16"]
 
 
+@pytest.mark.slow
 def test_triton_kernel_is_one_opaque_call_to_torch_compile() -> None:
     torch = pytest.importorskip("torch")
     flash_jvp = pytest.importorskip("backends.torch.flash_jvp")

@@ -26,8 +26,6 @@ sys.path.insert(0, str(ROOT / "training"))
 import jax_run  # noqa: E402
 import torch_run  # noqa: E402
 
-SHORT = ["--teacher-steps", "30", "--scd-steps", "8", "--sct-steps", "8", "--eval-num", "60"]
-
 
 @pytest.fixture(autouse=True)
 def cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -39,19 +37,13 @@ def only_run(runs: Path) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def short_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+@pytest.fixture
+def short_runs(jax_short_run: Path, torch_short_run: Path) -> dict[str, Path]:
     """The same short run trained by each backend."""
-    folders = {}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TRIGCORE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-        for name, script in (("jax", jax_run), ("torch", torch_run)):
-            runs = tmp_path_factory.mktemp(f"runs-{name}")
-            assert script.main([*SHORT, "--runs", str(runs)]) == 0
-            folders[name] = only_run(runs)
-    return folders
+    return {"jax": jax_short_run, "torch": torch_short_run}
 
 
+@pytest.mark.slow
 def test_a_jax_run_writes_the_same_outputs_and_summary_as_torch(short_runs: dict[str, Path]) -> None:
     jax_summary = json.loads((short_runs["jax"] / "summary.json").read_text())
     torch_summary = json.loads((short_runs["torch"] / "summary.json").read_text())
@@ -68,6 +60,7 @@ def test_a_jax_run_writes_the_same_outputs_and_summary_as_torch(short_runs: dict
     assert all(np.isfinite(line["loss"]) for line in lines if "loss" in line)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("checkpoint, steps", [("teacher-000030", 3), ("scd-000008", 2), ("sct-000008", 1)])
 def test_checkpoints_cross_over_and_sample_the_same_in_both_backends(
     short_runs: dict[str, Path], checkpoint: str, steps: int, tmp_path: Path
@@ -89,6 +82,7 @@ def test_checkpoints_cross_over_and_sample_the_same_in_both_backends(
     assert not np.allclose(samples["torch"], 0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["float32", "float16"])
 def test_a_cut_back_run_resumes_with_the_same_losses(precision: str, tmp_path: Path) -> None:
     """Weights, EMAs, Adam's moments, data position, random key and (float16) the loss scale
@@ -122,7 +116,7 @@ def test_a_cut_back_run_resumes_with_the_same_losses(precision: str, tmp_path: P
 
 
 def test_bad_input_is_refused_before_any_training(
-    short_runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+    torch_short_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     runs = ["--runs", str(tmp_path / "runs")]
     assert jax_run.main(["--teacher-steps", "-3", *runs]) == 2
@@ -134,7 +128,7 @@ def test_bad_input_is_refused_before_any_training(
     assert "not a trigcore checkpoint" in capsys.readouterr().err
     # a torch run's checkpoints do not resume in JAX (their weights do load: see above)
     copy = tmp_path / "torch-run"
-    shutil.copytree(short_runs["torch"], copy)
+    shutil.copytree(torch_short_run, copy)
     (copy / "summary.json").unlink()
     assert jax_run.main(["--resume", str(copy)]) == 2
     assert (
@@ -142,6 +136,7 @@ def test_bad_input_is_refused_before_any_training(
     )
 
 
+@pytest.mark.slow
 def test_training_on_a_mesh_of_4_devices_equals_one_device() -> None:
     """Data-parallel and sharded weights (tests/sharding_check.py, in a process with 4 CPU
     devices): every phase's weights after a few steps equal the single-device run's."""
@@ -162,6 +157,7 @@ def test_training_on_a_mesh_of_4_devices_equals_one_device() -> None:
     assert report["control_difference"] > 1e-3  # a different seed: the comparison can fail
 
 
+@pytest.mark.slow
 def test_every_phase_kind_of_a_paper_preset_runs_and_resumes_exactly(tmp_path: Path) -> None:
     """imagenet512-s shrunk to an MLP on random 4×8×8 latents: every phase kind (sCD with CFG,
     sCT, sCD + aVSD, dsCD), fp16 with loss scaling, power EMAs and the teacher's post-hoc EMA;

@@ -385,6 +385,7 @@ def test_fused_passes_give_the_separate_loss_and_gradients_with_dropout_and_atte
             torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-14)
 
 
+@pytest.mark.slow
 def test_compiled_tangent_pass_gives_the_eager_loss_and_gradients_with_dropout() -> None:
     torch.manual_seed(0)
     net = MLP(dim=2, hidden=16, dropout=0.3).to(DOUBLE).train()
@@ -404,6 +405,7 @@ def test_compiled_tangent_pass_gives_the_eager_loss_and_gradients_with_dropout()
         tangent_pass(net, x, torch.ones(8, dtype=DOUBLE), x, 0.5, graph=True, compiled=True)
 
 
+@pytest.mark.slow
 def test_compiled_bf16_tangent_pass_of_the_unet_is_finite_and_close_to_eager() -> None:
     # a regression test: inductor's vectorised CPU code gave NaNs in this tangent (about a minute
     # of compiling)

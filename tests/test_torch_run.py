@@ -26,8 +26,6 @@ import torch_run  # noqa: E402
 from training.config import NetworkConfig, RunConfig  # noqa: E402
 from trigcore import ema  # noqa: E402
 
-SHORT = ["--teacher-steps", "30", "--scd-steps", "8", "--sct-steps", "8", "--eval-num", "60"]
-
 
 @pytest.fixture(autouse=True)
 def cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -39,17 +37,8 @@ def only_run(runs: Path) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def short_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    runs = tmp_path_factory.mktemp("runs")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TRIGCORE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-        assert torch_run.main([*SHORT, "--runs", str(runs)]) == 0
-    return only_run(runs)
-
-
-def test_a_run_writes_every_output_and_the_documented_summary(short_run: Path) -> None:
-    summary = json.loads((short_run / "summary.json").read_text())
+def test_a_run_writes_every_output_and_the_documented_summary(torch_short_run: Path) -> None:
+    summary = json.loads((torch_short_run / "summary.json").read_text())
     assert set(summary) == {"dataset", "backend", "metric", "results", "wall_seconds"}
     assert (summary["dataset"], summary["backend"], summary["metric"]) == ("digits", "torch", "fd_digits")
     rows = {(r["model"], r["sampler"], r["nfe"]) for r in summary["results"]}
@@ -67,15 +56,15 @@ def test_a_run_writes_every_output_and_the_documented_summary(short_run: Path) -
         "checkpoints/teacher-000030.json",
         "checkpoints/scd-000008.safetensors",
     ):
-        assert (short_run / name).exists(), name  # fmt: skip
-    lines = [json.loads(line) for line in (short_run / "metrics.jsonl").read_text().splitlines()]
+        assert (torch_short_run / name).exists(), name  # fmt: skip
+    lines = [json.loads(line) for line in (torch_short_run / "metrics.jsonl").read_text().splitlines()]
     assert {line["phase"] for line in lines} == {"teacher", "scd", "sct", "eval"}
     assert all(np.isfinite(line["loss"]) for line in lines if "loss" in line)
 
 
-def test_sampling_a_checkpoint_is_reproducible_from_its_seed(short_run: Path, tmp_path: Path) -> None:
+def test_sampling_a_checkpoint_is_reproducible_from_its_seed(torch_short_run: Path, tmp_path: Path) -> None:
     def sample(seed: int, out: str) -> np.ndarray:
-        argv = ["sample", "--checkpoint", str(short_run / "checkpoints" / "scd-000008"), "--steps", "2"]
+        argv = ["sample", "--checkpoint", str(torch_short_run / "checkpoints" / "scd-000008"), "--steps", "2"]
         assert torch_run.main([*argv, "--num", "12", "--seed", str(seed), "--out", str(tmp_path / out)]) == 0
         with np.load(tmp_path / out) as f:
             assert f["labels"].tolist() == [i % 10 for i in range(12)]
@@ -88,6 +77,7 @@ def test_sampling_a_checkpoint_is_reproducible_from_its_seed(short_run: Path, tm
     assert (tmp_path / "a.png").exists()
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_with_the_same_losses(tmp_path: Path) -> None:
     argv = ["--teacher-steps", "120", "--scd-steps", "0", "--sct-steps", "0", "--eval-num", "20",
             "--checkpoint-every", "40", "--log-every", "1"]  # fmt: skip
@@ -269,6 +259,7 @@ def tiny_paper_run(tmp_path_factory: pytest.TempPathFactory) -> tuple:
         return config, run, torch_run.run_training(config, run)
 
 
+@pytest.mark.slow
 def test_a_paper_preset_runs_every_phase_kind_with_power_emas(tiny_paper_run: tuple, tmp_path: Path) -> None:
     config, run, summary = tiny_paper_run
     assert {r["model"] for r in summary["results"]} == {"teacher", "scd", "sct", "scd_avsd", "dscd"}
@@ -318,6 +309,7 @@ def test_a_paper_preset_runs_every_phase_kind_with_power_emas(tiny_paper_run: tu
         assert f["samples"].shape == (4, 4, 8, 8) and np.isfinite(f["samples"]).all()
 
 
+@pytest.mark.slow
 def test_every_phase_kind_resumes_exactly_from_a_checkpoint(tiny_paper_run: tuple, tmp_path: Path) -> None:
     """The tiny paper run, cut back to its step-3 checkpoints (weights, power EMAs, Adam, fp16
     loss scales, the fake score of aVSD, random streams, data position) and resumed: steps 3–5
@@ -345,9 +337,9 @@ def test_every_phase_kind_resumes_exactly_from_a_checkpoint(tiny_paper_run: tupl
 
 
 def test_a_trained_teacher_is_distilled_from_its_checkpoint(
-    short_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    torch_short_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    teacher = str(short_run / "checkpoints" / "teacher-000030")
+    teacher = str(torch_short_run / "checkpoints" / "teacher-000030")
     argv = ["--teacher-checkpoint", teacher, "--scd-steps", "4", "--sct-steps", "0", "--eval-num", "20"]
     assert torch_run.main([*argv, "--runs", str(tmp_path / "runs")]) == 0
     summary = json.loads((only_run(tmp_path / "runs") / "summary.json").read_text())

@@ -64,6 +64,7 @@ def test_bad_arguments_are_refused(args: list[str], message: str) -> None:
     assert run.returncode == 2 and message in run.stderr, run.stderr
 
 
+@pytest.mark.slow
 def test_selected_claims_keep_their_numbers() -> None:
     run = verify("-k", "App. F", "--examples", "2")
     assert run.returncode == 0, run.stdout + run.stderr
@@ -80,6 +81,7 @@ def test_plant_changes_only_the_target() -> None:
     assert namespace["g"](1.0) == 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("module", "function", "element"), MUTANTS)
 def test_planted_error_fails_verification(
     tmp_path: Path, module: str, function: str, element: int | None

@@ -164,7 +164,9 @@ def test_encode_images_of_mixed_sizes_then_score_decoded_latents(
         *metrics.gaussian_statistics(features(metrics.to_uint8_rgb(decoded))),
         *metrics.gaussian_statistics(features(metrics.to_uint8_rgb(vae.decode(held_out.x)))),
     )
-    assert metric(train.x) == pytest.approx(expected, rel=1e-6)
+    scores = metric(train.x)
+    assert set(scores) == {"fid", "fd_pixels", "out_of_range"}  # decoded images: also their pixels
+    assert scores["fid"] == pytest.approx(expected, rel=1e-6)
 
 
 def test_fid_of_latents_without_their_vae_is_refused(tmp_path: Path) -> None:

@@ -48,6 +48,7 @@ def test_a_jax_run_writes_the_same_outputs_and_summary_as_torch(short_runs: dict
     jax_summary = json.loads((short_runs["jax"] / "summary.json").read_text())
     torch_summary = json.loads((short_runs["torch"] / "summary.json").read_text())
     assert set(jax_summary) == set(torch_summary)
+    assert jax_summary["floors"] == torch_summary["floors"]  # real digits: the same in both
     assert (jax_summary["backend"], jax_summary["metric"]) == ("jax", "fd_digits")
     rows = [(r["model"], r["sampler"], r["nfe"]) for r in jax_summary["results"]]
     assert rows == [(r["model"], r["sampler"], r["nfe"]) for r in torch_summary["results"]]

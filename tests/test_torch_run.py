@@ -39,13 +39,19 @@ def only_run(runs: Path) -> Path:
 
 def test_a_run_writes_every_output_and_the_documented_summary(torch_short_run: Path) -> None:
     summary = json.loads((torch_short_run / "summary.json").read_text())
-    assert set(summary) == {"dataset", "backend", "metric", "results", "wall_seconds"}
+    assert set(summary) == {"dataset", "backend", "metric", "floors", "results", "wall_seconds"}
     assert (summary["dataset"], summary["backend"], summary["metric"]) == ("digits", "torch", "fd_digits")
     rows = {(r["model"], r["sampler"], r["nfe"]) for r in summary["results"]}
     assert rows == {("teacher", f"heun-{n}", 2 * n - 1) for n in (3, 5, 9, 18)} | {
         (m, f"{n}-step", n) for m in ("scd", "sct") for n in (1, 2)
     }
     assert all(np.isfinite(r["value"]) and r["value"] > 0 for r in summary["results"])
+    # every score with its spread over the sampling seeds, and the floors of real digits
+    names = {"fd_digits", "fd_pixels", "out_of_range"}
+    assert set(summary["floors"]) == names and summary["floors"]["fd_pixels"]["std"] > 0
+    for r in summary["results"]:
+        assert set(r["metrics"]) == names and r["value"] == r["metrics"]["fd_digits"]["mean"]
+        assert r["spread"] == r["metrics"]["fd_digits"]["std"] > 0  # three seeds, three samplings
     assert summary["wall_seconds"] > 0
     for name in (
         "config.json",
@@ -60,6 +66,21 @@ def test_a_run_writes_every_output_and_the_documented_summary(torch_short_run: P
     lines = [json.loads(line) for line in (torch_short_run / "metrics.jsonl").read_text().splitlines()]
     assert {line["phase"] for line in lines} == {"teacher", "scd", "sct", "eval"}
     assert all(np.isfinite(line["loss"]) for line in lines if "loss" in line)
+
+
+def test_a_toy2d_run_reports_the_exact_consistency_error(tmp_path: Path) -> None:
+    argv = ["--preset", "toy2d", "--teacher-steps", "40", "--scd-steps", "10", "--sct-steps", "10"]
+    assert torch_run.main([*argv, "--eval-num", "200", "--runs", str(tmp_path)]) == 0
+    folder = only_run(tmp_path)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["metric"] == "sliced_w2" and set(summary["floors"]) == {"sliced_w2"}
+    errors = summary["consistency_error"]
+    assert set(errors) == {"scd", "sct"} and (folder / "consistency_error.png").exists()
+    for curve in errors.values():
+        assert curve["t"][-1] == pytest.approx(np.arctan(80 / 0.5)) and len(curve["rms"]) == len(
+            curve["t"]
+        )  # t_max
+        assert all(0 < e < 2 for e in curve["rms"])
 
 
 def test_sampling_a_checkpoint_is_reproducible_from_its_seed(torch_short_run: Path, tmp_path: Path) -> None:
@@ -123,6 +144,8 @@ def test_bad_input_is_refused_before_any_training(tmp_path: Path, capsys: pytest
     assert "fewer than one batch of 128" in capsys.readouterr().err
     assert torch_run.main(["--teacher-steps", "-3", *runs]) == 2
     assert "teacher: steps = -3, expected ≥ 0" in capsys.readouterr().err
+    assert torch_run.main(["--eval-seeds", "0", *runs]) == 2
+    assert "eval.seeds = 0, expected ≥ 1" in capsys.readouterr().err
     assert torch_run.main(["--parallel", "fsdp", "--precision", "float16", *runs]) == 2
     assert "--parallel fsdp cannot train with --precision float16" in capsys.readouterr().err
     (tmp_path / "junk.json").write_text("{}")

@@ -153,6 +153,69 @@ def test_digits_classifier_is_accurate_and_cached(tmp_path: Path, monkeypatch: p
     assert close < 0.2 * far
 
 
+def test_digits_scores_their_pixels_and_range_with_floors_and_spread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training import runs
+    from training.config import PRESETS
+
+    monkeypatch.setenv("TRIGCORE_CACHE", str(tmp_path))
+    train, held_out = data.digits()
+    metric = runs.Metric(PRESETS["digits"], train, held_out)
+    assert metric.name == "fd_digits"
+    floors = metric.floor(train, 300, seeds=3)
+    assert set(floors) == {"fd_digits", "fd_pixels", "out_of_range"}
+    assert floors["out_of_range"] == {"mean": 0.0, "std": 0.0}  # real digits lie in [−1, 1]
+    assert all(floors[name]["std"] > 0 for name in ("fd_digits", "fd_pixels"))  # three draws differ
+    real = train.x[:300]
+    # the pixels are clipped to [−1, 1] before their Fréchet distance; the overshoot is counted
+    overshoot = real.copy()
+    overshoot[:, :, :4] = np.where(overshoot[:, :, :4] > 0, 1.5, -1.5)  # half the rows beyond ±1.05
+    scores = metric(overshoot)
+    clipped = np.clip(overshoot, -1, 1)
+    assert scores["fd_pixels"] == pytest.approx(
+        frechet_distance(
+            *gaussian_statistics(clipped.reshape(300, -1)),
+            *gaussian_statistics(held_out.x.reshape(len(held_out), -1)),
+        ),
+        rel=1e-9,
+    )
+    assert scores["out_of_range"] == pytest.approx(0.5)
+    assert metric(real)["fd_pixels"] < scores["fd_pixels"]
+    assert runs.spread([{"a": 1.0}, {"a": 3.0}]) == {"a": {"mean": 2.0, "std": pytest.approx(np.sqrt(2))}}
+
+
+def test_exact_consistency_error_is_zero_for_the_exact_flow_map_only() -> None:
+    """toy2d's consistency error against f*, the ring's exact PF-ODE flow map to 0: a model that
+    is f* (solved more finely) scores about 0 at every t; the one-step denoiser E[x0 | x_t], which
+    is f* only at t = 0, scores more the larger t."""
+    from dataclasses import replace
+
+    from training import runs, toy
+    from training.config import PRESETS
+    from trigcore import flow, samplers, schedule
+
+    config = PRESETS["toy2d"]
+    _, held_out = data.toy2d()
+    ring = replace(toy.ring(), sigma_d=config.sigma_d)
+    exact = toy.F_fn_from_denoiser(ring.denoise, config.sigma_d)
+
+    def flow_map(model, kind, times, z, noises, labels, sigma_d, *rest):  # runs.consistency_error's call
+        assert (kind, len(times), len(noises), labels) == ("cm", 1, 0, None)
+        (t,) = times
+        x_t = z.astype(np.float64)
+        if model == "denoiser":
+            return flow.denoise(x_t, t, exact(x_t / sigma_d, np.full(len(z), t)), sigma_d)
+        grid = schedule.trigflow_timesteps(512, sigma_d, sigma_max=sigma_d * np.tan(t), xp=np)
+        return samplers.sample_ode(exact, x_t, grid, sigma_d, method="heun")
+
+    perfect = runs.consistency_error(flow_map, "flow map", config, held_out, num=300)
+    assert perfect["t"] == [*runs.ERROR_TIMES, pytest.approx(schedule.t_max(config.sigma_d))]
+    assert max(perfect["rms"]) < 2e-3
+    denoiser = runs.consistency_error(flow_map, "denoiser", config, held_out, num=300)["rms"]
+    assert denoiser[0] < 0.05 < denoiser[-1] and denoiser[-1] > 10 * max(perfect["rms"])
+
+
 # --- checkpoints and plots -------------------------------------------------------------------
 
 

@@ -84,6 +84,7 @@ class PhaseConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     num: int = 1000  # samples per model and sampler
+    seeds: int = 3  # sampling seeds per model and sampler: the summary gives their mean and spread
     heun_steps: tuple[int, ...] = (3, 5, 9, 18)  # the teacher's Heun steps (NFE 2n − 1)
     cm_steps: tuple[int, ...] = (1, 2)  # consistency sampling steps
     # CFG scale of the samples by "model/steps" or "model" (1 where absent: none)
@@ -93,6 +94,16 @@ class EvalConfig:
     metric: str = "auto"
     feature_weights: str = ""  # fid / fd_dinov2: the feature network's weights file
     vae: str = ""  # latents: a diffusers AutoencoderKL folder, to score decoded images
+
+    def __post_init__(self) -> None:
+        limits = {"num": 2, "seeds": 1}  # a Fréchet distance needs two samples
+        bad = [
+            f"eval.{k} = {getattr(self, k)}, expected ≥ {low}"
+            for k, low in limits.items()
+            if getattr(self, k) < low
+        ]
+        if bad:
+            raise ValueError("; ".join(bad))
 
     def guidance_of(self, model: str, steps: int) -> float:
         return float(self.guidance.get(f"{model}/{steps}", self.guidance.get(model, 1.0)))

@@ -488,35 +488,32 @@ def _load_optimizer(opt_state: Any, arrays: dict, meta: dict, prefix: str) -> An
 # --- sampling --------------------------------------------------------------------------------
 
 
-def draw_samples(
+def sample_from(
     model: nnx.Module,
     kind: str,
-    num_steps: int,
-    num: int,
-    seed: int,
-    sample_shape: tuple[int, ...],
-    num_classes: int,
+    times: list[float],
+    z: np.ndarray,
+    noises: np.ndarray,
+    labels: np.ndarray | None,
     sigma_d: float,
     guidance: float = 1.0,
     takes_guidance: bool = False,
     chunk: int = 500,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """`num` samples and their classes (or None), from `runs.sampling_inputs`: the same seed
-    gives the same samples in either backend."""
-    times, z, noises, classes = runs.sampling_inputs(
-        kind, num_steps, num, seed, sample_shape, num_classes, sigma_d
-    )
+) -> np.ndarray:
+    """Samples from the start z (and the noises of later consistency steps) over `times`, with
+    one-hot class labels or None: the teacher's PF-ODE with Heun, or consistency sampling
+    (`runs.draw`). With kind "cm", times [t] and no noises this is f_θ(z, t), the consistency
+    model at (x_t, t) = (z, t)."""
+    num = len(z)
     graphdef, state = nnx.split(model)
     network = jax.jit(_conditioned(graphdef, guidance, takes_guidance))
     out = []
     for start in range(0, num, chunk):
         part = slice(start, start + chunk)
-        labels = (
-            None if classes is None else jnp.asarray(np.eye(num_classes, dtype=np.float32)[classes[part]])
-        )
+        one_hot = None if labels is None else jnp.asarray(labels[part])
 
-        def F_fn(u: jax.Array, t: Any, labels: Any = labels) -> jax.Array:
-            return network(state, u, jnp.asarray(t, u.dtype), labels)
+        def F_fn(u: jax.Array, t: Any, one_hot: Any = one_hot) -> jax.Array:
+            return network(state, u, jnp.asarray(t, u.dtype), one_hot)
 
         if kind == "teacher":
             x = samplers.sample_ode(F_fn, jnp.asarray(z[part]), times, sigma_d, method="heun")
@@ -525,7 +522,7 @@ def draw_samples(
                 F_fn, jnp.asarray(z[part]), times, sigma_d, [jnp.asarray(n[part]) for n in noises]
             )
         out.append(np.asarray(x, dtype=np.float32))
-    return np.concatenate(out), classes
+    return np.concatenate(out)
 
 
 def _conditioned(graphdef: nnx.GraphDef, guidance: float, takes_guidance: bool) -> Callable:
@@ -554,7 +551,7 @@ def run_training(config: RunConfig, run: runs.Run, context: distributed.Context)
     def phase(name: str, train_set: data.Dataset, teacher: nnx.Module | None) -> nnx.Module:
         return train_phase(name, config, train_set, run, context, teacher)
 
-    return runs.train_and_evaluate(config, run, context.main, "jax", phase, load_network, draw_samples)
+    return runs.train_and_evaluate(config, run, context.main, "jax", phase, load_network, sample_from)
 
 
 def load_network(path: Path, sigma_rel: float | None = None) -> tuple[nnx.Module, dict, RunConfig]:
@@ -576,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "sample":
-            return runs.sample_command(args, load_network, draw_samples)
+            return runs.sample_command(args, load_network, sample_from)
         if args.command == "encode":  # the SD-VAE is a PyTorch network: the same latents folder
             from training.torch_run import encode_command
 

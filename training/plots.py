@@ -74,3 +74,18 @@ def metric_plot(results: list[dict], metric: str, path: Path) -> None:
     axis.legend()
     figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(figure)
+
+
+def error_plot(errors: dict[str, dict[str, list[float]]], path: Path) -> None:
+    """Consistency models' exact consistency error against t, one line per model (summary.json's
+    "consistency_error")."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(5, 3.5))
+    for model, curve in errors.items():
+        axis.plot(curve["t"], curve["rms"], marker="o", label=model)
+    axis.set_xlabel("t")
+    axis.set_ylabel("rms ‖f_θ(x_t, t) − f*(x_t, t)‖")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(figure)

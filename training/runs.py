@@ -244,64 +244,95 @@ def load_data(config: RunConfig) -> tuple[data.Dataset, data.Dataset]:
     return full.split(max(1, len(full) // 10), config.seed)
 
 
+OUT_OF_RANGE = 1.05  # image samples: a pixel value beyond ±1.05 counts as out of range (data: [−1, 1])
+
+
 class Metric:
-    """The run's sample-quality score against the held-out set (lower is better): "fd_digits"
-    (Fréchet distance in a digits classifier's features), "sliced_w2" for 2-D data, "fid" or
-    "fd_dinov2" (from the user's feature-network weights), else "fd_pixels" (Fréchet distance of
-    the pixels, average-pooled to at most 8×8). Latents are decoded first when a VAE is given
-    (`eval.vae`); FID and FD-DINOv2 of latents need it."""
+    """The run's sample-quality scores against the held-out set, all lower-is-better; the first,
+    `name`, heads the summary: "fd_digits" (Fréchet distance in a digits classifier's features),
+    "sliced_w2" for 2-D data, "fid" or "fd_dinov2" (from the user's feature-network weights), else
+    "fd_pixels". Images are also scored by "fd_pixels" (Fréchet distance of the pixels clipped to
+    [−1, 1], average-pooled to at most 8×8: it sees what the classifier's features may not) and
+    "out_of_range" (the fraction of pixel values beyond ±OUT_OF_RANGE). Latents are decoded first
+    when a VAE is given (`eval.vae`); FID and FD-DINOv2 of latents need it."""
 
     def __init__(self, config: RunConfig, train: data.Dataset, held_out: data.Dataset) -> None:
         self.seed = config.seed
         self.images = lambda x: x  # samples as images (decoded latents)
+        is_image = len(held_out.sample_shape) == 3 and held_out.sample_shape[0] in (1, 3)
         if config.eval.vae:
             from .vae import SDVAE
 
             vae = SDVAE(config.eval.vae)
-            self.images = lambda x: vae.decode(x, config.sigma_d)
-        elif (
-            config.eval.metric != "auto"
-            and len(held_out.sample_shape) == 3
-            and held_out.sample_shape[0] not in (1, 3)
-        ):
+            self.images, is_image = (lambda x: vae.decode(x, config.sigma_d)), True
+        elif config.eval.metric != "auto" and len(held_out.sample_shape) == 3 and not is_image:
             raise ValueError(f"{config.eval.metric} of latents needs their VAE (--vae FOLDER)")
+        pixels = (lambda x: _pooled_pixels(np.clip(x, -1, 1))) if is_image else _pooled_pixels
+        self.features: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
         if config.eval.metric in ("fid", "fd_dinov2"):
-            self.name = config.eval.metric
-            network = image_features(self.name, config.eval.feature_weights)
-            self.features = lambda x: network(to_uint8_rgb(x))
+            network = image_features(config.eval.metric, config.eval.feature_weights)
+            self.features[config.eval.metric] = lambda x: network(to_uint8_rgb(x))
         elif config.eval.metric != "auto":
             raise ValueError(f"metric must be 'auto', 'fid' or 'fd_dinov2', got {config.eval.metric!r}")
         elif config.data == "digits":
-            self.name = "fd_digits"
             classifier = DigitsFeatures.load_or_train(train, held_out)
             print(f"digits classifier: held-out accuracy {classifier.accuracy:.3f}", file=sys.stderr)
-            self.features = classifier.features
-        elif len(held_out.sample_shape) == 1:
-            self.name = "sliced_w2"
-        else:
-            self.name = "fd_pixels"
-            self.features = _pooled_pixels
+            self.features["fd_digits"] = classifier.features
+        if len(held_out.sample_shape) > 1:
+            self.features["fd_pixels"] = pixels
+        self.name = next(iter(self.features), "sliced_w2")
+        self.out_of_range = is_image
         self.held_out = held_out.x if self.name == "sliced_w2" else None
-        if self.name != "sliced_w2":
-            self.reference = gaussian_statistics(self._features(held_out.get, len(held_out)))
+        self.reference = {
+            name: gaussian_statistics(self._features(features, held_out.get, len(held_out)))
+            for name, features in self.features.items()
+        }
 
-    def of_training_data(self, train: data.Dataset, num: int) -> float:
-        """The metric of `num` training samples: what a perfect model scores at this size."""
-        index = np.random.default_rng(self.seed).choice(len(train), min(num, len(train)), replace=False)
-        return self(train.get(index))
+    def floor(self, train: data.Dataset, num: int, seeds: int) -> dict[str, dict[str, float]]:
+        """The scores of `num` training samples, drawn with `seeds` seeds: what a perfect model
+        scores at this size (mean and spread)."""
+        scores = []
+        for k in range(seeds):
+            index = np.random.default_rng([self.seed, k]).choice(
+                len(train), min(num, len(train)), replace=False
+            )
+            scores.append(self(train.get(np.sort(index)), k))
+        return spread(scores)
 
-    def __call__(self, samples: np.ndarray) -> float:
+    def __call__(self, samples: np.ndarray, seed: int = 0) -> dict[str, float]:
+        """Every score of `samples`; `seed` draws the sliced Wasserstein distance's directions."""
         if self.name == "sliced_w2":
             n = min(len(samples), len(self.held_out))
-            return sliced_wasserstein(samples[:n], self.held_out[:n], np.random.default_rng(self.seed))
-        features = self._features(lambda part: samples[part], len(samples))
-        return frechet_distance(*gaussian_statistics(features), *self.reference)
+            rng = np.random.default_rng([self.seed, seed])
+            return {"sliced_w2": sliced_wasserstein(samples[:n], self.held_out[:n], rng, projections=4096)}
+        scores = {
+            name: frechet_distance(
+                *gaussian_statistics(self._features(features, lambda part: samples[part], len(samples))),
+                *self.reference[name],
+            )
+            for name, features in self.features.items()
+        }
+        if self.out_of_range:
+            scores["out_of_range"] = float(np.mean(np.abs(self.images(samples)) > OUT_OF_RANGE))
+        return scores
 
-    def _features(self, get, size: int, chunk: int = 1000) -> np.ndarray:
+    def _features(self, features: Callable, get: Callable, size: int, chunk: int = 1000) -> np.ndarray:
         """Features of `size` samples taken `chunk` at a time by `get(slice)` (decoded images of
         50,000 latents would not fit in memory at once)."""
         parts = range(0, size, chunk)
-        return np.concatenate([self.features(self.images(get(slice(i, i + chunk)))) for i in parts])
+        return np.concatenate([features(self.images(get(slice(i, i + chunk)))) for i in parts])
+
+
+def spread(scores: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """{name: {"mean", "std"}} of scores measured several times (std with Bessel's correction; 0
+    for one measurement)."""
+    return {
+        name: {
+            "mean": float(np.mean(values)),
+            "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+        }
+        for name, values in ((name, [s[name] for s in scores]) for name in scores[0])
+    }
 
 
 def _pooled_pixels(x: np.ndarray) -> np.ndarray:
@@ -354,6 +385,9 @@ def argument_parser(doc: str, presets: dict) -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint-every", type=int, metavar="N", help="steps between checkpoints")
     parser.add_argument("--log-every", type=int, metavar="N", help="steps between lines of metrics.jsonl")
     parser.add_argument("--eval-num", type=int, metavar="N", help="samples per model and sampler")
+    parser.add_argument(
+        "--eval-seeds", type=int, metavar="K", help="sampling seeds per model and sampler (mean and spread)"
+    )
     parser.add_argument("--precision", choices=("float32", "bfloat16", "float16"))
     parser.add_argument(
         "--passes", choices=("separate", "fused", "compiled"), help="how sCM steps run the tangent"
@@ -469,7 +503,8 @@ def _start(args: argparse.Namespace, presets: dict) -> tuple[RunConfig, Run]:
             config = replace(config, **{phase: replace(getattr(config, phase), **updates)})
         except ValueError as error:
             raise ValueError(f"{phase}: {error}") from None
-    evaluation = {"num": args.eval_num, "metric": args.metric, "feature_weights": args.feature_weights}
+    evaluation = {"num": args.eval_num, "seeds": args.eval_seeds, "metric": args.metric}
+    evaluation["feature_weights"] = args.feature_weights
     evaluation["vae"] = args.vae
     evaluation = {key: value for key, value in evaluation.items() if value is not None}
     config = replace(config, eval=replace(config.eval, **evaluation))
@@ -502,6 +537,62 @@ def _start(args: argparse.Namespace, presets: dict) -> tuple[RunConfig, Run]:
 # --- a whole run, and sampling a checkpoint (either backend) --------------------------------
 
 
+def draw(
+    sample_from: Callable[..., np.ndarray],
+    model: Any,
+    kind: str,
+    num_steps: int,
+    num: int,
+    seed: int,
+    sample_shape: tuple[int, ...],
+    num_classes: int,
+    sigma_d: float,
+    guidance: float = 1.0,
+    takes_guidance: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """`num` samples and their classes (or None) by the backend's `sample_from`, from
+    `sampling_inputs`: the same seed gives the same samples in either backend."""
+    times, z, noises, classes = sampling_inputs(
+        kind, num_steps, num, seed, sample_shape, num_classes, sigma_d
+    )
+    labels = None if classes is None else np.eye(num_classes, dtype=np.float32)[classes]
+    return sample_from(model, kind, times, z, noises, labels, sigma_d, guidance, takes_guidance), classes
+
+
+# the times at which toy2d's consistency models are compared with the exact flow map
+ERROR_TIMES = (0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5)
+
+
+def consistency_error(
+    sample_from: Callable[..., np.ndarray],
+    model: Any,
+    config: RunConfig,
+    held_out: data.Dataset,
+    num: int,
+) -> dict[str, list[float]]:
+    """The exact consistency error of a model of toy2d's ring: rms ‖f_θ(x_t, t) − f*(x_t, t)‖ at
+    each of ERROR_TIMES and t_max over `num` samples, where f* is the exact PF-ODE flow map from t to 0 of the
+    ring's mixture (Heun over 128 EDM levels in float64) and x_t = cos t·x0 + sin t·z with
+    held-out x0. A multistep sample is as good as f_θ at its times: this says where it is wrong."""
+    from trigcore import samplers
+
+    from .toy import F_fn_from_denoiser, ring
+
+    mixture = replace(ring(), sigma_d=config.sigma_d)
+    exact = F_fn_from_denoiser(mixture.denoise, config.sigma_d)
+    rng = np.random.default_rng([config.seed, 11])
+    times, errors = [*ERROR_TIMES, schedule.t_max(config.sigma_d)], []
+    for t in times:
+        x0 = held_out.x[rng.choice(len(held_out), num, replace=False)].astype(np.float64)
+        x_t = np.cos(t) * x0 + np.sin(t) * config.sigma_d * rng.standard_normal(x0.shape)
+        grid = schedule.trigflow_timesteps(128, config.sigma_d, sigma_max=config.sigma_d * np.tan(t), xp=np)
+        f_star = samplers.sample_ode(exact, x_t, grid, config.sigma_d, method="heun")
+        f = sample_from(model, "cm", [t], x_t.astype(np.float32), np.zeros((0, *x_t.shape), np.float32), None,
+                        config.sigma_d)  # fmt: skip
+        errors.append(float(np.sqrt(np.mean(np.sum((f - f_star) ** 2, axis=1)))))
+    return {"t": [round(t, 6) for t in times], "rms": errors}
+
+
 def train_and_evaluate(
     config: RunConfig,
     run: Run,
@@ -509,7 +600,7 @@ def train_and_evaluate(
     backend: str,
     train_phase: Callable[..., Any],
     load_network: Callable[[Path], tuple[Any, dict, RunConfig]],
-    draw_samples: Callable[..., tuple[np.ndarray, np.ndarray | None]],
+    sample_from: Callable[..., np.ndarray],
 ) -> dict | None:
     """Train the configured phases with the backend's `train_phase(name, train_set, teacher)`,
     then (on the main process) evaluate every model and write the summary; other processes
@@ -517,9 +608,9 @@ def train_and_evaluate(
     train_set, held_out = load_data(config)
     metric = Metric(config, train_set, held_out) if main else None
     if metric is not None:
-        floor = metric.of_training_data(train_set, config.eval.num)
-        run.log({"phase": "eval", "model": "data", "num": config.eval.num, metric.name: floor})
-        print(f"{metric.name} of {config.eval.num} training samples (the floor at this size): {floor:.4f}")
+        floors = metric.floor(train_set, config.eval.num, config.eval.seeds)
+        run.log({"phase": "eval", "model": "data", "num": config.eval.num, **_means(floors)})
+        print(f"{config.eval.num} training samples (the floor at this size): {_text(floors)}")
     start = time.perf_counter() - run.elapsed()
     models = {}
     # the teacher (Eq. 4 with adaptive weighting) or a trained one, then the consistency models:
@@ -539,55 +630,78 @@ def train_and_evaluate(
             models[name] = train_phase(name, train_set, models["teacher"])
     if metric is None:
         return None
-    # evaluation: every model and sampler on the same noise, against held-out data
+    # evaluation: every model and sampler on the same noises (eval.seeds sets of them), against
+    # held-out data; on toy2d also the consistency models' exact consistency error
     results = []
     for name, model in models.items():
         kind, counts = (
             ("teacher", config.eval.heun_steps) if name == "teacher" else ("cm", config.eval.cm_steps)
         )
         for n in counts:
-            samples, _ = draw_samples(
-                model,
-                kind,
-                n,
-                config.eval.num,
-                config.seed + 7,
-                train_set.sample_shape,
-                train_set.num_classes,
-                config.sigma_d,
-                config.eval.guidance_of(name, n),
-                takes_guidance(config, name),
-            )
+            scores = []
+            for k in range(config.eval.seeds):
+                samples, _ = draw(
+                    sample_from, model, kind, n, config.eval.num, config.seed + 7 + k,
+                    train_set.sample_shape, train_set.num_classes, config.sigma_d,
+                    config.eval.guidance_of(name, n), takes_guidance(config, name),
+                )  # fmt: skip
+                scores.append(metric(samples, k))
+                if k == 0:
+                    grid = metric.images(samples[: config.eval.grid])
             nfe = 2 * n - 1 if kind == "teacher" else n
             sampler = f"heun-{n}" if kind == "teacher" else f"{n}-step"
-            value = metric(samples)
-            results.append({"model": name, "sampler": sampler, "nfe": nfe, "value": value})
-            run.log({"phase": "eval", "model": name, "sampler": sampler, "nfe": nfe, metric.name: value})
-            grid = metric.images(samples[: config.eval.grid])
+            measured = spread(scores)
+            head = measured[metric.name]
+            results.append(
+                {"model": name, "sampler": sampler, "nfe": nfe, "value": head["mean"], "spread": head["std"],
+                 "metrics": measured}
+            )  # fmt: skip
+            run.log({"phase": "eval", "model": name, "sampler": sampler, "nfe": nfe, **_means(measured)})
             save_samples(grid, run.folder / "samples" / f"{name}_{sampler}.png")
-            print(f"  {name:<8} {sampler:<8} NFE {nfe:>3}  {metric.name} {value:.4f}")
+            print(f"  {name:<8} {sampler:<8} NFE {nfe:>3}  {_text(measured)}")
     plots.metric_plot(results, metric.name, run.folder / "metric_vs_nfe.png")
     summary = {
         "dataset": config.data,
         "backend": backend,
         "metric": metric.name,
+        "floors": floors,
         "results": results,
         "wall_seconds": round(time.perf_counter() - start, 1),
     }
+    if config.data == "toy2d":
+        errors = {
+            name: consistency_error(sample_from, model, config, held_out, config.eval.num)
+            for name, model in models.items()
+            if name != "teacher"
+        }
+        for name, curve in errors.items():
+            rows = ", ".join(f"t {t:.2f}: {e:.4f}" for t, e in zip(curve["t"], curve["rms"]))
+            print(f"  {name:<8} exact consistency error (rms) {rows}")
+        plots.error_plot(errors, run.folder / "consistency_error.png")
+        summary["consistency_error"] = errors
     run.write_summary(summary)
     return summary
+
+
+def _means(scores: dict[str, dict[str, float]]) -> dict[str, float]:
+    return {name: value["mean"] for name, value in scores.items()}
+
+
+def _text(scores: dict[str, dict[str, float]]) -> str:
+    return "  ".join(f"{name} {v['mean']:.4f} ± {v['std']:.4f}" for name, v in scores.items())
 
 
 def sample_command(
     args: argparse.Namespace,
     load_network: Callable[[Path, float | None], tuple[Any, dict, RunConfig]],
-    draw_samples: Callable[..., tuple[np.ndarray, np.ndarray | None]],
+    sample_from: Callable[..., np.ndarray],
 ) -> int:
     """`sample`: draw from a checkpoint of either backend into an .npz (and a PNG of images)."""
     model, meta, config = load_network(args.checkpoint, args.ema)
     kind = "teacher" if meta["phase"] == "teacher" else "cm"
     shape = tuple(meta["sample_shape"])
-    samples, classes = draw_samples(
+    samples, classes = draw(
+        sample_from,
         model,
         kind,
         args.steps,

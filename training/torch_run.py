@@ -476,24 +476,23 @@ def _load_optimizer(
 # --- sampling --------------------------------------------------------------------------------
 
 
-def draw_samples(
+def sample_from(
     model: torch.nn.Module,
     kind: str,
-    num_steps: int,
-    num: int,
-    seed: int,
-    sample_shape: tuple[int, ...],
-    num_classes: int,
+    times: list[float],
+    z: np.ndarray,
+    noises: np.ndarray,
+    labels: np.ndarray | None,
     sigma_d: float,
     guidance: float = 1.0,
     takes_guidance: bool = False,
     chunk: int = 500,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """`num` samples and their classes (or None), from `runs.sampling_inputs`: the same seed
-    gives the same samples in either backend."""
-    times, z, noises, classes = runs.sampling_inputs(
-        kind, num_steps, num, seed, sample_shape, num_classes, sigma_d
-    )
+) -> np.ndarray:
+    """Samples from the start z (and the noises of later consistency steps) over `times`, with
+    one-hot class labels or None: the teacher's PF-ODE with Heun, or consistency sampling
+    (`runs.draw`). With kind "cm", times [t] and no noises this is f_θ(z, t), the consistency
+    model at (x_t, t) = (z, t)."""
+    num = len(z)
     device = next(model.parameters()).device
 
     def tensor(a: np.ndarray) -> torch.Tensor:
@@ -502,8 +501,7 @@ def draw_samples(
     out = []
     for start in range(0, num, chunk):
         part = slice(start, start + chunk)
-        labels = None if classes is None else tensor(np.eye(num_classes, dtype=np.float32)[classes[part]])
-        F_fn = _conditioned(model, labels, guidance, takes_guidance)
+        F_fn = _conditioned(model, None if labels is None else tensor(labels[part]), guidance, takes_guidance)
         with torch.no_grad():
             if kind == "teacher":
                 x = samplers.sample_ode(F_fn, tensor(z[part]), times, sigma_d, method="heun")
@@ -512,7 +510,7 @@ def draw_samples(
                     F_fn, tensor(z[part]), times, sigma_d, [tensor(n[part]) for n in noises]
                 )
         out.append(x.float().cpu().numpy())
-    return np.concatenate(out), classes
+    return np.concatenate(out)
 
 
 def _conditioned(model: torch.nn.Module, labels, guidance: float, takes_guidance: bool):
@@ -547,7 +545,7 @@ def run_training(
     def load(path: Path) -> tuple[torch.nn.Module, dict, RunConfig]:
         return load_network(path, device=context.device)
 
-    return runs.train_and_evaluate(config, run, context.main, "torch", phase, load, draw_samples)
+    return runs.train_and_evaluate(config, run, context.main, "torch", phase, load, sample_from)
 
 
 def _check_sharding(config: RunConfig) -> None:
@@ -620,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     context = distributed.SINGLE
     try:
         if args.command == "sample":
-            return runs.sample_command(args, load_network, draw_samples)
+            return runs.sample_command(args, load_network, sample_from)
         if args.command == "encode":
             return encode_command(args)
         context = distributed.setup(args.device)

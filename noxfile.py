@@ -81,7 +81,7 @@ def bench(session: nox.Session) -> None:
 
 @nox.session
 def train(session: nox.Session) -> None:
-    """The default training run (`python training/torch_run.py`: digits, 7–10 minutes on 2 CPU
+    """The default training run (`python training/torch_run.py`: digits, 6–10 minutes on 2 CPU
     cores); arguments after `--` go to the script, e.g. `-- --preset toy2d`."""
     install(session, "torch,train")
     session.run("python", "training/torch_run.py", *session.posargs)

@@ -134,6 +134,21 @@ def test_frechet_distance_matches_the_matrix_square_root_formula() -> None:
         gaussian_statistics(np.zeros((1, 3)))
 
 
+def test_sliced_w2_of_a_translation_is_exact_in_2d_and_close_in_3d() -> None:
+    """Sets differing by a shift δ: every projection moves by δ·u, so SW² = E_u (δ·u)² = |δ|²/d.
+    In 2-D the evenly spaced angles give it exactly, whatever the random generator."""
+    from training.metrics import sliced_wasserstein
+
+    a = np.random.default_rng(0).normal(size=(500, 2))
+    delta = np.array([0.3, -0.4])
+    for seed in (1, 2):
+        got = sliced_wasserstein(a, a + delta, np.random.default_rng(seed), projections=16)
+        assert got == pytest.approx(0.5 / np.sqrt(2), rel=1e-12)
+    b = np.random.default_rng(0).normal(size=(500, 3))
+    got = sliced_wasserstein(b, b + np.array([0.3, -0.4, 0.0]), np.random.default_rng(1), projections=4096)
+    assert got == pytest.approx(0.5 / np.sqrt(3), rel=0.03)
+
+
 def test_digits_classifier_is_accurate_and_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRIGCORE_CACHE", str(tmp_path))
     train, held_out = data.digits()

@@ -57,7 +57,7 @@ def sampling_inputs(
     num_classes: int,
     sigma_d: float,
 ) -> tuple[list[float], np.ndarray, np.ndarray, np.ndarray | None]:
-    """What `draw_samples` of either backend starts from: (times, z, noises, classes). All noise
+    """What `draw` hands to either backend's `sample_from`: (times, z, noises, classes). All noise
     comes from numpy's generator seeded with `seed`, so the same seed gives the same samples in
     both backends; classes are balanced (0, 1, …) or None. "teacher" solves the PF-ODE with Heun
     over `num_steps` EDM levels (NFE 2·num_steps − 1); "cm" samples a consistency model in
@@ -304,7 +304,7 @@ class Metric:
         if self.name == "sliced_w2":
             n = min(len(samples), len(self.held_out))
             rng = np.random.default_rng([self.seed, seed])
-            return {"sliced_w2": sliced_wasserstein(samples[:n], self.held_out[:n], rng, projections=4096)}
+            return {"sliced_w2": sliced_wasserstein(samples[:n], self.held_out[:n], rng, projections=1024)}
         scores = {
             name: frechet_distance(
                 *gaussian_statistics(self._features(features, lambda part: samples[part], len(samples))),
@@ -601,10 +601,13 @@ def train_and_evaluate(
     train_phase: Callable[..., Any],
     load_network: Callable[[Path], tuple[Any, dict, RunConfig]],
     sample_from: Callable[..., np.ndarray],
+    release: Callable[[], None] = lambda: None,
 ) -> dict | None:
     """Train the configured phases with the backend's `train_phase(name, train_set, teacher)`,
     then (on the main process) evaluate every model and write the summary; other processes
-    return None."""
+    return None. `release()` runs on every process when training is done, before the main one
+    evaluates alone (torch: every process leaves the process group together there, rather than
+    the others leaving while the main one still evaluates, which aborted gloo processes)."""
     train_set, held_out = load_data(config)
     metric = Metric(config, train_set, held_out) if main else None
     if metric is not None:
@@ -628,6 +631,7 @@ def train_and_evaluate(
     for name in PHASES[1:]:
         if getattr(config, name).steps:
             models[name] = train_phase(name, train_set, models["teacher"])
+    release()
     if metric is None:
         return None
     # evaluation: every model and sampler on the same noises (eval.seeds sets of them), against

@@ -545,7 +545,9 @@ def run_training(
     def load(path: Path) -> tuple[torch.nn.Module, dict, RunConfig]:
         return load_network(path, device=context.device)
 
-    return runs.train_and_evaluate(config, run, context.main, "torch", phase, load, sample_from)
+    return runs.train_and_evaluate(
+        config, run, context.main, "torch", phase, load, sample_from, lambda: distributed.finish(context)
+    )
 
 
 def _check_sharding(config: RunConfig) -> None:

@@ -570,10 +570,11 @@ def consistency_error(
     held_out: data.Dataset,
     num: int,
 ) -> dict[str, list[float]]:
-    """The exact consistency error of a model of toy2d's ring: rms ‖f_θ(x_t, t) − f*(x_t, t)‖ at
-    each of ERROR_TIMES and t_max over `num` samples, where f* is the exact PF-ODE flow map from t to 0 of the
-    ring's mixture (Heun over 128 EDM levels in float64) and x_t = cos t·x0 + sin t·z with
-    held-out x0. A multistep sample is as good as f_θ at its times: this says where it is wrong."""
+    """The exact consistency error of a model of toy2d's ring: rms ‖f_θ(x_t, t) − f*(x_t, t)‖ over
+    `num` samples at each of ERROR_TIMES and t_max, where f* is the exact PF-ODE flow map from t
+    to 0 of the ring's mixture (Heun over 128 EDM levels in float64) and x_t = cos t·x0 + sin t·z
+    with held-out x0. A multistep sample is as good as f_θ at its times: this says where it is
+    wrong."""
     from trigcore import samplers
 
     from .toy import F_fn_from_denoiser, ring
@@ -587,8 +588,8 @@ def consistency_error(
         x_t = np.cos(t) * x0 + np.sin(t) * config.sigma_d * rng.standard_normal(x0.shape)
         grid = schedule.trigflow_timesteps(128, config.sigma_d, sigma_max=config.sigma_d * np.tan(t), xp=np)
         f_star = samplers.sample_ode(exact, x_t, grid, config.sigma_d, method="heun")
-        f = sample_from(model, "cm", [t], x_t.astype(np.float32), np.zeros((0, *x_t.shape), np.float32), None,
-                        config.sigma_d)  # fmt: skip
+        no_noises = np.zeros((0, *x_t.shape), np.float32)  # one step: f_θ(x_t, t) itself
+        f = sample_from(model, "cm", [t], x_t.astype(np.float32), no_noises, None, config.sigma_d)
         errors.append(float(np.sqrt(np.mean(np.sum((f - f_star) ** 2, axis=1)))))
     return {"t": [round(t, 6) for t in times], "rms": errors}
 

@@ -62,29 +62,30 @@ def points_plot(samples: np.ndarray, reference: np.ndarray, path: Path, title: s
 
 def metric_plot(results: list[dict], metric: str, path: Path) -> None:
     """The metric against NFE (log scale), one line per model (summary.json's "results")."""
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(5, 3.5))
-    for model in dict.fromkeys(r["model"] for r in results):
-        rows = sorted((r["nfe"], r["value"]) for r in results if r["model"] == model)
-        axis.plot(*zip(*rows), marker="o", label=model)
-    axis.set_xscale("log")
-    axis.set_xlabel("network evaluations per sample (NFE)")
-    axis.set_ylabel(metric)
-    axis.grid(alpha=0.3)
-    axis.legend()
-    figure.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(figure)
+    lines = {
+        model: sorted((r["nfe"], r["value"]) for r in results if r["model"] == model)
+        for model in dict.fromkeys(r["model"] for r in results)
+    }
+    _line_plot(lines, "network evaluations per sample (NFE)", metric, path, log_x=True)
 
 
 def error_plot(errors: dict[str, dict[str, list[float]]], path: Path) -> None:
     """Consistency models' exact consistency error against t, one line per model (summary.json's
     "consistency_error")."""
+    lines = {model: list(zip(curve["t"], curve["rms"])) for model, curve in errors.items()}
+    _line_plot(lines, "t", "rms ‖f_θ(x_t, t) − f*(x_t, t)‖", path)
+
+
+def _line_plot(lines: dict[str, list], x_label: str, y_label: str, path: Path, log_x: bool = False) -> None:
+    """One marked line of (x, y) points per label."""
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(5, 3.5))
-    for model, curve in errors.items():
-        axis.plot(curve["t"], curve["rms"], marker="o", label=model)
-    axis.set_xlabel("t")
-    axis.set_ylabel("rms ‖f_θ(x_t, t) − f*(x_t, t)‖")
+    for label, points in lines.items():
+        axis.plot(*zip(*points), marker="o", label=label)
+    if log_x:
+        axis.set_xscale("log")
+    axis.set_xlabel(x_label)
+    axis.set_ylabel(y_label)
     axis.grid(alpha=0.3)
     axis.legend()
     figure.savefig(path, dpi=120, bbox_inches="tight")

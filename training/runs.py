@@ -283,10 +283,8 @@ class Metric:
         self.name = next(iter(self.features), "sliced_w2")
         self.out_of_range = is_image
         self.held_out = held_out.x if self.name == "sliced_w2" else None
-        self.reference = {
-            name: gaussian_statistics(self._features(features, held_out.get, len(held_out)))
-            for name, features in self.features.items()
-        }
+        features, _ = self._measure(held_out.get, len(held_out))
+        self.reference = {name: gaussian_statistics(f) for name, f in features.items()}
 
     def floor(self, train: data.Dataset, num: int, seeds: int) -> dict[str, dict[str, float]]:
         """The scores of `num` training samples, drawn with `seeds` seeds: what a perfect model
@@ -305,22 +303,30 @@ class Metric:
             n = min(len(samples), len(self.held_out))
             rng = np.random.default_rng([self.seed, seed])
             return {"sliced_w2": sliced_wasserstein(samples[:n], self.held_out[:n], rng, projections=1024)}
+        features, out_of_range = self._measure(lambda part: samples[part], len(samples))
         scores = {
-            name: frechet_distance(
-                *gaussian_statistics(self._features(features, lambda part: samples[part], len(samples))),
-                *self.reference[name],
-            )
-            for name, features in self.features.items()
+            name: frechet_distance(*gaussian_statistics(f), *self.reference[name])
+            for name, f in features.items()
         }
         if self.out_of_range:
-            scores["out_of_range"] = float(np.mean(np.abs(self.images(samples)) > OUT_OF_RANGE))
+            scores["out_of_range"] = out_of_range
         return scores
 
-    def _features(self, features: Callable, get: Callable, size: int, chunk: int = 1000) -> np.ndarray:
-        """Features of `size` samples taken `chunk` at a time by `get(slice)` (decoded images of
-        50,000 latents would not fit in memory at once)."""
-        parts = range(0, size, chunk)
-        return np.concatenate([features(self.images(get(slice(i, i + chunk)))) for i in parts])
+    def _measure(self, get: Callable, size: int, chunk: int = 1000) -> tuple[dict[str, np.ndarray], float]:
+        """Every feature set of `size` samples and their fraction of values beyond ±OUT_OF_RANGE,
+        taken `chunk` at a time by `get(slice)` and made images once per chunk (decoded images of
+        50,000 latents would not fit in memory at once, and decoding is the costly part)."""
+        features: dict[str, list[np.ndarray]] = {name: [] for name in self.features}
+        beyond = values = 0
+        for i in range(0, size, chunk):
+            images = self.images(get(slice(i, i + chunk)))
+            beyond, values = (
+                beyond + int(np.count_nonzero(np.abs(images) > OUT_OF_RANGE)),
+                values + images.size,
+            )
+            for name, extract in self.features.items():
+                features[name].append(extract(images))
+        return {name: np.concatenate(parts) for name, parts in features.items()}, beyond / values
 
 
 def spread(scores: list[dict[str, float]]) -> dict[str, dict[str, float]]:

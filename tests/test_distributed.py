@@ -14,7 +14,6 @@ import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("sklearn")
-pytestmark = pytest.mark.slow  # several processes each
 
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = [
@@ -44,6 +43,7 @@ def run(command: list[str], tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+@pytest.mark.slow  # several processes
 def test_two_gloo_processes_give_the_losses_of_one_process_with_two_micro_batches(tmp_path: Path) -> None:
     script = str(ROOT / "training" / "torch_run.py")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
@@ -60,6 +60,7 @@ def test_two_gloo_processes_give_the_losses_of_one_process_with_two_micro_batche
     assert not np.allclose([v for *_, v in single], [v for *_, v in one], rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_fsdp2_shards_the_separate_passes_but_not_the_fused_ones(tmp_path: Path) -> None:
     """What README.md says of FSDP2 in this torch version: every process sees the same batch,
     so the sharded step must give the unsharded loss and gradients exactly."""
@@ -79,6 +80,7 @@ def test_fsdp2_shards_the_separate_passes_but_not_the_fused_ones(tmp_path: Path)
     assert "custom Function's forward is returning a view" in fused["error"]
 
 
+@pytest.mark.slow
 def test_fsdp2_training_gives_the_losses_of_one_process_and_resumes_exactly(tmp_path: Path) -> None:
     """`--parallel fsdp`: the tiny EDM2 U-Net sharded per block over 2 gloo processes (its 0-d
     gains replicated) trains the teacher, sCD and sCT with the losses of 1 process with 2
@@ -105,3 +107,21 @@ def test_fsdp2_training_gives_the_losses_of_one_process_and_resumes_exactly(tmp_
     resumed = {(p, s): v for p, s, v in losses(tmp_path / "cut")}
     assert set(resumed) == {("teacher", 2), ("teacher", 3), ("scd", 2), ("sct", 2)}
     assert resumed == {(p, s): v for p, s, v in two if (p, s) in resumed}
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_only_the_main_process_ends_through_the_interpreters_teardown(rank: str, tmp_path: Path) -> None:
+    # the other processes of a torchrun group skip it (where gloo can abort them), output flushed
+    script = (
+        "import atexit, sys\n"
+        "from backends.torch import distributed\n"
+        "atexit.register(lambda: print('teardown'))\n"
+        "print('trained', end='')\n"
+        "print('warned', end='', file=sys.stderr)\n"
+        "distributed.end_process(3)\n"
+    )
+    env = {**os.environ, "RANK": rank, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3
+    assert done.stderr == "warned"
+    assert done.stdout == ("trained" if rank == "1" else "trainedteardown\n")

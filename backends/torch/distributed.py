@@ -15,7 +15,9 @@ are spread over processes (tested with 2 gloo processes against 1 process with 2
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -133,6 +135,20 @@ def gather(value: object, context: Context) -> list:
 def finish(context: Context) -> None:
     if context.world > 1 and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def end_process(code: int) -> NoReturn:
+    """End the process with `code`. A process of a torchrun group other than the main one ends at
+    once, its output flushed, skipping the interpreter's and the C++ runtime's teardown: there,
+    in static destructors after Python has finished, torch 2.13's gloo backend can abort the
+    process ("terminate called without an active exception", SIGABRT) while another process
+    still holds the group. Measured with a 2-process DDP script whose main process keeps its
+    group 1 s longer: 3 aborts in 18 runs with a normal exit, none in 20 with this one."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def barrier(context: Context) -> None:

@@ -323,10 +323,8 @@ class Metric:
         beyond = values = 0
         for i in range(0, size, chunk):
             images = self.images(get(slice(i, i + chunk)))
-            beyond, values = (
-                beyond + int(np.count_nonzero(np.abs(images) > OUT_OF_RANGE)),
-                values + images.size,
-            )
+            beyond += int(np.count_nonzero(np.abs(images) > OUT_OF_RANGE))
+            values += images.size
             for name, extract in self.features.items():
                 features[name].append(extract(images))
         return {name: np.concatenate(parts) for name, parts in features.items()}, beyond / values

@@ -313,3 +313,27 @@ def test_datasets_keep_samples_compact_until_a_batch_is_drawn(tmp_path: Path) ->
     np.testing.assert_allclose(latents.get([4, 1]), (raw[[4, 1]] - mean) * 0.5 / std, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="no x.npy there"):
         data.load_latents(tmp_path)
+
+
+# --- phase settings --------------------------------------------------------------------------
+
+
+def test_each_consistency_phase_sets_its_own_tangent_normalisation() -> None:
+    from training import runs
+    from training.config import PRESETS, PhaseConfig, RunConfig
+
+    digits = PRESETS["digits"]
+    assert (runs.loss_settings("sct", digits).tangent, runs.loss_settings("sct", digits).c) == ("normalize", 0.1)
+    assert {runs.loss_settings(name, PRESETS["toy2d"]).tangent for name in ("scd", "sct")} == {"none"}
+    clipped = replace(digits, sct=replace(digits.sct, tangent="clip", tangent_c=0.5))
+    settings = runs.loss_settings("sct", clipped)
+    assert (settings.tangent, settings.c) == ("clip", 0.5)
+    assert runs.loss_settings("scd", clipped).tangent == "normalize"
+    # configs written before the setting existed (checkpoints, config.json) read as normalised
+    old = clipped.to_dict()
+    del old["sct"]["tangent"], old["sct"]["tangent_c"]
+    assert RunConfig.from_dict(old).sct.tangent == "normalize"
+    with pytest.raises(ValueError, match=r"tangent = 'unit', expected 'normalize', 'clip' or 'none'"):
+        PhaseConfig(steps=1, tangent="unit")
+    with pytest.raises(ValueError, match=r"tangent_c = 0, expected > 0"):
+        PhaseConfig(steps=1, tangent_c=0)

@@ -94,6 +94,8 @@ def loss_settings(name: str, config: RunConfig) -> Any:
         config.sigma_d,
         phase.P_mean,
         phase.P_std,
+        tangent=phase.tangent,
+        c=phase.tangent_c,
         warmup_steps=phase.warmup_steps,
         guidance_max=phase.guidance_max,
         precision=config.precision,

@@ -2,9 +2,9 @@
 
 The same runs as `torch_run.py`, with the same command line, presets, run folder and checkpoint
 format: with no arguments it trains the default on scikit-learn's bundled digits (a TrigFlow
-teacher, sCD distilled from it with the CFG scale as the student's input, sCT from scratch),
-samples the teacher with Heun's method and the consistency models with 1 and 2 steps, and scores
-each by the Fréchet distance to held-out digits. Each step is one jitted program.
+teacher, sCD distilled from it with the CFG scale as the student's input, sCT started from its
+weights), samples the teacher with Heun's method and the consistency models with 1 and 2 steps,
+and scores each by the Fréchet distance to held-out digits. Each step is one jitted program.
 
     python training/jax_run.py                          # the default run (digits)
     python training/jax_run.py --preset toy2d           # 2-D ring of Gaussians, sliced Wasserstein

@@ -1,7 +1,7 @@
 """Train continuous-time consistency models end to end with PyTorch.
 
 With no arguments it runs the default on scikit-learn's bundled digits: a class-conditional
-TrigFlow teacher, sCD distilled from it (the CFG scale given to the student), sCT from scratch,
+TrigFlow teacher, sCD distilled from it (the CFG scale given to the student), sCT started from its weights,
 then the teacher sampled with Heun's method and the consistency models with 1 and 2 steps, each
 scored by the Fréchet distance to held-out digits in a small classifier's feature space. The
 paper's presets are cifar10, imagenet64-s…xl and imagenet512-s…xxl (these add sCD + aVSD, dsCD).

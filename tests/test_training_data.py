@@ -323,7 +323,8 @@ def test_each_consistency_phase_sets_its_own_tangent_normalisation() -> None:
     from training.config import PRESETS, PhaseConfig, RunConfig
 
     digits = PRESETS["digits"]
-    assert (runs.loss_settings("sct", digits).tangent, runs.loss_settings("sct", digits).c) == ("normalize", 0.1)
+    settings = runs.loss_settings("sct", digits)
+    assert (settings.tangent, settings.c) == ("normalize", 0.1)
     assert {runs.loss_settings(name, PRESETS["toy2d"]).tangent for name in ("scd", "sct")} == {"none"}
     clipped = replace(digits, sct=replace(digits.sct, tangent="clip", tangent_c=0.5))
     settings = runs.loss_settings("sct", clipped)

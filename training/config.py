@@ -2,8 +2,8 @@
 a comment per field, and the presets the command line starts from.
 
 A run trains a TrigFlow teacher (Eq. 4), distils it with sCD (Alg. 1 with the teacher's PF-ODE,
-its CFG scale given to the student) and trains sCT from the teacher's weights, then evaluates the teacher with
-Heun's sampler and the consistency models with 1 and 2 steps.
+its CFG scale given to the student) and trains sCT from the teacher's weights, then evaluates
+the teacher with Heun's sampler and the consistency models with 1 and 2 steps.
 
 >>> config = PRESETS["digits"]
 >>> config.data, config.teacher.steps > 0, config.network.label_dim
@@ -191,7 +191,7 @@ def _digits() -> RunConfig:
 def _toy2d() -> RunConfig:
     # as the digits: decaying rates and a proposal weighted to small t; 256 wide, as the
     # 8 sharp modes need; sCT starts from the teacher (G.2) and trains twice as long; no tangent
-    # normalisation, with which sCT's second step cost 13% (README: the ablations)
+    # normalisation, with which sCT's second step cost 12–27% (README: the ablations)
     cm = dict(batch=256, lr=5e-4, P_mean=-1.8, P_std=1.4, ema_halflife=2000, tangent="none")
     return RunConfig(
         preset="toy2d",

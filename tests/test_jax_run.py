@@ -159,6 +159,57 @@ def test_training_on_a_mesh_of_4_devices_equals_one_device() -> None:
 
 
 @pytest.mark.slow
+def test_runs_evaluate_and_sample_on_meshes_of_1_2_and_4_devices(tmp_path: Path) -> None:
+    """The run script end to end in processes with 1, 2 and 4 CPU devices (the run takes them
+    all: data-parallel on 2, sharded weights on 4): every run trains, samples and scores its
+    models on its mesh (a run used to fail there once trained: its weights on the mesh, the
+    sampler's inputs on one device) and writes the same summary; `sample` in each process
+    draws the same samples from the same checkpoint."""
+    cache = tmp_path / "cache"
+
+    def run(devices: int, *args: str) -> subprocess.CompletedProcess:
+        env = {
+            **os.environ,
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+            "JAX_PLATFORMS": "cpu",
+            "TRIGCORE_CACHE": str(cache),
+        }
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "training" / "jax_run.py"), *args],
+            env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    short = ["--teacher-steps", "10", "--scd-steps", "4", "--sct-steps", "4", "--eval-num", "40"]
+    summaries, samples = {}, {}
+    for devices, parallel in ((1, "ddp"), (2, "ddp"), (4, "fsdp")):
+        for preset in ("digits", "toy2d"):
+            if preset == "toy2d" and devices == 2:
+                continue
+            runs_folder = tmp_path / f"{preset}-{devices}"
+            run(devices, "--preset", preset, *short, "--parallel", parallel, "--runs", str(runs_folder))
+            summaries[preset, devices] = json.loads((only_run(runs_folder) / "summary.json").read_text())
+        checkpoint = only_run(tmp_path / "digits-1") / "checkpoints" / "scd-000004"
+        out = tmp_path / f"samples-{devices}.npz"
+        sample = ["sample", "--checkpoint", str(checkpoint), "--steps", "2", "--num", "12", "--out", str(out)]
+        run(devices, *sample)
+        samples[devices] = np.load(out)["samples"]
+    for (preset, devices), summary in summaries.items():
+        reference = summaries[preset, 1]
+        assert len(summary["results"]) == len(reference["results"]) == 8  # 4 Heun, 2 × 2 CM
+        for got, want in zip(summary["results"], reference["results"]):
+            assert (got["model"], got["sampler"]) == (want["model"], want["sampler"])
+            assert got["value"] == pytest.approx(want["value"], rel=1e-3), (preset, devices, got, want)
+        if preset == "toy2d":
+            for name, curve in summary["consistency_error"].items():
+                want = reference["consistency_error"][name]["rms"]
+                np.testing.assert_allclose(curve["rms"], want, rtol=1e-3)
+    for devices in (2, 4):
+        np.testing.assert_allclose(samples[devices], samples[1], atol=1e-5)
+
+
+@pytest.mark.slow
 def test_every_phase_kind_of_a_paper_preset_runs_and_resumes_exactly(tmp_path: Path) -> None:
     """imagenet512-s shrunk to an MLP on random 4×8×8 latents: every phase kind (sCD with CFG,
     sCT, sCD + aVSD, dsCD), fp16 with loss scaling, power EMAs and the teacher's post-hoc EMA;

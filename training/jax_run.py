@@ -503,25 +503,26 @@ def sample_from(
     """Samples from the start z (and the noises of later consistency steps) over `times`, with
     one-hot class labels or None: the teacher's PF-ODE with Heun, or consistency sampling
     (`runs.draw`). With kind "cm", times [t] and no noises this is f_θ(z, t), the consistency
-    model at (x_t, t) = (z, t)."""
-    num = len(z)
+    model at (x_t, t) = (z, t). The whole sampler is one jitted program; when the model's
+    weights live on a mesh (as a run trains them), each device samples its share of the rows."""
     graphdef, state = nnx.split(model)
-    network = jax.jit(_conditioned(graphdef, guidance, takes_guidance))
-    out = []
-    for start in range(0, num, chunk):
-        part = slice(start, start + chunk)
-        one_hot = None if labels is None else jnp.asarray(labels[part])
+    F_of = _conditioned(graphdef, guidance, takes_guidance)
 
-        def F_fn(u: jax.Array, t: Any, one_hot: Any = one_hot) -> jax.Array:
-            return network(state, u, jnp.asarray(t, u.dtype), one_hot)
+    @jax.jit
+    def sample(state: nnx.State, z: jax.Array, noises: list[jax.Array], one_hot: Any) -> jax.Array:
+        def F_fn(u: jax.Array, t: jax.Array) -> jax.Array:
+            return F_of(state, u, t, one_hot)
 
         if kind == "teacher":
-            x = samplers.sample_ode(F_fn, jnp.asarray(z[part]), times, sigma_d, method="heun")
-        else:
-            x = samplers.sample_consistency(
-                F_fn, jnp.asarray(z[part]), times, sigma_d, [jnp.asarray(n[part]) for n in noises]
-            )
-        out.append(np.asarray(x, dtype=np.float32))
+            return samplers.sample_ode(F_fn, z, times, sigma_d, method="heun")
+        return samplers.sample_consistency(F_fn, z, times, sigma_d, noises)
+
+    mesh = distributed.mesh_of(state)
+    out = []
+    for start in range(0, len(z), chunk):
+        rows = lambda a, part=slice(start, start + chunk): distributed.split_rows(mesh, a[part])  # noqa: E731
+        x = sample(state, rows(z), [rows(n) for n in noises], None if labels is None else rows(labels))
+        out.append(distributed.gather_rows(x, len(z[start : start + chunk])).astype(np.float32))
     return np.concatenate(out)
 
 

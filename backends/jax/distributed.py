@@ -77,3 +77,30 @@ def place_batch(context: Context, a: np.ndarray) -> jax.Array:
 def replicated(context: Context, tree: Any) -> Any:
     """A pytree with a whole copy on each device (e.g. a frozen teacher)."""
     return jax.device_put(tree, NamedSharding(context.mesh, PartitionSpec()))
+
+
+def mesh_of(tree: Any) -> Mesh | None:
+    """The mesh a pytree's arrays are placed on (the first leaf placed on one), or None when
+    none is (arrays on the default device, as loaded from a checkpoint)."""
+    for leaf in jax.tree.leaves(tree):
+        sharding = getattr(leaf, "sharding", None)
+        if isinstance(sharding, NamedSharding):
+            return sharding.mesh
+    return None
+
+
+def split_rows(mesh: Mesh | None, a: np.ndarray) -> jax.Array:
+    """A host array split along its first axis over the mesh's "data" axis (as a whole on the
+    default device without a mesh), its rows padded with zeros to a multiple of the mesh's size:
+    drop the padding from what comes back (`gather_rows`)."""
+    if mesh is None:
+        return jax.numpy.asarray(a)
+    pad = -len(a) % mesh.devices.size
+    if pad:
+        a = np.concatenate([a, np.zeros((pad, *a.shape[1:]), a.dtype)])
+    return jax.device_put(a, NamedSharding(mesh, PartitionSpec("data")))
+
+
+def gather_rows(x: jax.Array, num: int) -> np.ndarray:
+    """The first `num` rows of an array split over devices (`split_rows`), on the host."""
+    return np.asarray(x)[:num]

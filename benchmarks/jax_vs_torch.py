@@ -97,7 +97,11 @@ def jax_step(network: str, kind: str, device: str):
     holder = {"state": state}
     step_fn = jax_run._make_step(kind, config, phase, graphdef, teacher_graphdef, tx, None)
     x0, labels = make_batch(shape, batch)
-    data = {"x0": distributed.place_batch(context, x0), "labels": distributed.place_batch(context, labels)}
+    rows = np.arange(batch)
+    data = {
+        name: distributed.load_batch(context, rows, a.__getitem__)
+        for name, a in (("x0", x0), ("labels", labels))
+    }
     teacher_params = distributed.replicated(context, teacher_params)
     rate = np.float32(phase.lr)
 

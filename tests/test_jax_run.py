@@ -5,10 +5,13 @@ training sharded over a mesh of 4 CPU devices."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -207,6 +210,90 @@ def test_runs_evaluate_and_sample_on_meshes_of_1_2_and_4_devices(tmp_path: Path)
                 np.testing.assert_allclose(curve["rms"], want, rtol=1e-3)
     for devices in (2, 4):
         np.testing.assert_allclose(samples[devices], samples[1], atol=1e-5)
+
+
+def launch(folder: Path, processes: int, devices: int, *extra: str) -> list[tuple[int, str, float]]:
+    """tests/multiprocess_check.py in `processes` processes of `devices` CPU devices each (a
+    run of several: gloo, the coordinator on 127.0.0.1); (exit code, output, seconds) of each."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "JAX_PLATFORMS": "cpu",
+    }
+    several = (
+        ["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes)] if processes > 1 else []
+    )
+    start = time.perf_counter()
+    folder.mkdir(parents=True, exist_ok=True)
+    logs = [open(folder / f"process-{i}.log", "w") for i in range(processes)]  # noqa: SIM115
+    running = [
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "multiprocess_check.py"), str(folder), *several, *extra]
+            + (["--process-id", str(i)] if processes > 1 else []),
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for i, log in enumerate(logs)
+    ]
+    seconds: dict[int, float] = {}
+    while len(seconds) < processes and time.perf_counter() - start < 900:
+        for i, process in enumerate(running):
+            if i not in seconds and process.poll() is not None:
+                seconds[i] = time.perf_counter() - start
+        time.sleep(0.2)
+    ended = []
+    for i, (process, log) in enumerate(zip(running, logs)):
+        if i not in seconds:
+            process.kill()
+        log.close()
+        ended.append((process.wait(), (folder / f"process-{i}.log").read_text(), seconds.get(i, math.inf)))
+    return ended
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one_resume_exactly_and_stop_when_one_dies(tmp_path: Path) -> None:
+    """`jax.distributed` on this machine (tests/multiprocess_check.py): 2 processes × 2 CPU
+    devices train every phase kind, data-parallel and with sharded weights, to the weights of
+    1 process × 4 devices (within the tolerance of the one-process sharding check); cut back
+    to their step-2 checkpoints, the 2 processes resume to the same weights exactly; and when
+    one process dies midway, the other stops with an error within the heartbeat timeout."""
+
+    def weights(folder: Path, mode: str) -> dict[str, np.ndarray]:
+        with np.load(folder / f"{mode}.npz") as arrays:
+            return dict(arrays)
+
+    for code, output, _ in launch(tmp_path / "one", 1, 4) + launch(tmp_path / "two", 2, 2):
+        assert code == 0, output[-3000:]
+    for mode in ("ddp", "fsdp"):
+        one, two = weights(tmp_path / "one", mode), weights(tmp_path / "two", mode)
+        assert set(one) == set(two) and len(one) > 50  # every phase kind's parameters
+        for name in one:
+            scale = max(np.abs(one[name]).max(), 1e-12)
+            assert np.abs(two[name] - one[name]).max() / scale < 1e-5, (mode, name)
+    uninterrupted = {mode: weights(tmp_path / "two", mode) for mode in ("ddp", "fsdp")}
+    for path in (tmp_path / "two").glob("*/checkpoints/*000003.*"):
+        path.unlink()  # the last checkpoints and power-EMA snapshots of every phase
+    for code, output, _ in launch(tmp_path / "two", 2, 2):
+        assert code == 0, output[-3000:]
+    for mode, before in uninterrupted.items():
+        resumed = weights(tmp_path / "two", mode)
+        for name in before:
+            np.testing.assert_array_equal(resumed[name], before[name], err_msg=f"{mode} {name}")
+        steps = [
+            json.loads(line) for line in (tmp_path / "two" / mode / "metrics.jsonl").read_text().splitlines()
+        ]
+        assert [r["step"] for r in steps if r["phase"] == "teacher"] == [0, 2, 2]  # resumed at step 2
+    (main, main_output, main_seconds), (dead, dead_output, dead_seconds) = launch(
+        tmp_path / "dies", 2, 2, "--exit-at-step", "5", "--heartbeat-timeout", "10"
+    )
+    assert dead == 3 and "process 1 exits at step 5" in dead_output
+    assert main != 0 and "another task died" in main_output, main_output[-3000:]
+    assert main_seconds - dead_seconds < 60  # not a hang: the heartbeat timeout and a margin
 
 
 @pytest.mark.slow

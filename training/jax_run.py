@@ -13,10 +13,13 @@ and scores each by the Fréchet distance to held-out digits. Each step is one ji
         --num 64 --seed 0 --out samples.npz            # a checkpoint of either backend
     XLA_FLAGS=--xla_force_host_platform_device_count=4 python training/jax_run.py \\
         --parallel fsdp                                 # a mesh of 4 CPU devices, sharded weights
+    python training/jax_run.py --coordinator HOST:PORT --num-processes 2 --process-id I
+                                                        # one of 2 processes (each host runs one)
 
 A run writes into its folder: config.json, metrics.jsonl, checkpoints/ (safetensors + JSON),
 samples/*.png, metric_vs_nfe.png and summary.json, and prints the folder at the end. With several
-devices the batch is split over them (`--parallel ddp`: weights replicated; `fsdp`: sharded).
+devices the batch is split over them (`--parallel ddp`: weights replicated; `fsdp`: sharded),
+and with several processes over every device of every process, process 0 writing the folder.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -84,7 +88,7 @@ def build_network(
 def arrays_of(prefix: str, params: nnx.State) -> dict[str, np.ndarray]:
     """Parameters as numpy under "<prefix>/<name>", the names of PyTorch's state_dict (sharded
     arrays gathered whole)."""
-    return {f"{prefix}/{name}": np.asarray(value) for name, value in named(params).items()}
+    return {f"{prefix}/{name}": value for name, value in distributed.to_host(named(params)).items()}
 
 
 def load_arrays(params: nnx.State, arrays: dict[str, np.ndarray], prefix: str) -> nnx.State:
@@ -145,14 +149,15 @@ def averaged_params(
 ) -> nnx.State:
     """The weights a phase hands on (to evaluation and to the phases distilled from it): the
     power EMA of width `ema_use` (G.2: 0.05 for CMs; Tables 3–4 for teachers), reconstructed post
-    hoc from the phase's snapshots when not tracked; else the half-life EMA, else the weights."""
+    hoc from the phase's snapshots when not tracked; else the half-life EMA, else the weights.
+    With several processes, whole on each (`distributed.local`)."""
     if phase.ema_use and averages.power is not None and phase.ema_use in averages.power.sigma_rels:
-        return averages.power[phase.ema_use]
-    if phase.ema_use:
-        return posthoc_params(folder, name, phase.ema_use, params)
-    if averages.halflife is not None:
-        return averages.halflife.average
-    return params
+        handed = averages.power[phase.ema_use]
+    elif phase.ema_use:
+        handed = posthoc_params(folder, name, phase.ema_use, params)
+    else:
+        handed = averages.halflife.average if averages.halflife is not None else params
+    return distributed.local(handed)
 
 
 def posthoc_params(folder: Path, name: str, sigma_rel: float, params: nnx.State) -> nnx.State:
@@ -238,6 +243,7 @@ def train_phase(
     teacher_params = None if teacher is None else distributed.replicated(context, teacher_params)
     step_fn = _make_step(name, config, phase, graphdef, teacher_graphdef, tx, vsd)
     log = run.log if context.main else lambda record: None
+    save = checkpoint.save if context.main else lambda path, arrays, meta: None
     skipped_in_a_row = 0
     progress = runs.progress(
         range(start, phase.steps), name, initial=start, total=phase.steps, disable=not context.main
@@ -266,8 +272,7 @@ def train_phase(
             log({"phase": name, "step": step, **values})
             progress.set_postfix(loss=f"{values['loss']:.4f}")
         done = step + 1 == phase.steps
-        if not context.main:
-            continue
+        # every process gathers what a checkpoint holds (sharded arrays whole); the main one writes
         if averages.power is not None and (
             (step + 1) % (phase.snapshot_every or phase.checkpoint_every) == 0 or done
         ):
@@ -277,7 +282,7 @@ def train_phase(
                 "sigma_rels": averages.power.sigma_rels,
             }
             path = run.checkpoints / f"{name}.ema-{step + 1:06d}"
-            checkpoint.save(path, averages.arrays(power_only=True), meta)
+            save(path, averages.arrays(power_only=True), meta)
         if (step + 1) % phase.checkpoint_every == 0 or done:
             arrays = arrays_of("model", params) | averages.arrays()
             arrays |= _optimizer_arrays(state["opt"], "optimizer")
@@ -300,7 +305,8 @@ def train_phase(
                 meta["fake_optimizer"] = _optimizer_meta(state["fake_opt"])
             for key_name in scales:
                 meta[key_name] = {k: v.item() for k, v in state[key_name].items()}
-            checkpoint.save(run.checkpoints / f"{name}-{step + 1:06d}", arrays, meta)
+            save(run.checkpoints / f"{name}-{step + 1:06d}", arrays, meta)
+    distributed.barrier(f"{name} saved")  # the last checkpoint and snapshots, for every process
     return nnx.merge(graphdef, averaged_params(name, phase, averages, params, run.checkpoints))
 
 
@@ -440,10 +446,10 @@ class _VSD:
 
 
 def _batch(train_set: data.Dataset, index: np.ndarray, context: distributed.Context) -> dict:
-    batch = {"x0": distributed.place_batch(context, train_set.get(index))}
-    labels = train_set.one_hot(index)
-    if labels is not None:
-        batch["labels"] = distributed.place_batch(context, labels)
+    """The global batch of samples `index` over the mesh, each process loading its own rows."""
+    batch = {"x0": distributed.load_batch(context, index, train_set.get)}
+    if train_set.labels is not None:
+        batch["labels"] = distributed.load_batch(context, index, train_set.one_hot)
     return batch
 
 
@@ -452,10 +458,10 @@ def _optimizer_arrays(opt_state: Any, prefix: str) -> dict[str, np.ndarray]:
     <prefix>/exp_avg/<part>/<name>, <prefix>/exp_avg_sq/<part>/<name>."""
     adam = _adam_state(opt_state)
     return {
-        f"{prefix}/{moment}/{part}/{name}": np.asarray(value)
+        f"{prefix}/{moment}/{part}/{name}": value
         for moment, tree in (("exp_avg", adam.mu), ("exp_avg_sq", adam.nu))
         for part, state in tree.items()
-        for name, value in named(state).items()
+        for name, value in distributed.to_host(named(state)).items()
     }
 
 
@@ -571,6 +577,17 @@ def load_network(path: Path, sigma_rel: float | None = None) -> tuple[nnx.Module
 
 def main(argv: list[str] | None = None) -> int:
     parser = runs.argument_parser(__doc__, PRESETS)
+    several = parser.add_argument_group(
+        "several processes (jax.distributed; without these flags, joined where a SLURM job step, "
+        "a multi-host TPU slice or mpirun launched several)"
+    )
+    several.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address, which it serves")
+    several.add_argument("--num-processes", type=int, metavar="N", help="processes in the run (1: alone)")
+    several.add_argument("--process-id", type=int, metavar="I", help="this process, in [0, N)")
+    several.add_argument(
+        "--heartbeat-timeout", type=int, default=100, metavar="S",
+        help="seconds after which a silent process stops the others (default 100)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     try:
         if args.command == "sample":
@@ -579,16 +596,23 @@ def main(argv: list[str] | None = None) -> int:
             from training.torch_run import encode_command
 
             return encode_command(args)
-        config, run = runs.start(args, PRESETS)
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id, args.heartbeat_timeout)
+        config, run = runs.start(args, PRESETS, jax.process_index() == 0, distributed.share)
         context = distributed.setup(
             "auto" if args.device == "auto" else args.device, config.parallel == "fsdp"
         )
         summary = run_training(config, run, context)
+        distributed.barrier("evaluated")  # the others wait while the main process evaluates
     except (ValueError, FileNotFoundError, FileExistsError) as error:  # bad input: nothing was trained
         print(f"error: {error}", file=sys.stderr)
         return 2
     except RuntimeError as error:  # a phase gave up (non-finite losses); its checkpoints are intact
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except Exception:  # with several processes: printed here, then `end_process` ends this one
+        if jax.process_count() == 1:
+            raise
+        traceback.print_exc()
         return 1
     if summary is not None:
         print(json.dumps({r["model"] + " " + r["sampler"]: round(r["value"], 4) for r in summary["results"]}))
@@ -597,4 +621,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    distributed.end_process(main())

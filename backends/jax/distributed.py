@@ -11,11 +11,16 @@ single device's up to the order of floating-point sums.
 
 from __future__ import annotations
 
+import os
+import pickle
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 
@@ -32,6 +37,75 @@ class Context:
     def main(self) -> bool:
         """Whether this process writes files and prints (the first of a multi-process run)."""
         return jax.process_index() == 0
+
+
+def cluster_detected() -> bool:
+    """Whether this process is one of several that a cluster launched, in a way JAX detects
+    itself (`jax.distributed.initialize()` with no arguments): a SLURM job step of several
+    tasks, a multi-host TPU slice, or Open MPI's mpirun of several processes."""
+    env = os.environ
+    tasks = env.get("SLURM_STEP_NUM_TASKS") or (env.get("SLURM_NTASKS") if "SLURM_STEP_ID" in env else None)
+    return (
+        int(tasks or 1) > 1
+        or "," in env.get("TPU_WORKER_HOSTNAMES", "")
+        or int(env.get("OMPI_COMM_WORLD_SIZE", 1)) > 1
+    )
+
+
+def initialize(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    heartbeat_timeout: int = 100,
+) -> bool:
+    """Join a run of several processes (`jax.distributed`) before any computation, and say
+    whether this is one: with a coordinator HOST:PORT (process 0 serves it), the number of
+    processes and this one's id in [0, N), or with none of them where the cluster is detected
+    (`cluster_detected`). CPU devices exchange data over gloo. A process that stops sending
+    heartbeats for `heartbeat_timeout` seconds makes every other one exit with an error."""
+    given = {"--coordinator": coordinator, "--num-processes": num_processes, "--process-id": process_id}
+    if any(v is not None for v in given.values()) and num_processes != 1:
+        missing = [flag for flag, value in given.items() if value is None]
+        if missing:
+            raise ValueError(
+                f"several processes need {', '.join(given)} together; missing {', '.join(missing)}"
+            )
+        if not (isinstance(num_processes, int) and num_processes >= 1 and 0 <= process_id < num_processes):
+            raise ValueError(f"--process-id must be in [0, {num_processes}), got {process_id}")
+        host, _, port = str(coordinator).rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"--coordinator must be HOST:PORT, got {coordinator!r}")
+    elif num_processes == 1 or not cluster_detected():
+        return False
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator, num_processes, process_id, heartbeat_timeout_seconds=heartbeat_timeout
+    )
+    return True
+
+
+def end_process(code: int) -> NoReturn:
+    """End the process with `code`. With several processes each ends at once, its output
+    flushed, skipping `jax.distributed`'s shutdown barrier: a process that ends by an error while
+    the others wait in a collective would otherwise wait there for the shutdown timeout (300 s),
+    alive and so not detected; ended, it stops sending heartbeats and the others stop after the
+    heartbeat timeout (`initialize`)."""
+    if jax.process_count() > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+def share(value: Any) -> Any:
+    """Process 0's `value` (anything picklable), on every process."""
+    if jax.process_count() == 1:
+        return value
+    data = np.frombuffer(pickle.dumps(value), np.uint8) if jax.process_index() == 0 else np.zeros(0, np.uint8)
+    size = int(multihost_utils.broadcast_one_to_all(np.int64(len(data))))
+    buffer = np.zeros(size, np.uint8)
+    buffer[: len(data)] = data
+    return pickle.loads(np.asarray(multihost_utils.broadcast_one_to_all(buffer)).tobytes())
 
 
 def setup(device: str = "auto", shard: bool = False) -> Context:
@@ -67,16 +141,36 @@ def place_params(context: Context, tree: Any) -> Any:
     return jax.tree.map(lambda a: jax.device_put(a, param_sharding(context, a.shape)), tree)
 
 
-def place_batch(context: Context, a: np.ndarray) -> jax.Array:
-    """A batch placed across the devices (its size must divide by their number)."""
-    if a.shape[0] % context.size:
-        raise ValueError(f"a batch of {a.shape[0]} does not split over {context.size} devices")
-    return jax.device_put(a, batch_sharding(context))
+def load_batch(context: Context, index: np.ndarray, get: Callable[[np.ndarray], np.ndarray]) -> jax.Array:
+    """The global batch of rows `get(index)`, split along its first axis over the devices; each
+    process loads only the rows of its own devices (`index` must split evenly over them)."""
+    if len(index) % context.size:
+        raise ValueError(f"a batch of {len(index)} does not split over {context.size} devices")
+    row = get(index[:1])
+    return jax.make_array_from_callback(
+        (len(index), *row.shape[1:]), batch_sharding(context), lambda rows: get(index[rows[0]])
+    )
 
 
 def replicated(context: Context, tree: Any) -> Any:
-    """A pytree with a whole copy on each device (e.g. a frozen teacher)."""
-    return jax.device_put(tree, NamedSharding(context.mesh, PartitionSpec()))
+    """A pytree with a whole copy on each device (e.g. a frozen teacher), from arrays that every
+    process holds whole."""
+    return jax.device_put(to_host(tree), NamedSharding(context.mesh, PartitionSpec()))
+
+
+def to_host(tree: Any) -> Any:
+    """A pytree's arrays whole, as numpy, on every process (sharded ones gathered: with several
+    processes every process must call this at the same point)."""
+    if jax.process_count() == 1:
+        return jax.tree.map(np.asarray, tree)
+    return jax.tree.map(
+        lambda a: (
+            np.asarray(a)
+            if getattr(a, "is_fully_addressable", True) or a.is_fully_replicated
+            else np.asarray(multihost_utils.process_allgather(a, tiled=True))
+        ),
+        tree,
+    )
 
 
 def mesh_of(tree: Any) -> Mesh | None:
@@ -104,3 +198,18 @@ def split_rows(mesh: Mesh | None, a: np.ndarray) -> jax.Array:
 def gather_rows(x: jax.Array, num: int) -> np.ndarray:
     """The first `num` rows of an array split over devices (`split_rows`), on the host."""
     return np.asarray(x)[:num]
+
+
+def barrier(name: str) -> None:
+    """Wait until every process gets here (with several processes; `name` tells the points apart)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def local(tree: Any) -> Any:
+    """A pytree on this process's own default device: with several processes, what the main
+    process evaluates alone (a program over every process's devices needs all of them); with
+    one, the tree unchanged. Every process must call it at the same point."""
+    if jax.process_count() == 1:
+        return tree
+    return jax.tree.map(jax.numpy.asarray, to_host(tree))

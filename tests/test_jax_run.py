@@ -127,6 +127,21 @@ def test_bad_input_is_refused_before_any_training(
     assert "teacher: steps = -3, expected ≥ 0" in capsys.readouterr().err
     assert jax_run.main(["--device", "tpu", *runs]) == 2
     assert "--device tpu: no such JAX devices" in capsys.readouterr().err
+    # several processes: refused before jax.distributed is started
+    for flags, message in (
+        (["--num-processes", "2"], "missing --coordinator, --process-id"),
+        (
+            ["--coordinator", "127.0.0.1:1234", "--num-processes", "2", "--process-id", "2"],
+            "in [0, 2), got 2",
+        ),
+        (
+            ["--coordinator", "localhost", "--num-processes", "2", "--process-id", "0"],
+            "HOST:PORT, got 'localhost'",
+        ),
+    ):
+        assert jax_run.main([*flags, "--runs", str(tmp_path / "several")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "several").exists()  # no run folder: nothing started
     (tmp_path / "junk.json").write_text("{}")
     assert jax_run.main(["sample", "--checkpoint", str(tmp_path / "junk")]) == 2
     assert "not a trigcore checkpoint" in capsys.readouterr().err

@@ -1,8 +1,9 @@
-"""Scale-out with `jax.sharding`: one mesh over the devices, the batch split along its "data"
-axis, parameters replicated (data-parallel) or sharded along their first axis (for the large
-presets: each device holds 1/n of every weight, optimiser moment and EMA). The training step is
-one jitted program over global arrays, so XLA inserts the communication and the results equal a
-single device's up to the order of floating-point sums.
+"""Scale-out with `jax.sharding`: one mesh over the devices (with several processes, over
+every process's devices: `initialize`), the batch split along its "data" axis, parameters
+replicated (data-parallel) or sharded along their first axis (for the large presets: each
+device holds 1/n of every weight, optimiser moment and EMA). The training step is one jitted
+program over global arrays, so XLA inserts the communication and the results equal a single
+device's up to the order of floating-point sums.
 
 >>> context = setup("cpu")
 >>> context.size >= 1, context.main

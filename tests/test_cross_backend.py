@@ -216,10 +216,16 @@ def test_one_optimiser_step_agrees(kind: str) -> None:
     loss = (t_net(T(d["x"]), T(d["t"]), T(d["labels"])) ** 2).mean()
     optimizer = torch_optim.make_optimizer(t_net.parameters(), kind, lr=1e-2, betas=(0.9, 0.99), eps=1e-8)
     torch_optim.apply_gradients(loss, optimizer)
-    grads = nnx.grad(lambda net: (net(jnp.asarray(d["x"]), d["t"], d["labels"]) ** 2).mean())(j_net)
-    params = nnx.state(j_net, nnx.Param)
     tx = jax_optim.make_optimizer(kind, lr=1e-2, betas=(0.9, 0.99), eps=1e-8)
-    new, _, finite = jax_optim.apply_gradients(tx, params, tx.init(params), grads)
+
+    @nnx.jit  # one compiled program: op by op, the first call compiled each operation (~10 s)
+    def step(net: nnx.Module) -> tuple:
+        grads = nnx.grad(lambda net: (net(jnp.asarray(d["x"]), d["t"], d["labels"]) ** 2).mean())(net)
+        params = nnx.state(net, nnx.Param)
+        new, _, finite = jax_optim.apply_gradients(tx, params, tx.init(params), grads)
+        return new, finite
+
+    new, finite = step(j_net)
     assert bool(finite)
     stepped = jax_layers.named(new)
     for name, value in t_net.state_dict().items():

@@ -80,7 +80,19 @@ class Backend:
                 full[i] = a
             return fn(*full, **kwargs)
 
-        return jax.jit(inner)(*[args[i] for i in traced])
+        # one compiled program per function and untraced arguments (their types included, as
+        # 1 == 1.0 == True), reused across calls: compiling anew on every call made the
+        # hypothesis tests' jit cases cost about 10 s of CPU each
+        static = [(i, type(a), a) for i, a in enumerate(args) if i not in traced]
+        key = (fn, tuple(traced), tuple(static), tuple((k, type(v), v) for k, v in sorted(kwargs.items())))
+        try:
+            jitted = _JITTED.setdefault(key, jax.jit(inner))
+        except TypeError:  # an unhashable argument: no reuse
+            jitted = jax.jit(inner)
+        return jitted(*[args[i] for i in traced])
+
+
+_JITTED: dict = {}
 
 
 def _backends() -> list[Any]:

@@ -10,7 +10,8 @@ Under pytest-xdist each worker gets its share of the cores for its thread pools 
 small tests tens of times slower. Subprocesses that tests start inherit the setting.
 
 The fast tier (every test not marked `slow`) keeps each test within `--time-budget` seconds,
-its setup included (module fixtures count against the first test that uses them). A test over
+its setup included (module fixtures count against the first test that uses them; session
+fixtures, shared by tests across modules such as the short training runs, count against none). A test over
 it fails with its timings and the remedy: make it cheaper or mark it `@pytest.mark.slow`. Both
 the wall time and the CPU time (the process's threads and the subprocesses it waited for) must
 exceed the budget, so that a busy machine, which stretches only the wall time, fails nothing.
@@ -39,6 +40,8 @@ collect_ignore = [] if importlib.util.find_spec("triton") else ["backends/torch/
 
 TIME_BUDGET = 10.0  # seconds per fast-tier test, setup included
 STARTED = pytest.StashKey[tuple[float, float]]()  # wall and CPU clocks when a test began
+SHARED = pytest.StashKey[list[float]]()  # wall and CPU seconds of session fixtures it set up
+RUNNING: list[pytest.Item] = []  # the test being run
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -60,7 +63,25 @@ def cpu_seconds() -> float:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> object:
     item.stash[STARTED] = (time.perf_counter(), cpu_seconds())
-    return (yield)
+    item.stash[SHARED] = [0.0, 0.0]
+    RUNNING[:] = [item]
+    try:
+        return (yield)
+    finally:
+        RUNNING.clear()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef, request: pytest.FixtureRequest) -> object:
+    if fixturedef.scope != "session" or not RUNNING:
+        return (yield)
+    wall0, cpu0 = time.perf_counter(), cpu_seconds()
+    try:
+        return (yield)
+    finally:
+        shared = RUNNING[0].stash[SHARED]
+        shared[0] += time.perf_counter() - wall0
+        shared[1] += cpu_seconds() - cpu0
 
 
 @pytest.hookimpl(wrapper=True)
@@ -69,8 +90,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytes
     budget = item.config.getoption("time_budget")
     if call.when != "call" or not report.passed or not budget or item.get_closest_marker("slow"):
         return report
-    wall0, cpu0 = item.stash[STARTED]
-    wall, cpu = time.perf_counter() - wall0, cpu_seconds() - cpu0
+    (wall0, cpu0), (shared_wall, shared_cpu) = item.stash[STARTED], item.stash[SHARED]
+    wall, cpu = time.perf_counter() - wall0 - shared_wall, cpu_seconds() - cpu0 - shared_cpu
     if min(wall, cpu) > budget:
         report.outcome = "failed"
         report.longrepr = (

@@ -1,5 +1,6 @@
 """The fast tier's time budget (conftest.py): a test not marked slow that costs more than the
-budget, its setup included, fails with the remedy; wall time alone (a busy machine) fails nothing."""
+budget, its setup included (session fixtures excepted), fails with the remedy; wall time alone
+(a busy machine) fails nothing."""
 
 from __future__ import annotations
 
@@ -42,6 +43,15 @@ def test_costly_setup_paid_once(costly):
     pass
 
 
+@pytest.fixture(scope="session")
+def shared():  # set up once for tests across modules: charged to none of them
+    burn(0.6)
+
+
+def test_shared_setup(shared):
+    burn(0.05)
+
+
 @pytest.mark.slow
 def test_costly_but_slow():
     burn(0.6)
@@ -57,7 +67,7 @@ def test_a_fast_tier_test_over_the_budget_fails_with_the_remedy(pytester: pytest
     pytester.makeini("[pytest]\nmarkers =\n    slow: the slow tier\n")
     pytester.makepyfile(test_suite=SUITE)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--time-budget", "0.4")
-    result.assert_outcomes(passed=4, failed=2)
+    result.assert_outcomes(passed=5, failed=2)
     result.stdout.fnmatch_lines(
         [
             "*test_costly took * s (* s of CPU), setup included: over the fast tier's budget of 0.4 s.*",
@@ -66,4 +76,4 @@ def test_a_fast_tier_test_over_the_budget_fails_with_the_remedy(pytester: pytest
         ]
     )
     off = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--time-budget", "0")
-    off.assert_outcomes(passed=6)
+    off.assert_outcomes(passed=7)

@@ -270,6 +270,44 @@ def launch(folder: Path, processes: int, devices: int, *extra: str) -> list[tupl
     return ended
 
 
+CLUSTERS = {
+    "a SLURM job step of 2 tasks": {"SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "2"},
+    "SLURM's batch script, outside any step": {"SLURM_NTASKS": "2"},
+    "a SLURM job step of 1 task": {"SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "1"},
+    "a GKE TPU slice of 2 hosts": {"TPU_WORKER_HOSTNAMES": "host-0,host-1"},
+    "mpirun of 2 processes": {"OMPI_COMM_WORLD_SIZE": "2"},
+    "nothing": {},
+}
+
+
+@pytest.mark.parametrize("cluster", CLUSTERS)
+def test_a_cluster_is_joined_without_flags_where_jax_detects_it(
+    cluster: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jax._src import cloud_tpu_init
+
+    from backends.jax import distributed
+
+    for name in (
+        "SLURM_STEP_ID",
+        "SLURM_STEP_NUM_TASKS",
+        "SLURM_NTASKS",
+        "TPU_WORKER_HOSTNAMES",
+        "OMPI_COMM_WORLD_SIZE",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in CLUSTERS[cluster].items():
+        monkeypatch.setenv(name, value)
+    several = cluster in (
+        "a SLURM job step of 2 tasks",
+        "a GKE TPU slice of 2 hosts",
+        "mpirun of 2 processes",
+    )
+    assert distributed.cluster_detected() == several
+    monkeypatch.setattr(cloud_tpu_init, "running_in_cloud_tpu_vm", True)  # a Cloud TPU VM
+    assert distributed.cluster_detected()
+
+
 @pytest.mark.slow
 def test_two_processes_train_as_one_resume_exactly_and_stop_when_one_dies(tmp_path: Path) -> None:
     """`jax.distributed` on this machine (tests/multiprocess_check.py): 2 processes × 2 CPU

@@ -320,7 +320,7 @@ def _check_resumable(found: Path, meta: dict, config: RunConfig) -> None:
     if meta["shards"] != config.micro_batches:
         raise ValueError(
             f"{found}: written with {meta['shards']} micro-batches, resumed with {config.micro_batches}; "
-            f"resume with the same number"
+            "resume with the same number (--micro-batches)"
         )
 
 
@@ -601,6 +601,9 @@ def main(argv: list[str] | None = None) -> int:
         context = distributed.setup(
             "auto" if args.device == "auto" else args.device, config.parallel == "fsdp"
         )
+        if context.main:
+            print(f"run folder: {run.folder} (processes: {jax.process_count()}, devices: {context.size} "
+                  f"{jax.default_backend()}, micro-batches: {config.micro_batches})", flush=True)  # fmt: skip
         summary = run_training(config, run, context)
         distributed.barrier("evaluated")  # the others wait while the main process evaluates
     except (ValueError, FileNotFoundError, FileExistsError) as error:  # bad input: nothing was trained

@@ -383,7 +383,11 @@ def argument_parser(doc: str, presets: dict) -> argparse.ArgumentParser:
     )
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="folder for new run folders")
     parser.add_argument(
-        "--resume", type=Path, metavar="RUN_FOLDER", help="continue a run from its checkpoints"
+        "--resume",
+        type=Path,
+        metavar="RUN_FOLDER",
+        help="continue a run from its checkpoints, with its own config (of the other flags only "
+        "--micro-batches applies: to keep processes × micro-batches when resuming on fewer processes)",
     )
     for phase in PHASES:
         flag = phase.replace("_", "-")
@@ -480,11 +484,17 @@ def start(
 
 
 def _start(args: argparse.Namespace, presets: dict) -> tuple[RunConfig, Run]:
+    for flag, value in (("--log-every", args.log_every), ("--micro-batches", args.micro_batches)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}")
     if args.resume is not None:
         config_path = args.resume / "config.json"
         if not config_path.exists():
             raise FileNotFoundError(f"--resume {args.resume}: no config.json there (not a run folder)")
-        return RunConfig.from_dict(json.loads(config_path.read_text())), Run(args.resume)
+        config = RunConfig.from_dict(json.loads(config_path.read_text()))
+        if args.micro_batches is not None:  # how the same shards are spread: not saved
+            config = replace(config, micro_batches=args.micro_batches)
+        return config, Run(args.resume)
     config = presets[args.preset]
     if args.data is not None:
         config = replace(config, data=args.data)
@@ -517,9 +527,6 @@ def _start(args: argparse.Namespace, presets: dict) -> tuple[RunConfig, Run]:
     evaluation["vae"] = args.vae
     evaluation = {key: value for key, value in evaluation.items() if value is not None}
     config = replace(config, eval=replace(config.eval, **evaluation))
-    for flag, value in (("--log-every", args.log_every), ("--micro-batches", args.micro_batches)):
-        if value is not None and value < 1:
-            raise ValueError(f"{flag} must be at least 1, got {value}")
     for key in (
         "precision",
         "passes",

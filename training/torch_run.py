@@ -205,7 +205,7 @@ def train_phase(
         if meta["shards"] != shards:
             raise ValueError(
                 f"{found}: written with {meta['shards']} shards (processes × micro-batches), "
-                f"resumed with {shards}; resume with the same number"
+                f"resumed with {shards}; resume with the same number (--micro-batches)"
             )
         load_arrays(network, arrays, "model")
     averages = Averages(network, phase)  # whole copies, also when the network is sharded
@@ -627,6 +627,9 @@ def main(argv: list[str] | None = None) -> int:
         config, run = runs.start(
             args, PRESETS, context.main, lambda value: distributed.gather(value, context)[0]
         )
+        if context.main:
+            print(f"run folder: {run.folder} (processes: {context.world} on {context.device.type}, "
+                  f"micro-batches: {config.micro_batches})", flush=True)  # fmt: skip
         summary = run_training(config, run, context)
     except (ValueError, FileNotFoundError, FileExistsError) as error:  # bad input: nothing was trained
         print(f"error: {error}", file=sys.stderr)

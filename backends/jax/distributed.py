@@ -43,11 +43,15 @@ class Context:
 def cluster_detected() -> bool:
     """Whether this process is one of several that a cluster launched, in a way JAX detects
     itself (`jax.distributed.initialize()` with no arguments): a SLURM job step of several
-    tasks, a multi-host TPU slice, or Open MPI's mpirun of several processes."""
+    tasks, a Cloud TPU VM (a host of a slice, which JAX finds from the VM's metadata; on GKE,
+    TPU_WORKER_HOSTNAMES), or Open MPI's mpirun of several processes."""
+    from jax._src import cloud_tpu_init  # set when jax is imported: JAX's own test for a TPU VM
+
     env = os.environ
     tasks = env.get("SLURM_STEP_NUM_TASKS") or (env.get("SLURM_NTASKS") if "SLURM_STEP_ID" in env else None)
     return (
         int(tasks or 1) > 1
+        or getattr(cloud_tpu_init, "running_in_cloud_tpu_vm", False)
         or "," in env.get("TPU_WORKER_HOSTNAMES", "")
         or int(env.get("OMPI_COMM_WORLD_SIZE", 1)) > 1
     )

@@ -62,9 +62,9 @@ def initialize(
     num_processes: int | None = None,
     process_id: int | None = None,
     heartbeat_timeout: int = 100,
-) -> bool:
-    """Join a run of several processes (`jax.distributed`) before any computation, and say
-    whether this is one: with a coordinator HOST:PORT (process 0 serves it), the number of
+) -> None:
+    """Join a run of several processes (`jax.distributed`) before any computation, where this
+    is one: with a coordinator HOST:PORT (process 0 serves it), the number of
     processes and this one's id in [0, N), or with none of them where the cluster is detected
     (`cluster_detected`). CPU devices exchange data over gloo. A process that stops sending
     heartbeats for `heartbeat_timeout` seconds makes every other one exit with an error."""
@@ -81,12 +81,11 @@ def initialize(
         if not host or not port.isdigit():
             raise ValueError(f"--coordinator must be HOST:PORT, got {coordinator!r}")
     elif num_processes == 1 or not cluster_detected():
-        return False
+        return
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator, num_processes, process_id, heartbeat_timeout_seconds=heartbeat_timeout
     )
-    return True
 
 
 def end_process(code: int) -> NoReturn:

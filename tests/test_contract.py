@@ -10,7 +10,19 @@ import numpy as np
 import pytest
 from array_api_compat import device
 
-from trigcore import attention, convert, ema, embedding, flow, lr, samplers, schedule, tangent, weighting
+from trigcore import (
+    attention,
+    convert,
+    ema,
+    embedding,
+    flow,
+    lr,
+    native,
+    samplers,
+    schedule,
+    tangent,
+    weighting,
+)
 
 SD = 0.5
 
@@ -38,6 +50,14 @@ def cases(a):
         ("convert.trigflow_to_edm", convert.trigflow_to_edm, (x, t, SD)),
         ("convert.edm_preconditioning", convert.edm_preconditioning, (t, SD)),
         ("convert.general_to_trigflow", convert.general_to_trigflow, (x, t, t, SD)),
+        ("native.coefficients", native.coefficients, (t, SD, "vp")),
+        ("native.to_native", native.to_native, (x, t, SD, "rf")),
+        ("native.from_native", native.from_native, (x, t, SD, "ve")),
+        ("native.F_from_prediction", native.F_from_prediction, (x, t, x, SD, "vp", "v_prediction")),
+        ("native.prediction_from_F", native.prediction_from_F, (x, t, x, SD, "rf", "flow")),
+        ("native.DiscreteVP.time", native.DiscreteVP([0.99, 0.5, 0.01]).time, (t, SD)),
+        ("native.LinearVP.time", native.LinearVP().time, (t, SD)),
+        ("native.RectifiedFlow.time", native.RectifiedFlow(3.0, 1000.0).time, (t, SD)),
         ("schedule.t_from_lognormal", schedule.t_from_lognormal, (t, -1.0, 1.4, SD)),
         ("tangent.jvp_tangents", tangent.jvp_tangents, (x, t, x, SD)),
         ("tangent.tangent_target", tangent.tangent_target, (x, t, x, x, x, SD)),

@@ -109,6 +109,23 @@ def test_sampler_input_is_checked_before_the_model_runs(timesteps, method, match
     assert F.calls == 0
 
 
+def test_the_scm_schedulers_start_just_past_half_pi_is_taken_as_half_pi():
+    """diffusers' SCMScheduler and SANA-Sprint start at t_max = 1.5708 (3.7e-6 past π/2)."""
+    seen = []
+
+    def F(u, s):
+        seen.append(s)
+        return u
+
+    noise = np.full_like(x, 0.5)
+    at_1_5708 = samplers.sample_consistency(F, x, [1.5708, 1.1], 0.5, [noise])
+    assert float(seen[0][0]) == math.pi / 2
+    at_half_pi = samplers.sample_consistency(F, x, [math.pi / 2, 1.1], 0.5, [noise])
+    np.testing.assert_array_equal(at_1_5708, at_half_pi)
+    with pytest.raises(ValueError, match=r"timesteps must lie in \[0, π/2\], got \[1.5709"):
+        samplers.sample_consistency(F, x, [1.5709, 1.1], 0.5, [noise])
+
+
 def test_consistency_sampler_checks_its_noises_first():
     F = Counting()
     with pytest.raises(ValueError, match="2 timesteps need 1 noise draws"):

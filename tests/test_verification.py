@@ -30,6 +30,8 @@ MUTANTS = [
     ("convert", "edm_preconditioning", 2),
     ("convert", "edm_preconditioning", 3),
     ("convert", "t_from_sigma", None),
+    ("native", "coefficients", 2),
+    ("native", "F_from_prediction", None),
 ]
 
 

@@ -6,7 +6,7 @@ the Python array API: every function takes numpy, torch, JAX (also under jit) or
 standard array and returns arrays of the same library, dtype and device.
 """
 
-from . import attention, convert, ema, embedding, flow, lr, samplers, schedule, tangent, weighting
+from . import attention, convert, ema, embedding, flow, lr, native, samplers, schedule, tangent, weighting
 
 __all__ = [
     "attention",
@@ -15,6 +15,7 @@ __all__ = [
     "embedding",
     "flow",
     "lr",
+    "native",
     "samplers",
     "schedule",
     "tangent",

@@ -141,9 +141,15 @@ def _timesteps(timesteps: Any, x: Array, xp: Any, min_len: int) -> list[Any]:
         values = [float(v) for v in values]
         if any(b >= a for a, b in zip(values[:-1], values[1:])):
             raise ValueError(f"timesteps must strictly decrease, got {values}")
-        if not all(0 <= v <= math.pi / 2 + 1e-6 for v in values):
+        if not all(0 <= v <= math.pi / 2 + _PAST_HALF_PI for v in values):
             raise ValueError(f"timesteps must lie in [0, π/2], got {values}")
+        values = [min(v, math.pi / 2) for v in values]
     return values
+
+
+# diffusers' SCMScheduler (and SANA-Sprint) start at t_max = 1.5708, 3.7e-6 past π/2: times up
+# to 1e-5 past it are taken as π/2
+_PAST_HALF_PI = 1e-5
 
 
 def _model(F_fn: Callable, sigma_d: Any, xp: Any) -> Callable:

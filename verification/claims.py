@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from trigcore import attention, convert, flow, samplers, schedule, tangent, weighting
+from trigcore import attention, convert, flow, native, samplers, schedule, tangent, weighting
 
 from . import sympy_xp as X
 from .numeric import Arrays, Autodiff, agree, network_in
@@ -872,4 +872,67 @@ def proposal() -> None:
         lambda b, a: b.xp.log(
             a["sigma_d"] * b.xp.tan(schedule.t_from_lognormal(a["n"], a["P_mean"], a["P_std"], a["sigma_d"]))
         ),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 14. App. B.2 made real: a pretrained model's own parameterisation, as TrigFlow
+
+
+@claim(
+    "A native ε, x0, v or flow-velocity model seen as TrigFlow: its x0-prediction and PF-ODE",
+    "Eq. 29, App. B.2",
+)
+def native_parameterisations() -> None:
+    # a native model on x_s = α x0 + σ ε predicts a consistent pair (x̂0, ε̂) = (D, E); each
+    # prediction type is a function of that pair, by its own definition
+    D, E = X.symbols("D", (1, 2), real=True), X.symbols("E", (1, 2), real=True)
+    definitions = {"epsilon": lambda a, s: E, "sample": lambda a, s: D}
+    definitions |= {"v_prediction": lambda a, s: a * E - s * D, "flow": lambda a, s: E - D}
+    for kind, types in (("vp", ("epsilon", "sample", "v_prediction")), ("ve", ("epsilon", "sample")),
+                        ("rf", ("epsilon", "sample", "flow"))):  # fmt: skip
+        alpha, sig, _ = native.coefficients(t, sigma_d, kind, xp=X)
+        require_equal(f"{kind}: σ_s/α_s − σ_d tan t", sig / alpha, sigma_d * sp.tan(t))
+        if kind != "ve":
+            require_equal(
+                f"{kind}: the family's α–σ relation", alpha**2 + sig**2 if kind == "vp" else alpha + sig, 1
+            )
+        x_s = alpha * D + sig * E
+        x_t = native.from_native(x_s, t, sigma_d, kind, xp=X)
+        # Eq. 29: the model's noisy sample is TrigFlow's cos t·x0 + sin t·(σ_d ε), scaled
+        require_equal(
+            f"{kind}: native.from_native − TrigFlow's x_t", x_t, sp.cos(t) * D + sp.sin(t) * sigma_d * E
+        )
+        # along the native PF-ODE (drift f·x_s − ½g²∇log p with ∇log p = −ε̂/σ, in the time t),
+        # at the point x_s = αD + σE: the chain rule through native.from_native
+        xs = X.symbols("xs", (1, 2), real=True)
+        a_tau, s_tau = (sp.sympify(e).subs(t, tau) for e in (alpha, sig))
+        drift = elementwise(lambda e: e.subs(tau, t), _general_pf_ode(a_tau, s_tau, xs, -E / s_tau))
+        moving = total_derivative(native.from_native(xs, t, sigma_d, kind, xp=X), xs, drift, t)
+        at_x_s = dict(zip(entries(xs), entries(x_s)))
+        dxt = elementwise(lambda e, at=at_x_s: sp.sympify(e).subs(at), moving)
+        for prediction_type in types:
+            F = native.F_from_prediction(
+                x_t, t, definitions[prediction_type](alpha, sig), sigma_d, kind, prediction_type, xp=X
+            )
+            what = f"{kind}, {prediction_type}"
+            require_equal(
+                f"{what}: flow.denoise − the native x0-prediction", flow.denoise(x_t, t, F, sigma_d, xp=X), D
+            )
+            require_equal(
+                f"{what}: dx_t/dt along the native PF-ODE − flow.pf_ode", dxt, flow.pf_ode(F, sigma_d, xp=X)
+            )
+            back = native.prediction_from_F(x_t, t, F, sigma_d, kind, prediction_type, xp=X)
+            require_equal(
+                f"{what}: native.prediction_from_F − the prediction",
+                back,
+                definitions[prediction_type](alpha, sig),
+            )
+    # numerically, the vp v-prediction's F in torch and JAX against the symbolic one
+    F_v = native.F_from_prediction(x, t, v, sigma_d, "vp", "v_prediction", xp=X)
+    agree(
+        "native.F_from_prediction, vp v-prediction",
+        F_v,
+        PATH_INPUTS,
+        lambda b, a: native.F_from_prediction(a["x"], a["t"], a["v"], a["sigma_d"], "vp", "v_prediction"),
     )

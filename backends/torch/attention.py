@@ -26,6 +26,9 @@ from torch.nn import functional as F
 
 from trigcore import attention as reference
 
+# torch's own, taken once: `pretrained.jvp_ready` puts this op in its place in F
+_sdpa = F.scaled_dot_product_attention
+
 # Above this many scores per (batch, head) the tangent runs blockwise (App. F) instead of forming
 # the L_q × L_k matrices: 2²⁰ float32 scores are 4 MiB per head.
 BLOCKWISE_SCORES = 1 << 20
@@ -82,7 +85,7 @@ class _Attention(torch.autograd.Function):
 
     @staticmethod
     def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+        return _sdpa(q, k, v, scale=scale)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
@@ -102,9 +105,7 @@ class _Attention(torch.autograd.Function):
         q, k, v = ctx.saved_tensors
         # SDPA's own (fused) backward, recomputing the forward; torch.func.vjp also works inside
         # other torch.func transforms, where requires_grad_ may not be called
-        _, pullback = torch.func.vjp(
-            lambda q, k, v: F.scaled_dot_product_attention(q, k, v, scale=ctx.scale), q, k, v
-        )
+        _, pullback = torch.func.vjp(lambda q, k, v: _sdpa(q, k, v, scale=ctx.scale), q, k, v)
         return (*pullback(grad_y), None)
 
 

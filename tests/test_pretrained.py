@@ -1,0 +1,173 @@
+"""Forward-mode autodiff through diffusers' models, unedited (backends/torch/pretrained.py):
+inside `jvp_ready()`, `torch.func.jvp` and dual tensors through tiny U-Nets and flow-matching
+transformers built from configs equal central finite differences in float64."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+# the models' modules, imported while collecting rather than inside the first test
+import torch.autograd.forward_ad as fwAD  # noqa: E402
+from diffusers import SanaTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel, UNet2DModel  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
+from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
+
+from backends.torch.pretrained import group_norm, jvp_ready, scaled_dot_product_attention  # noqa: E402
+
+UNET = dict(
+    sample_size=8, in_channels=3, out_channels=3, block_out_channels=(16, 32), layers_per_block=1,
+    down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+    norm_num_groups=8, attention_head_dim=8,
+)  # fmt: skip
+CONDITIONED = dict(
+    sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=16, norm_num_groups=8, attention_head_dim=8,
+)  # fmt: skip
+SD3 = dict(
+    sample_size=8, patch_size=2, in_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=2,
+    joint_attention_dim=16, caption_projection_dim=16, pooled_projection_dim=8, out_channels=4,
+    pos_embed_max_size=16,
+)  # fmt: skip
+SANA = dict(
+    in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=1,
+    num_cross_attention_heads=2, cross_attention_head_dim=8, cross_attention_dim=16, caption_channels=16,
+    sample_size=8, patch_size=1,
+)  # fmt: skip
+
+
+def classic_processors(model: torch.nn.Module) -> torch.nn.Module:
+    from diffusers.models.attention_processor import AttnProcessor
+
+    for module in model.modules():
+        if hasattr(module, "set_processor"):
+            module.set_processor(AttnProcessor())
+    return model
+
+
+def build(name: str) -> tuple:
+    """A tiny model in float64 and its call (x, t) -> output."""
+    torch.manual_seed(0)
+    words, pooled = torch.randn(2, 5, 16, dtype=torch.float64), torch.randn(2, 8, dtype=torch.float64)
+    mask = torch.ones(2, 5, dtype=torch.float64)
+    mask[0, 3:] = 0  # the first caption has 3 words
+    if name in ("UNet2DModel", "UNet2DModel, classic attention"):
+        model = UNet2DModel(**UNET)
+        if name.endswith("classic attention"):  # group_norm on a transposed input
+            model = classic_processors(model)
+        return model.double().eval(), lambda m, x, t: m(x, t).sample, (2, 3, 8, 8)
+    if name == "UNet2DConditionModel":
+        model = UNet2DConditionModel(**CONDITIONED)
+        return (
+            model.double().eval(),
+            lambda m, x, t: m(x, t, encoder_hidden_states=words).sample,
+            (2, 4, 8, 8),
+        )
+    if name == "SD3Transformer2DModel":
+        model = SD3Transformer2DModel(**SD3)
+
+        def call(m, x, t):
+            return m(x, encoder_hidden_states=words, pooled_projections=pooled, timestep=t).sample
+
+        return model.double().eval(), call, (2, 4, 8, 8)
+    model = SanaTransformer2DModel(**SANA)  # attention with a caption mask
+    return (
+        model.double().eval(),
+        lambda m, x, t: m(x, words, t, encoder_attention_mask=mask).sample,
+        (2, 4, 8, 8),
+    )
+
+
+MODELS = ["UNet2DModel", "UNet2DModel, classic attention", "UNet2DConditionModel", "SD3Transformer2DModel"]
+MODELS += ["SanaTransformer2DModel"]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_jvp_through_a_diffusers_model_equals_finite_differences(name: str) -> None:
+    model, call, shape = build(name)
+    model.requires_grad_(False)
+    x, t = torch.randn(shape, dtype=torch.float64), torch.tensor([0.3, 2.0], dtype=torch.float64)
+
+    def f(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return call(model, x, t)
+
+    def central(tx: torch.Tensor, tt: torch.Tensor, h: float) -> torch.Tensor:
+        return (f(x + h * tx, t + h * tt) - f(x - h * tx, t - h * tt)) / (2 * h)
+
+    with pytest.raises((NotImplementedError, RuntimeError)):  # what jvp_ready mends
+        torch.func.jvp(f, (x, t), (x, t))
+    # diffusers computes the time embedding in float32, as Sana its linear attention and the
+    # classic processor its softmax: through those the finite differences take h = 1e-3 and
+    # agree to float32's resolution (measured: ≤ 1.3e-3 of the largest entry); a wrong tangent
+    # rule is off by O(1)
+    float32_inside = name.startswith("Sana") or name.endswith("classic attention")
+    along_x, along_t = ((1e-3, 5e-3), (1e-3, 5e-3)) if float32_inside else ((1e-6, 1e-7), (1e-3, 1e-4))
+    for tx, tt, (h, tol) in (
+        (torch.randn_like(x), torch.zeros_like(t), along_x),
+        (torch.zeros_like(x), torch.tensor([1.0, -2.0], dtype=torch.float64), along_t),
+    ):
+        with jvp_ready():
+            y, jvp = torch.func.jvp(f, (x, t), (tx, tt))
+            with fwAD.dual_level():
+                dual = fwAD.unpack_dual(f(fwAD.make_dual(x, tx), fwAD.make_dual(t, tt))).tangent
+        expected = central(tx, tt, h)
+        scale = float(expected.abs().max())
+        assert scale > 0
+        assert (jvp - expected).abs().max() < tol * scale, (name, (jvp - expected).abs().max() / scale)
+        torch.testing.assert_close(dual, jvp, rtol=1e-12, atol=1e-12 * scale)
+        torch.testing.assert_close(y, f(x, t), rtol=1e-12, atol=1e-13)  # the values are the same
+
+
+def test_the_functions_return_to_torchs_after_the_block_also_on_error() -> None:
+    saved = F.scaled_dot_product_attention, F.group_norm
+    with pytest.raises(KeyError), jvp_ready():
+        assert F.scaled_dot_product_attention is scaled_dot_product_attention and F.group_norm is group_norm
+        raise KeyError("inside")
+    assert (F.scaled_dot_product_attention, F.group_norm) == saved
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"is_causal": True},
+        {"attn_mask": "bool"},
+        {"attn_mask": "float"},
+        {"scale": 0.3},
+        {"enable_gqa": True},
+    ],
+    ids=["plain", "causal", "bool mask", "float mask", "scale", "grouped heads"],
+)
+def test_attention_keeps_sdpas_values_and_has_the_math_backends_tangent(options: dict) -> None:
+    torch.manual_seed(1)
+    q = torch.randn(2, 4, 6, 8, dtype=torch.float64)
+    heads = 2 if options.get("enable_gqa") else 4
+    k, v = (torch.randn(2, heads, 7, 8, dtype=torch.float64) for _ in range(2))
+    if options.get("is_causal"):
+        k, v = k[:, :, :6], v[:, :, :6]
+    if options.get("attn_mask") == "bool":
+        options = {"attn_mask": torch.rand(2, 1, 6, k.shape[-2]) > 0.3}
+        options["attn_mask"][..., 0] = True  # every query sees a key
+    elif options.get("attn_mask") == "float":
+        options = {"attn_mask": torch.randn(2, 1, 6, k.shape[-2], dtype=torch.float64)}
+    tangents = tuple(torch.randn_like(a) for a in (q, k, v))
+    y, jvp = torch.func.jvp(lambda *a: scaled_dot_product_attention(*a, **options), (q, k, v), tangents)
+    with sdpa_kernel(SDPBackend.MATH):  # torch's own composite, which has a forward-mode rule
+        y_ref, jvp_ref = torch.func.jvp(
+            lambda *a: F.scaled_dot_product_attention(*a, **options), (q, k, v), tangents
+        )
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(jvp, jvp_ref, rtol=1e-10, atol=1e-10)
+
+
+def test_group_norm_has_torchs_values_for_any_layout() -> None:
+    x = torch.randn(2, 5, 8, dtype=torch.float64).transpose(1, 2)  # non-contiguous, as in diffusers
+    w, b = torch.randn(8, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
+    torch.testing.assert_close(group_norm(x, 4, w, b, eps=1e-6), F.group_norm(x, 4, w, b, eps=1e-6))
+    torch.testing.assert_close(group_norm(x, 2), F.group_norm(x, 2))
+    assert math.isclose(float(group_norm(x, 8).square().mean()), 1.0, rel_tol=1e-3)

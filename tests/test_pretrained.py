@@ -171,3 +171,164 @@ def test_group_norm_has_torchs_values_for_any_layout() -> None:
     torch.testing.assert_close(group_norm(x, 4, w, b, eps=1e-6), F.group_norm(x, 4, w, b, eps=1e-6))
     torch.testing.assert_close(group_norm(x, 2), F.group_norm(x, 2))
     assert math.isclose(float(group_norm(x, 8).square().mean()), 1.0, rel_tol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------
+# the TrigFlow view, against diffusers' own schedulers
+
+SIGMA_D = 0.5
+
+
+def saved_unet(folder, prediction_type: str):
+    """A tiny UNet2DModel and its DDPMScheduler, saved as a diffusers model folder."""
+    from diffusers import DDPMScheduler
+
+    torch.manual_seed(0)
+    UNet2DModel(**UNET).save_pretrained(folder)
+    DDPMScheduler(prediction_type=prediction_type).save_pretrained(folder)
+    return folder
+
+
+def table_time(k: int, alphas: torch.Tensor) -> float:
+    a = float(alphas[k])
+    return math.atan(math.sqrt((1 - a) / a) / SIGMA_D)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_a_ddim_step_of_the_view_is_diffusers_ddim_step(prediction_type: str, tmp_path) -> None:
+    """DDIMScheduler's step (η = 0) from timestep 500 to 400 equals trigcore's DDIM step in
+    TrigFlow time on the view, mapped back to the model's x_s."""
+    from diffusers import DDIMScheduler
+
+    from backends.torch.pretrained import load_diffusers
+    from trigcore import native, samplers
+
+    view = load_diffusers(saved_unet(tmp_path, prediction_type), SIGMA_D, dtype=torch.float64)
+    scheduler = DDIMScheduler.from_pretrained(tmp_path, clip_sample=False)  # DDPM's default clips x̂0
+    scheduler.set_timesteps(10)
+    assert 500 in scheduler.timesteps.tolist()
+    x_s = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        prediction = view.model(x_s, 500).sample
+        expected = scheduler.step(prediction, 500, x_s, eta=0.0).prev_sample
+        t, t_next = table_time(500, scheduler.alphas_cumprod), table_time(400, scheduler.alphas_cumprod)
+        x_t = native.from_native(x_s, t, SIGMA_D, "vp")
+        F = view(x_t / SIGMA_D, torch.full((2,), t, dtype=torch.float64))
+        stepped = samplers.ddim_step(x_t, t, t_next, F, SIGMA_D)
+    # diffusers keeps ᾱ in float32 (measured: within 1.3e-7)
+    torch.testing.assert_close(
+        native.to_native(stepped, t_next, SIGMA_D, "vp"), expected, rtol=1e-6, atol=1e-6
+    )
+
+
+def test_an_euler_step_of_a_flow_matching_transformer_is_a_ddim_step_of_its_view() -> None:
+    """FlowMatchEulerDiscreteScheduler (shift 3) steps σ → σ′ along ε − x0; in TrigFlow that is
+    trigcore's DDIM step on the view of the same SD3 transformer (a plain `call`)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from backends.torch.pretrained import TrigFlowView
+    from trigcore import native, samplers
+
+    torch.manual_seed(0)
+    model = SD3Transformer2DModel(**SD3).double().eval()
+    words, pooled = torch.randn(2, 5, 16, dtype=torch.float64), torch.randn(2, 8, dtype=torch.float64)
+
+    def call(m, x, s, labels):
+        return m(x, encoder_hidden_states=words, pooled_projections=pooled, timestep=s).sample
+
+    view = TrigFlowView(model, native.RectifiedFlow(scale=1000), "flow", SIGMA_D, call=call).double()
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    scheduler.set_timesteps(4)
+    x_s = torch.randn(2, 4, 8, 8, dtype=torch.float64)
+    sigma, sigma_next = float(scheduler.sigmas[1]), float(scheduler.sigmas[2])
+    with torch.no_grad():
+        timestep = scheduler.timesteps[1]
+        scheduler._step_index = 1
+        expected = scheduler.step(
+            call(model, x_s, timestep.expand(2).double(), None), timestep, x_s
+        ).prev_sample
+        t, t_next = (math.atan(s / ((1 - s) * SIGMA_D)) for s in (sigma, sigma_next))
+        x_t = native.from_native(x_s, t, SIGMA_D, "rf")
+        F = view(x_t / SIGMA_D, torch.full((2,), t, dtype=torch.float64))
+        stepped = samplers.ddim_step(x_t, t, t_next, F, SIGMA_D)
+    torch.testing.assert_close(
+        native.to_native(stepped, t_next, SIGMA_D, "rf"), expected.double(), rtol=1e-6, atol=1e-6
+    )
+
+
+def test_a_guided_student_starts_as_its_teacher_and_copies_keep_their_own_embedding(tmp_path) -> None:
+    import copy
+
+    from backends.torch.pretrained import TrigFlowView, load_diffusers
+
+    teacher = load_diffusers(saved_unet(tmp_path, "epsilon"), SIGMA_D, dtype=torch.float64)
+    student = TrigFlowView(
+        copy.deepcopy(teacher.model), teacher.schedule, "epsilon", SIGMA_D, guidance=True
+    ).double()
+    u, t = torch.randn(2, 3, 8, 8, dtype=torch.float64), torch.tensor([0.4, 1.3], dtype=torch.float64)
+    scale = torch.tensor([1.0, 1.7], dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(student(u, t, guidance=scale), teacher(u, t), rtol=0, atol=0)
+        clone = copy.deepcopy(student)
+        torch.nn.init.normal_(clone.emb_guidance[1].weight)
+        assert not torch.allclose(clone(u, t, guidance=scale), student(u, t, guidance=scale))
+        torch.testing.assert_close(student(u, t, guidance=scale), teacher(u, t), rtol=0, atol=0)
+        assert student.logvar(t).shape == (2,)
+    with pytest.raises(ValueError, match="this view takes no guidance scale"):
+        teacher(u, t, guidance=scale)
+
+
+def test_the_views_tangent_along_x_and_t_equals_finite_differences(tmp_path) -> None:
+    from backends.torch.pretrained import load_diffusers
+
+    view = load_diffusers(saved_unet(tmp_path, "v_prediction"), SIGMA_D, dtype=torch.float64).requires_grad_(
+        False
+    )
+    u, t = torch.randn(2, 3, 8, 8, dtype=torch.float64), torch.tensor([0.4, 1.3], dtype=torch.float64)
+    tu, tt = torch.randn_like(u), torch.tensor([1.0, -0.5], dtype=torch.float64)
+    _, jvp = torch.func.jvp(view, (u, t), (tu, tt))
+    h = 1e-4  # the model's time embedding is float32 (diffusers)
+    expected = (view(u + h * tu, t + h * tt) - view(u - h * tu, t - h * tt)) / (2 * h)
+    assert float((jvp - expected).abs().max()) < 2e-3 * float(expected.abs().max())
+
+
+def test_bad_diffusers_folders_are_refused_with_a_message(tmp_path) -> None:
+    from backends.torch.pretrained import load_diffusers
+
+    with pytest.raises(FileNotFoundError, match="neither a diffusers pipeline folder"):
+        load_diffusers(tmp_path, SIGMA_D)
+    UNet2DModel(**UNET).save_pretrained(tmp_path / "unet")
+    with pytest.raises(FileNotFoundError, match="no scheduler config"):
+        load_diffusers(tmp_path / "unet", SIGMA_D)
+    (tmp_path / "unet" / "scheduler_config.json").write_text('{"_class_name": "LCMScheduler"}')
+    with pytest.raises(ValueError, match="scheduler LCMScheduler: not one this reader knows"):
+        load_diffusers(tmp_path / "unet", SIGMA_D)
+    (tmp_path / "unet" / "scheduler_config.json").write_text(
+        '{"_class_name": "DDPMScheduler", "prediction_type": "x"}'
+    )
+    with pytest.raises(ValueError, match="prediction_type 'x' is not epsilon, sample or v_prediction"):
+        load_diffusers(tmp_path / "unet", SIGMA_D)
+
+
+@pytest.mark.parametrize("passes", ["separate", "fused"])
+def test_scd_runs_unchanged_on_views_and_trains_the_wrapped_model(passes: str, tmp_path) -> None:
+    """steps.scm_loss with a view as teacher and a view around its copy as student: the loss is
+    finite, its gradient reaches the student's U-Net and logvar head, never the teacher."""
+    import copy
+
+    from backends.torch import steps
+    from backends.torch.pretrained import TrigFlowView, load_diffusers
+
+    teacher = load_diffusers(saved_unet(tmp_path, "epsilon"), SIGMA_D).requires_grad_(False)
+    student = TrigFlowView(copy.deepcopy(teacher.model), teacher.schedule, "epsilon", SIGMA_D)
+    student.model.requires_grad_(True)
+    config = steps.SCMConfig(sigma_d=SIGMA_D, warmup_steps=0, passes=passes)
+    torch.manual_seed(0)
+    batch = {"x0": SIGMA_D * torch.randn(4, 3, 8, 8), "labels": None}
+    loss, _ = steps.scm_loss(student, batch, config, step=10, teacher=teacher)
+    loss.backward()
+    assert torch.isfinite(loss)
+    grads = [p.grad for p in student.model.parameters()]
+    assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
+    assert student.logvar_linear.weight.grad is not None
+    assert all(p.grad is None for p in teacher.parameters())

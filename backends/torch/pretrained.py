@@ -12,13 +12,19 @@ there at call time (diffusers' attention processors and dispatcher, `torch.nn.Gr
 from __future__ import annotations
 
 import contextlib
+import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
+from trigcore import native
+
 from .attention import attention
+from .layers import LogvarHead, PositionalEmbedding
 
 
 def scaled_dot_product_attention(
@@ -86,3 +92,217 @@ def jvp_ready() -> Iterator[None]:
         yield
     finally:
         F.scaled_dot_product_attention, F.group_norm = saved
+
+
+# ---------------------------------------------------------------------------------------------
+# A TrigFlow view of a native model
+
+
+def diffusers_call(
+    model: torch.nn.Module, x_s: torch.Tensor, s: torch.Tensor, class_labels: torch.Tensor | None
+) -> torch.Tensor:
+    """A diffusers model's prediction at (x_s, its time s), class-conditional when given labels."""
+    kwargs = {} if class_labels is None else {"class_labels": class_labels}
+    return model(x_s, s, **kwargs, return_dict=False)[0]
+
+
+# where each diffusers model family makes its time embedding (the student's guidance joins it)
+TIME_EMBEDDINGS = ("time_embedding", "time_text_embed", "time_embed")
+
+
+class TrigFlowView(LogvarHead, torch.nn.Module):
+    """A native model as TrigFlow's network: `forward(u, t, class_labels, guidance)` is
+    F_θ(x_t/σ_d, t) (u = x_t/σ_d), and `logvar(t)` an adaptive weight beside it, so the sCM
+    losses run on it unchanged.
+
+    The model sees x_s = `native.to_native(x_t, t, …)` at `schedule.time(t, σ_d)` and its
+    prediction (`prediction_type`) becomes F (`native.F_from_prediction`). `call(model, x_s, s,
+    labels)` returns the prediction (`diffusers_call` by default; EDM's own `Precond` takes
+    `lambda m, x, s, y: m(x, s, y)` with `EDM()` and "sample"). Class labels come one-hot, as
+    the run scripts give them, and reach the model as indices; an all-zero row (no class, for
+    CFG) becomes `null_class`. With `guidance`, a zero-initialised embedding of the guidance
+    scale is added to the output of the model's time embedding (the first of TIME_EMBEDDINGS it
+    has), so a student starts equal to its teacher.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        schedule: native.Schedule,
+        prediction_type: str,
+        sigma_d: float,
+        call: Callable[..., torch.Tensor] = diffusers_call,
+        null_class: int | None = None,
+        guidance: bool = False,
+        logvar_channels: int = 128,
+    ) -> None:
+        super().__init__()
+        native.F_from_prediction(1.0, 1.0, 1.0, sigma_d, schedule.kind, prediction_type)  # checks
+        self.model, self.schedule, self.prediction_type = model, schedule, prediction_type
+        self.sigma_d, self.call, self.null_class = float(sigma_d), call, null_class
+        self.emb_logvar = PositionalEmbedding(logvar_channels)
+        self.logvar_linear = torch.nn.Linear(logvar_channels, 1)
+        self.emb_guidance: torch.nn.Module | None = None
+        self._scale: torch.Tensor | None = None
+        if guidance:
+            where = next((getattr(model, n) for n in TIME_EMBEDDINGS if hasattr(model, n)), None)
+            if where is None:
+                raise ValueError(
+                    f"{type(model).__name__} has none of {', '.join(TIME_EMBEDDINGS)}, where the "
+                    "guidance scale would join its time embedding"
+                )
+            channels = _output_channels(where)
+            self.emb_guidance = torch.nn.Sequential(
+                PositionalEmbedding(logvar_channels), torch.nn.Linear(logvar_channels, channels)
+            )
+            torch.nn.init.zeros_(self.emb_guidance[1].weight)
+            torch.nn.init.zeros_(self.emb_guidance[1].bias)
+            where.register_forward_hook(self._add_guidance)
+
+    def _add_guidance(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        if self._scale is None or self.emb_guidance is None:
+            return output
+        return output + self.emb_guidance(self._scale.to(output.dtype)).reshape(output.shape[0], -1)
+
+    def forward(
+        self,
+        u: torch.Tensor,
+        t: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+        guidance: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        t = t.to(u.dtype).expand(u.shape[0]) if t.ndim <= 1 else t
+        x_t = u * self.sigma_d
+        x_s = native.to_native(x_t, t, self.sigma_d, self.schedule.kind)
+        s = self.schedule.time(t, self.sigma_d)
+        if guidance is not None and self.emb_guidance is None:
+            raise ValueError("this view takes no guidance scale; build it with guidance=True")
+        self._scale = None if guidance is None else guidance.to(u.dtype).expand(u.shape[0])
+        try:
+            with jvp_ready():
+                prediction = self.call(self.model, x_s, s, self._labels(class_labels))
+        finally:
+            self._scale = None
+        return native.F_from_prediction(
+            x_t, t, prediction.to(u.dtype), self.sigma_d, self.schedule.kind, self.prediction_type
+        )
+
+    def _labels(self, class_labels: torch.Tensor | None) -> torch.Tensor | None:
+        if class_labels is None:
+            return None
+        index = class_labels.argmax(dim=1)
+        empty = class_labels.abs().sum(dim=1) == 0
+        if bool(empty.any()):
+            if self.null_class is None:
+                raise ValueError(
+                    "a row of class_labels is all zero (no class), but this view has no null_class"
+                )
+            index = torch.where(empty, torch.full_like(index, self.null_class), index)
+        return index
+
+
+def _output_channels(module: torch.nn.Module) -> int:
+    """The width of a time-embedding module's output: that of its last linear layer."""
+    linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
+    if not linears:
+        raise ValueError(
+            f"{type(module).__name__} holds no linear layer to take the guidance embedding's width from"
+        )
+    return linears[-1].out_features
+
+
+# ---------------------------------------------------------------------------------------------
+# diffusers folders
+
+# scheduler classes by the process they were configured for
+VP_SCHEDULERS = (
+    "DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
+    "UniPCMultistepScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler", "KDPM2DiscreteScheduler",
+    "DEISMultistepScheduler",
+)  # fmt: skip
+FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
+
+
+def schedule_from_config(config: dict) -> tuple[native.Schedule, str]:
+    """The schedule and prediction type a diffusers scheduler config describes: a DDPM table
+    (from `trained_betas` or the beta schedule) with its prediction type, or flow matching
+    (the model's time σ·num_train_timesteps, predicting ε − x0)."""
+    name = config.get("_class_name", "?")
+    steps = int(config.get("num_train_timesteps", 1000))
+    if name in FLOW_SCHEDULERS:
+        return native.RectifiedFlow(scale=steps), "flow"
+    if name not in VP_SCHEDULERS:
+        raise ValueError(
+            f"scheduler {name}: not one this reader knows ({', '.join(VP_SCHEDULERS + FLOW_SCHEDULERS)})"
+        )
+    prediction = config.get("prediction_type", "epsilon")
+    if prediction not in ("epsilon", "sample", "v_prediction"):
+        raise ValueError(
+            f"scheduler {name}: prediction_type {prediction!r} is not epsilon, sample or v_prediction"
+        )
+    if config.get("rescale_betas_zero_snr"):
+        raise ValueError(
+            f"scheduler {name}: rescale_betas_zero_snr (its last ᾱ is 0, pure noise at a finite "
+            "time) is not supported"
+        )
+    if config.get("trained_betas") is not None:
+        alphas, product = [], 1.0
+        for beta in config["trained_betas"]:
+            product *= 1 - float(beta)
+            alphas.append(product)
+    else:
+        alphas = native.alphas_cumprod(
+            config.get("beta_schedule", "linear"), steps, float(config.get("beta_start", 0.0001)),
+            float(config.get("beta_end", 0.02)), xp=np,
+        )  # fmt: skip
+    return native.DiscreteVP(alphas), prediction
+
+
+def load_diffusers(
+    folder: str | Path,
+    sigma_d: float,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    guidance: bool = False,
+    null_class: int | None = None,
+) -> TrigFlowView:
+    """The TrigFlow view of a diffusers model saved on disk (nothing is downloaded): a pipeline
+    folder (model_index.json; its unet/ or transformer/ and scheduler/) or a model folder
+    (config.json) with its scheduler's scheduler_config.json beside it or in ../scheduler/."""
+    import diffusers
+
+    folder = Path(folder)
+    if (folder / "model_index.json").exists():
+        found = [folder / n for n in ("unet", "transformer") if (folder / n / "config.json").exists()]
+        if not found:
+            raise FileNotFoundError(
+                f"{folder}: a pipeline folder without unet/ or transformer/ (config.json)"
+            )
+        model_folder, schedulers = found[0], [folder / "scheduler" / "scheduler_config.json"]
+    elif (folder / "config.json").exists():
+        model_folder = folder
+        schedulers = [folder / "scheduler_config.json", folder.parent / "scheduler" / "scheduler_config.json"]
+    else:
+        raise FileNotFoundError(
+            f"{folder}: neither a diffusers pipeline folder (model_index.json) "
+            "nor a model folder (config.json)"
+        )
+    scheduler = next((p for p in schedulers if p.exists()), None)
+    if scheduler is None:
+        raise FileNotFoundError(
+            f"{folder}: no scheduler config ({' or '.join(map(str, schedulers))}), which says how the model "
+            "was trained (its noise schedule and prediction type)"
+        )
+    name = json.loads((model_folder / "config.json").read_text()).get("_class_name")
+    kind = getattr(diffusers, str(name), None)
+    if not (isinstance(kind, type) and issubclass(kind, diffusers.ModelMixin)):
+        raise ValueError(
+            f"{model_folder / 'config.json'}: _class_name {name!r} is not a diffusers model class"
+        )
+    schedule, prediction = schedule_from_config(json.loads(scheduler.read_text()))
+    model = kind.from_pretrained(model_folder, torch_dtype=dtype, local_files_only=True).to(device).eval()
+    return TrigFlowView(model, schedule, prediction, sigma_d, guidance=guidance, null_class=null_class).to(
+        device, dtype
+    )

@@ -332,3 +332,32 @@ def test_scd_runs_unchanged_on_views_and_trains_the_wrapped_model(passes: str, t
     assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
     assert student.logvar_linear.weight.grad is not None
     assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_an_edm_preconditioned_model_is_seen_through_the_plain_api() -> None:
+    """Any module with a native parameterisation: EDM's Precond (D = c_skip·x + c_out·F_E(c_in·x,
+    c_noise), its time σ) viewed with `EDM()` and "sample" has F = −F_E(x_t/σ_d, c_noise), the
+    sign App. B.1 gives, since c_in·x_σ = x_t/σ_d."""
+    from backends.torch.pretrained import TrigFlowView
+    from trigcore import convert, native
+
+    torch.manual_seed(0)
+    raw = torch.nn.Conv2d(3 + 1, 3, 3, padding=1).double()
+
+    def F_E(x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+        return raw(torch.cat([x, c_noise.reshape(-1, 1, 1, 1).expand(-1, 1, *x.shape[2:])], dim=1))
+
+    class Precond(torch.nn.Module):
+        def forward(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+            c_skip, c_out, c_in, c_noise = (
+                c.reshape(-1, 1, 1, 1) for c in convert.edm_preconditioning(sigma, SIGMA_D)
+            )
+            return c_skip * x + c_out * F_E(c_in * x, c_noise.reshape(-1))
+
+    view = TrigFlowView(
+        Precond(), native.EDM(), "sample", SIGMA_D, call=lambda m, x, s, y: m(x, s, y)
+    ).double()
+    u, t = torch.randn(2, 3, 8, 8, dtype=torch.float64), torch.tensor([0.2, 1.4], dtype=torch.float64)
+    sigma = SIGMA_D * torch.tan(t)
+    with torch.no_grad():
+        torch.testing.assert_close(view(u, t), -F_E(u, torch.log(sigma) / 4), rtol=1e-10, atol=1e-10)

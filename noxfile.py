@@ -66,10 +66,11 @@ def typecheck(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """trigcore's overhead against the same formulas written directly in torch and jax.numpy,
-    the cost of sCT/sCD training steps against a teacher step, then JAX's training steps
-    against PyTorch's (results go in BENCHMARKS.md); pass `-- --quick` for a short run (without
-    the compiled steps, which spend minutes compiling)."""
-    install(session, "torch,jax,train,dev")
+    the cost of sCT/sCD training steps against a teacher step, JAX's training steps against
+    PyTorch's, and a diffusers U-Net's tangent pass against its forward pass (results go in
+    BENCHMARKS.md); pass `-- --quick` for a short run (without the compiled steps, which spend
+    minutes compiling)."""
+    install(session, "torch,jax,train,metrics,dev")
     session.run("python", "benchmarks/overhead.py", *session.posargs)
     quick = "--quick" in session.posargs
     kinds = ["--repeats", "3", "--kinds", "teacher", "sct", "scd", "sct-fused", "scd-fused"]
@@ -77,6 +78,7 @@ def bench(session: nox.Session) -> None:
     session.run(
         "python", "benchmarks/jax_vs_torch.py", *(["--rounds", "1", "--repeats", "5"] if quick else [])
     )
+    session.run("python", "benchmarks/pretrained_jvp.py", *(["--repeats", "2"] if quick else []))
 
 
 @nox.session

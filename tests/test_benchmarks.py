@@ -108,3 +108,17 @@ def test_attention_benchmark_smoke_run_covers_every_method_and_the_step(tmp_path
     for choice in ("kernel", "reference"):
         assert list(result["step"][choice]["steps"]) == ["teacher", "scd"]
     assert "| 70 | 32 | 2 |" in (tmp_path / "attention_jvp.md").read_text()
+
+
+@pytest.mark.slow
+def test_pretrained_tangent_benchmark_times_a_diffusers_unet(capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("diffusers")
+    import pretrained_jvp
+
+    with pytest.raises(SystemExit) as exit_info:
+        pretrained_jvp.main(["--batch", "0"])
+    assert exit_info.value.code == 2 and "--batch must be at least 1, got 0" in capsys.readouterr().err
+    argv = ["--width", "16", "--resolution", "16", "--batch", "2", "--repeats", "1", "--warmup", "0"]
+    assert pretrained_jvp.main(argv) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "× the forward pass" in line]
+    assert [row.split("  ")[0] for row in rows] == ["U-Net forward", "view forward", "view tangent pass"]

@@ -1,0 +1,90 @@
+"""The cost of sCD's tangent pass through a diffusers U-Net, seen as TrigFlow
+(`backends/torch/pretrained`): its plain forward pass, the view's forward pass (inside
+`jvp_ready`, with the change of variables), and the view's tangent pass (dual tensors, what
+`SCMConfig(passes="separate")` runs), timed side by side in one run.
+
+    python benchmarks/pretrained_jvp.py                           # a CIFAR-10-sized DDPM U-Net, CPU
+    python benchmarks/pretrained_jvp.py --device cuda --batch 64  # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from steps import median_seconds  # noqa: E402  (benchmarks/steps.py, beside this script)
+
+from backends.torch.autodiff import tangent_pass  # noqa: E402
+from backends.torch.pretrained import TrigFlowView  # noqa: E402
+from trigcore import native  # noqa: E402
+
+SIGMA_D = 0.5
+
+
+def unet(width: int, resolution: int) -> torch.nn.Module:
+    """diffusers' UNet2DModel laid out as DDPM's CIFAR-10 network, `width` channels wide at the
+    top, attention at a quarter of the resolution."""
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(
+        sample_size=resolution, layers_per_block=2,
+        block_out_channels=(width, 2 * width, 2 * width, 2 * width),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=min(32, width),
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--width", type=int, default=128, help="channels at the top (DDPM's CIFAR-10: 128)")
+    parser.add_argument("--resolution", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    for flag in ("width", "resolution", "batch", "repeats"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = unet(args.width, args.resolution).to(device).eval().requires_grad_(False)
+    table = native.alphas_cumprod("linear", xp=torch)
+    view = TrigFlowView(model, native.DiscreteVP(table), "epsilon", SIGMA_D).to(device)
+    shape = (args.batch, 3, args.resolution, args.resolution)
+    x_t, dxdt = SIGMA_D * torch.randn(shape, device=device), torch.randn(shape, device=device)
+    t = torch.rand(args.batch, device=device) + 0.1
+    k = view.schedule.time(t, SIGMA_D)
+
+    def native_forward(_: int) -> None:
+        with torch.no_grad():
+            model(x_t, k)
+
+    def view_forward(_: int) -> None:
+        with torch.no_grad():
+            view(x_t / SIGMA_D, t)
+
+    def view_tangent(_: int) -> None:
+        tangent_pass(view, x_t, t, dxdt, SIGMA_D)
+
+    rows = {}
+    for name, fn in (("U-Net forward", native_forward), ("view forward", view_forward)):
+        rows[name] = median_seconds(fn, device, args.repeats, args.warmup)
+    rows["view tangent pass"] = median_seconds(view_tangent, device, args.repeats, args.warmup)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    parameters = sum(p.numel() for p in model.parameters())
+    print(f"UNet2DModel, {parameters / 1e6:.1f}M parameters, batch {shape}, float32, {where}")
+    base = rows["U-Net forward"]
+    for name, seconds in rows.items():
+        print(f"{name:<20} {1e3 * seconds:9.1f} ms   {seconds / base:5.2f}× the forward pass", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -32,7 +32,7 @@ from typing import Any
 
 from array_api_compat import device as device_of
 
-from ._array import Array, is_array, namespace, ops, prepare, require_float, require_positive
+from ._array import Array, is_array, is_concrete, namespace, ops, prepare, require_float, require_positive
 
 KINDS = ("vp", "ve", "rf")
 PREDICTIONS = ("epsilon", "sample", "v_prediction", "flow")
@@ -226,6 +226,7 @@ class DiscreteVP(Schedule):
         self.log_sigmas = [0.5 * math.log((1 - a) / a) for a in values]
         if any(b <= a for a, b in zip(self.log_sigmas[:-1], self.log_sigmas[1:])):
             raise ValueError("alphas_cumprod must strictly decrease (the noise level grow with k)")
+        self._tables: dict[tuple, Array] = {}  # log σ_k as an array, per namespace, dtype and device
 
     def t_range(self, sigma_d: float) -> tuple[float, float]:
         """The TrigFlow times of the table's first and last entries."""
@@ -242,7 +243,12 @@ class DiscreteVP(Schedule):
             i = min(max(bisect.bisect_right(logs, v), 1), last)
             return i - 1 + (v - logs[i - 1]) / (logs[i] - logs[i - 1])
         x = t if is_array(t) else sigma_d
-        table = m.asarray(logs, dtype=x.dtype, device=device_of(x))
+        where = (id(m), str(x.dtype), str(device_of(x)))
+        table = self._tables.get(where)
+        if table is None:
+            table = m.asarray(logs, dtype=x.dtype, device=device_of(x))
+            if is_concrete(table):  # kept, not copied to the device on every call (never a tracer)
+                self._tables[where] = table
         flat = m.reshape(m.clip(v, logs[0], logs[-1]), (-1,))
         i = m.clip(m.searchsorted(table, flat, side="right"), 1, last)
         lo, hi = m.take(table, i - 1), m.take(table, i)

@@ -121,6 +121,11 @@ def cfg(F_cond: Array, F_uncond: Array, scale: Any, *, xp: Any = None) -> Array:
     return F_uncond + scale * (F_cond - F_uncond)
 
 
+# diffusers' SCMScheduler (and SANA-Sprint) start at t_max = 1.5708, 3.7e-6 past π/2: times up
+# to 1e-5 past it are taken as π/2
+_PAST_HALF_PI = 1e-5
+
+
 def _timesteps(timesteps: Any, x: Array, xp: Any, min_len: int) -> list[Any]:
     """Timesteps checked to decrease inside [0, π/2], as a list: Python floats when their values
     are known (the per-step coefficients are then computed on the host), else 0-d arrays of x's
@@ -145,11 +150,6 @@ def _timesteps(timesteps: Any, x: Array, xp: Any, min_len: int) -> list[Any]:
             raise ValueError(f"timesteps must lie in [0, π/2], got {values}")
         values = [min(v, math.pi / 2) for v in values]
     return values
-
-
-# diffusers' SCMScheduler (and SANA-Sprint) start at t_max = 1.5708, 3.7e-6 past π/2: times up
-# to 1e-5 past it are taken as π/2
-_PAST_HALF_PI = 1e-5
 
 
 def _model(F_fn: Callable, sigma_d: Any, xp: Any) -> Callable:

@@ -162,6 +162,9 @@ def test_diffusers_beta_schedules_give_its_alphas_cumprod() -> None:
         np.testing.assert_allclose(
             native.alphas_cumprod(**config, xp=np), theirs, rtol=5e-5, err_msg=str(config)
         )
+    betas = diffusers.DDPMScheduler(beta_schedule="squaredcos_cap_v2").betas.double().tolist()
+    theirs = diffusers.DDPMScheduler(trained_betas=betas).alphas_cumprod.double().numpy()
+    np.testing.assert_allclose(native.alphas_cumprod(trained_betas=betas, xp=np), theirs, rtol=5e-5)
 
 
 def F_of(kind: str, prediction_type: str):

@@ -261,6 +261,7 @@ def alphas_cumprod(
     num_train_timesteps: int = 1000,
     beta_start: float = 0.0001,
     beta_end: float = 0.02,
+    trained_betas: Sequence[float] | None = None,
     *,
     xp: Any,
     dtype: Any = None,
@@ -269,11 +270,14 @@ def alphas_cumprod(
     """ᾱ_k = ∏_{j≤k}(1 − β_j) for diffusers' beta schedules (its scheduler configs' names):
     "linear" (β evenly spaced), "scaled_linear" (√β evenly spaced: Stable Diffusion) and
     "squaredcos_cap_v2" (improved DDPM's cosine ᾱ(u) = cos²((u + 0.008)/1.008·π/2), each β
-    capped at 0.999), computed in float64."""
+    capped at 0.999), or the given `trained_betas` (then the schedule is not used), computed in
+    float64."""
     n = num_train_timesteps
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise ValueError(f"num_train_timesteps must be an integer >= 2, got {n!r}")
-    if beta_schedule == "linear":
+    if trained_betas is not None:
+        betas = [float(beta) for beta in trained_betas]
+    elif beta_schedule == "linear":
         betas = [beta_start + (beta_end - beta_start) * k / (n - 1) for k in range(n)]
     elif beta_schedule == "scaled_linear":
         lo, hi = math.sqrt(beta_start), math.sqrt(beta_end)

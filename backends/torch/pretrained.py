@@ -246,16 +246,10 @@ def schedule_from_config(config: dict) -> tuple[native.Schedule, str]:
             f"scheduler {name}: rescale_betas_zero_snr (its last ᾱ is 0, pure noise at a finite "
             "time) is not supported"
         )
-    if config.get("trained_betas") is not None:
-        alphas, product = [], 1.0
-        for beta in config["trained_betas"]:
-            product *= 1 - float(beta)
-            alphas.append(product)
-    else:
-        alphas = native.alphas_cumprod(
-            config.get("beta_schedule", "linear"), steps, float(config.get("beta_start", 0.0001)),
-            float(config.get("beta_end", 0.02)), xp=np,
-        )  # fmt: skip
+    alphas = native.alphas_cumprod(
+        config.get("beta_schedule", "linear"), steps, float(config.get("beta_start", 0.0001)),
+        float(config.get("beta_end", 0.02)), config.get("trained_betas"), xp=np,
+    )  # fmt: skip
     return native.DiscreteVP(alphas), prediction
 
 

@@ -2,17 +2,19 @@
 comment per field, checked when made; `backends.torch.steps` and `backends.jax.steps` re-export
 them), the segment boundaries of multistep consistency models, the EDM2 U-Net's size presets,
 and the checks of a network's and of an attention kernel's inputs, so that both backends refuse
-bad input with the same words."""
+bad input with the same words; and what a diffusers folder on disk says (`read_diffusers_folder`)."""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from trigcore import schedule
+from trigcore import native, schedule
 
 PRECISIONS = ("float32", "bfloat16", "float16")
 
@@ -166,3 +168,122 @@ def check_kernel_inputs(q: Any, k: Any, v: Any, tangents: dict[str, Any], key_ma
             f"key_mask must be a bool (batch, L_k) = {(b, l_k)} array, got {_dtype_name(key_mask)} "
             f"{tuple(key_mask.shape)}"
         )
+
+
+# --- diffusers folders ------------------------------------------------------------------------
+
+# scheduler classes by the process they were configured for
+VP_SCHEDULERS = (
+    "DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
+    "UniPCMultistepScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler", "KDPM2DiscreteScheduler",
+    "DEISMultistepScheduler",
+)  # fmt: skip
+FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
+
+
+def schedule_from_config(config: dict) -> tuple[native.Schedule, str]:
+    """The schedule and prediction type a diffusers scheduler config describes: a DDPM table
+    (from `trained_betas` or the beta schedule) with its prediction type, or flow matching
+    (the model's time σ·num_train_timesteps, predicting ε − x0)."""
+    name = config.get("_class_name", "?")
+    steps = int(config.get("num_train_timesteps", 1000))
+    if name in FLOW_SCHEDULERS:
+        return native.RectifiedFlow(scale=steps), "flow"
+    if name not in VP_SCHEDULERS:
+        raise ValueError(
+            f"scheduler {name}: not one this reader knows ({', '.join(VP_SCHEDULERS + FLOW_SCHEDULERS)})"
+        )
+    prediction = config.get("prediction_type", "epsilon")
+    if prediction not in ("epsilon", "sample", "v_prediction"):
+        raise ValueError(
+            f"scheduler {name}: prediction_type {prediction!r} is not epsilon, sample or v_prediction"
+        )
+    if config.get("rescale_betas_zero_snr"):
+        raise ValueError(
+            f"scheduler {name}: rescale_betas_zero_snr (its last ᾱ is 0, pure noise at a finite "
+            "time) is not supported"
+        )
+    alphas = native.alphas_cumprod(
+        config.get("beta_schedule", "linear"), steps, float(config.get("beta_start", 0.0001)),
+        float(config.get("beta_end", 0.02)), config.get("trained_betas"), xp=np,
+    )  # fmt: skip
+    return native.DiscreteVP(alphas), prediction
+
+
+@dataclass(frozen=True)
+class DiffusersFolder:
+    """What a diffusers folder on disk says, read from its JSON files alone (no weights, no
+    diffusers import): the model's folder, class and config, its scheduler's config (how it was
+    trained: noise schedule and prediction type) and, in a pipeline, its VAE's config."""
+
+    model_folder: Path
+    class_name: str
+    model: dict
+    scheduler: dict
+    vae: dict | None  # the pipeline's vae/config.json (latent models), or None
+
+    @property
+    def classes(self) -> int:
+        """Class embeddings of a class-conditional model (0: unconditional)."""
+        return int(self.model.get("num_class_embeds") or 0)
+
+    @property
+    def text_conditioned(self) -> bool:
+        """Whether the model takes text (or other) encoder states beside the noisy sample."""
+        keys = ("cross_attention_dim", "joint_attention_dim", "caption_channels", "text_embed_dim")
+        return any(self.model.get(key) for key in keys) or self.class_name == "UNet2DConditionModel"
+
+    def latent_scaling(self) -> tuple[float, float]:
+        """The VAE's (scaling_factor, shift_factor): the model sees (latent − shift)·scaling."""
+        if self.vae is None or "scaling_factor" not in self.vae:
+            raise ValueError(
+                f"{self.model_folder}: latent data need the pipeline's VAE scaling factor, and no "
+                "vae/config.json with scaling_factor was found beside the model; give the pipeline folder"
+            )
+        return float(self.vae["scaling_factor"]), float(self.vae.get("shift_factor") or 0.0)
+
+
+def read_diffusers_folder(folder: str | Path) -> DiffusersFolder:
+    """A local diffusers pipeline folder (model_index.json; its unet/ or transformer/, scheduler/
+    and vae/) or model folder (config.json, with its scheduler's scheduler_config.json beside it
+    or in ../scheduler/, and a VAE in ../vae/ if any)."""
+    folder = Path(folder)
+    if (folder / "model_index.json").exists():
+        found = [folder / n for n in ("unet", "transformer") if (folder / n / "config.json").exists()]
+        if not found:
+            raise FileNotFoundError(
+                f"{folder}: a pipeline folder without unet/ or transformer/ (config.json)"
+            )
+        model_folder, root = found[0], folder
+        schedulers = [folder / "scheduler" / "scheduler_config.json"]
+    elif (folder / "config.json").exists():
+        model_folder, root = folder, folder.parent
+        schedulers = [folder / "scheduler_config.json", root / "scheduler" / "scheduler_config.json"]
+    else:
+        raise FileNotFoundError(
+            f"{folder}: neither a diffusers pipeline folder (model_index.json) "
+            "nor a model folder (config.json)"
+        )
+    scheduler = next((p for p in schedulers if p.exists()), None)
+    if scheduler is None:
+        raise FileNotFoundError(
+            f"{folder}: no scheduler config ({' or '.join(map(str, schedulers))}), which says how the model "
+            "was trained (its noise schedule and prediction type)"
+        )
+    model = _read_json(model_folder / "config.json")
+    vae = root / "vae" / "config.json"
+    return DiffusersFolder(
+        model_folder, str(model.get("_class_name")), model, _read_json(scheduler),
+        _read_json(vae) if vae.exists() else None,
+    )  # fmt: skip
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: not a readable JSON file ({error})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value

@@ -157,12 +157,12 @@ def test_encode_images_of_mixed_sizes_then_score_decoded_latents(
     train, held_out = latents.split(4)
     metric = runs.Metric(config, train, held_out)
     assert metric.name == "fid"
-    decoded = vae.decode(train.x)
+    decoded = vae.decode(train.x, train)
     assert decoded.shape == (8, 3, 16, 16) and decoded.min() >= -1 and decoded.max() <= 1
     features = metrics.image_features("fid", inception_weights)
     expected = metrics.frechet_distance(
         *metrics.gaussian_statistics(features(metrics.to_uint8_rgb(decoded))),
-        *metrics.gaussian_statistics(features(metrics.to_uint8_rgb(vae.decode(held_out.x)))),
+        *metrics.gaussian_statistics(features(metrics.to_uint8_rgb(vae.decode(held_out.x, held_out)))),
     )
     scores = metric(train.x)
     assert set(scores) == {"fid", "fd_pixels", "out_of_range"}  # decoded images: also their pixels

@@ -128,7 +128,7 @@ def test_latents_are_normalised_with_the_app_g1_constants(tmp_path: Path) -> Non
     latents = data.load_latents(tmp_path / "lat.npz")
     # channel 1: (x − (−0.695))·0.5/5.91
     np.testing.assert_allclose(latents.x[:, 1], (raw[:, 1] + 0.695) * 0.5 / 5.91, rtol=1e-6)
-    np.testing.assert_allclose(data.decode_latents(latents.x), raw, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(latents.stored_values(latents.x), raw, rtol=1e-5, atol=1e-5)
     np.savez(tmp_path / "rgb.npz", x=raw[:, :3])
     with pytest.raises(ValueError, match=r"SD-VAE latents are \(N, 4, h, w\)"):
         data.load_latents(tmp_path / "rgb.npz")

@@ -19,8 +19,11 @@ from typing import Any
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    kind: str = "edm2"  # "edm2" (EDM2 U-Net), "ddpmpp" (DDPM++) or "mlp" (2-D data)
-    preset: str = "tiny"  # EDM2 size: tiny, S, M, L, XL, XXL
+    # "edm2" (EDM2 U-Net), "ddpmpp" (DDPM++), "mlp" (2-D data), or "diffusers" (a pretrained
+    # teacher's architecture: options "model" and "scheduler" are its configs, "null_class" its
+    # class for "no class" or None, "latent_scaling" its VAE's (scaling, shift) for latent data)
+    kind: str = "edm2"
+    preset: str = "tiny"  # EDM2 size: tiny, S, M, L, XL, XXL; diffusers: the model's class
     label_dim: int = 0  # classes (0: unconditional)
     options: dict = field(default_factory=dict)  # further keyword arguments of the network
 
@@ -140,6 +143,7 @@ class RunConfig:
     seed: int = 0
     log_every: int = 25  # steps between lines of metrics.jsonl
     teacher_checkpoint: str = ""  # a trained teacher's checkpoint (its phase is then skipped)
+    teacher_pretrained: str = ""  # "diffusers:FOLDER": a pretrained teacher (its phase is skipped)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

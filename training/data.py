@@ -79,6 +79,11 @@ class Dataset:
         rows = np.arange(len(self))[index] if self.rows is None else self.rows[index]
         return (np.asarray(self.stored[rows], dtype=np.float32) * self.scale + self.shift).astype(np.float32)
 
+    def stored_values(self, values: np.ndarray) -> np.ndarray:
+        """The inverse of `get`'s map: values as the networks see them → as stored (float32),
+        e.g. sampled latents → the VAE's raw latents."""
+        return ((np.asarray(values, dtype=np.float32) - self.shift) / self.scale).astype(np.float32)
+
     @property
     def x(self) -> np.ndarray:
         """Every sample as the networks see it (float32; for small sets)."""
@@ -235,12 +240,14 @@ def load_zip(path: Path, resolution: int | None = None) -> Dataset:
     return from_arrays(str(path), x, np.array([pairs[n] for n in names]))
 
 
-def load_latents(path: Path, sigma_d: float = 0.5) -> Dataset:
+def load_latents(path: Path, sigma_d: float = 0.5, scaling: tuple[float, float] | None = None) -> Dataset:
     """SD-VAE latents (N, 4, h, w), raw, normalised per batch as in App. G.1:
-    (latent − μ_c)·σ_d/σ_c per channel. From an `.npz` ("x", optional "labels"), read into
-    memory, or from a folder of `x.npy` (memory-mapped) and optional `labels.npy`, as the
-    `encode` command writes. Encoding images needs the VAE's weights, which the user supplies;
-    nothing is downloaded here."""
+    (latent − μ_c)·σ_d/σ_c per channel; or, with a pretrained model's VAE `scaling` = (scaling
+    factor, shift factor), as that model saw them in training, (latent − shift)·scaling, with
+    any number of channels. From an `.npz` ("x", optional "labels"), read into memory, or from
+    a folder of `x.npy` (memory-mapped) and optional `labels.npy`, as the `encode` command
+    writes. Encoding images needs the VAE's weights, which the user supplies; nothing is
+    downloaded here."""
     path = Path(path)
     if path.is_dir():
         if not (path / "x.npy").is_file():
@@ -250,20 +257,17 @@ def load_latents(path: Path, sigma_d: float = 0.5) -> Dataset:
     else:
         with np.load(path) as f:
             x, labels = np.asarray(f["x"], dtype=np.float32), (f["labels"] if "labels" in f else None)
-    if x.ndim != 4 or x.shape[1] != 4:
+    if x.ndim != 4 or (scaling is None and x.shape[1] != 4):
         raise ValueError(f"{path}: SD-VAE latents are (N, 4, h, w), got shape {x.shape}")
-    mean, std = _sd_vae_statistics()
-    scale = sigma_d / std
+    if scaling is None:
+        mean, std = _sd_vae_statistics()
+        scale, shift = sigma_d / std, -mean * sigma_d / std
+    else:
+        scale, shift = scaling[0], -scaling[1] * scaling[0]
     if labels is None:
-        return Dataset(str(path), x, None, 0, scale, -mean * scale)
+        return Dataset(str(path), x, None, 0, scale, shift)
     labels = np.asarray(labels).astype(np.int64)
-    return Dataset(str(path), x, labels, int(labels.max()) + 1, scale, -mean * scale)
-
-
-def decode_latents(x: np.ndarray, sigma_d: float = 0.5) -> np.ndarray:
-    """The inverse of `load_latents`' normalisation, for the VAE decoder."""
-    mean, std = _sd_vae_statistics()
-    return x * (std / sigma_d) + mean
+    return Dataset(str(path), x, labels, int(labels.max()) + 1, scale, shift)
 
 
 def _sd_vae_statistics() -> tuple[np.ndarray, np.ndarray]:

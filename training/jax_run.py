@@ -596,6 +596,12 @@ def main(argv: list[str] | None = None) -> int:
             from training.torch_run import encode_command
 
             return encode_command(args)
+        if args.command == "export":  # students of diffusers teachers are torch modules
+            from training.torch_run import export_command
+
+            return export_command(args)
+        if args.teacher is not None:
+            raise ValueError("--teacher reads diffusers models, which are torch modules: use torch_run.py")
         distributed.initialize(args.coordinator, args.num_processes, args.process_id, args.heartbeat_timeout)
         config, run = runs.start(args, PRESETS, jax.process_index() == 0, distributed.share)
         context = distributed.setup(

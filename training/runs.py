@@ -19,7 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from backends.configs import DiffusionConfig, SCMConfig, VSDConfig
+from backends.configs import (
+    DiffusionConfig,
+    SCMConfig,
+    VSDConfig,
+    read_diffusers_folder,
+    schedule_from_config,
+)
 from trigcore import schedule
 
 from . import checkpoint, data, plots
@@ -245,7 +251,12 @@ def load_data(config: RunConfig) -> tuple[data.Dataset, data.Dataset]:
         )
     if not Path(path).exists():
         raise FileNotFoundError(f"--data {config.data}: {path} does not exist")
-    full = loaders[kind](Path(path))
+    scaling = config.network.options.get("latent_scaling")
+    full = (
+        data.load_latents(Path(path), config.sigma_d, scaling)
+        if kind == "latents"
+        else loaders[kind](Path(path))
+    )
     return full.split(max(1, len(full) // 10))
 
 
@@ -269,7 +280,7 @@ class Metric:
             from .vae import SDVAE
 
             vae = SDVAE(config.eval.vae)
-            self.images, is_image = (lambda x: vae.decode(x, config.sigma_d)), True
+            self.images, is_image = (lambda x: vae.decode(x, held_out)), True
         elif config.eval.metric != "auto" and len(held_out.sample_shape) == 3 and not is_image:
             raise ValueError(f"{config.eval.metric} of latents needs their VAE (--vae FOLDER)")
         pixels = (lambda x: _pooled_pixels(np.clip(x, -1, 1))) if is_image else _pooled_pixels
@@ -418,6 +429,15 @@ def argument_parser(doc: str, presets: dict) -> argparse.ArgumentParser:
         "--teacher-checkpoint", metavar="PATH", help="a trained teacher to distil (skips the teacher phase)"
     )
     parser.add_argument(
+        "--teacher",
+        metavar="diffusers:FOLDER",
+        help="torch: a pretrained diffusers model to distil, from a local model or pipeline folder "
+        "(skips the teacher phase; the students take its architecture)",
+    )
+    parser.add_argument(
+        "--guidance-max", type=float, metavar="S", help="distilled phases: CFG scales U[1, S] (1: no CFG)"
+    )
+    parser.add_argument(
         "--metric", choices=("auto", "fid", "fd_dinov2"), help="sample-quality metric (auto: by the data)"
     )
     parser.add_argument(
@@ -448,6 +468,18 @@ def argument_parser(doc: str, presets: dict) -> argparse.ArgumentParser:
         help="power-EMA width (post hoc if not stored; default: the run's)",
     )
     sample.add_argument("--out", type=Path, default=Path("samples.npz"), help="an .npz (and a PNG beside it)")
+    export = commands.add_parser(
+        "export", help="write a student distilled from a diffusers teacher as a diffusers folder"
+    )
+    export.add_argument("--checkpoint", type=Path, required=True, help="PATH (without suffix) or PATH.json")
+    export.add_argument("--out", type=Path, required=True, help="a new folder")
+    export.add_argument(
+        "--guidance",
+        type=float,
+        default=1.0,
+        help="a student that takes the CFG scale: the scale fixed in it",
+    )
+    export.add_argument("--ema", type=float, metavar="SIGMA_REL", help="power-EMA width (default: the run's)")
     encode = commands.add_parser("encode", help="encode images into SD-VAE latents (ImageNet 512, G.1)")
     encode.add_argument("--vae", required=True, metavar="FOLDER", help="a diffusers AutoencoderKL folder")
     encode.add_argument(
@@ -518,6 +550,8 @@ def _start(args: argparse.Namespace, presets: dict) -> tuple[RunConfig, Run]:
         }
         if args.checkpoint_every is not None:
             updates["checkpoint_every"] = args.checkpoint_every
+        if args.guidance_max is not None and phase in DISTILLED:
+            updates["guidance_max"] = args.guidance_max
         try:
             config = replace(config, **{phase: replace(getattr(config, phase), **updates)})
         except ValueError as error:
@@ -540,6 +574,12 @@ def _start(args: argparse.Namespace, presets: dict) -> tuple[RunConfig, Run]:
             config = replace(config, **{key: getattr(args, key)})
     if config.teacher_checkpoint:
         checkpoint.load(Path(config.teacher_checkpoint))  # a clear error now, not after a phase
+    if args.teacher is not None:
+        if args.network is not None or config.teacher_checkpoint:
+            raise ValueError(
+                "--teacher takes the model's own architecture: give no --network or --teacher-checkpoint"
+            )
+        config = pretrained_teacher(config, args.teacher)
     stem = args.runs / f"{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     folder, n = stem, 1
     while folder.exists():  # two runs started in the same second
@@ -548,6 +588,64 @@ def _start(args: argparse.Namespace, presets: dict) -> tuple[RunConfig, Run]:
     text = json.dumps(config.to_dict(), indent=2)
     checkpoint.write_atomically(folder / "config.json", lambda p: p.write_text(text))
     return config, run
+
+
+def pretrained_teacher(config: RunConfig, source: str) -> RunConfig:
+    """The run `config` distilling the pretrained model `source` ("diffusers:FOLDER"): its
+    network is the model's architecture (`NetworkConfig` "diffusers"), checked against the data
+    (channels, size, classes) and the distilled phases' CFG, so that nothing trains before a
+    mismatch is found."""
+    kind, _, folder = source.partition(":")
+    if kind != "diffusers" or not folder:
+        raise ValueError(f"--teacher must be diffusers:FOLDER, got {source!r}")
+    found = read_diffusers_folder(folder)
+    schedule_from_config(found.scheduler)  # a schedule and prediction type this reader knows
+    where = f"--teacher {source}"
+    if found.text_conditioned:
+        raise ValueError(
+            f"{where}: {found.class_name} is text-conditioned; the run script distils unconditional "
+            "and class-conditional models (text-conditioned ones: the Python API, README)"
+        )
+    options = {"model": found.model, "scheduler": found.scheduler}
+    if config.data.startswith("latents:"):
+        options["latent_scaling"] = list(found.latent_scaling())
+    config = replace(config, network=NetworkConfig("diffusers", found.class_name, options=options))
+    train_set, _ = load_data(config)
+    shape, size = train_set.sample_shape, found.model.get("sample_size")
+    channels = (
+        found.model.get("in_channels"),
+        found.model.get("out_channels") or found.model.get("in_channels"),
+    )
+    if len(shape) != 3 or channels[0] != shape[0] or channels[1] not in (shape[0], 2 * shape[0]):
+        raise ValueError(
+            f"{where}: the model takes {channels[0]} and gives {channels[1]} channels; the data's samples "
+            f"have shape {shape}"
+        )
+    if (
+        isinstance(size, int)
+        and (size, size) != shape[1:]
+        or isinstance(size, list)
+        and tuple(size) != shape[1:]
+    ):
+        raise ValueError(
+            f"{where}: the model was trained at sample_size {size}, the data are {shape[1]}×{shape[2]}"
+        )
+    classes, num = found.classes, train_set.num_classes
+    if classes and num not in (classes, classes - 1):
+        raise ValueError(
+            f"{where}: the model has {classes} class embeddings, the data {num} classes (expected "
+            f"{classes}, or {classes - 1} and one embedding for no class)"
+        )
+    null_class = num if classes == num + 1 else None
+    guided = [n for n in DISTILLED if getattr(config, n).steps and getattr(config, n).guidance_max > 1]
+    if guided and null_class is None:
+        raise ValueError(
+            f"{where}: {', '.join(guided)} distil with CFG (guidance_max > 1), which needs a class "
+            "embedding for no class, and the model has none; distil without CFG: --guidance-max 1"
+        )
+    options["null_class"] = null_class
+    network = NetworkConfig("diffusers", found.class_name, label_dim=num if classes else 0, options=options)
+    return replace(config, network=network, teacher_pretrained=f"diffusers:{Path(folder).resolve()}")
 
 
 # --- a whole run, and sampling a checkpoint (either backend) --------------------------------
@@ -619,12 +717,14 @@ def train_and_evaluate(
     load_network: Callable[[Path], tuple[Any, dict, RunConfig]],
     sample_from: Callable[..., np.ndarray],
     release: Callable[[], None] = lambda: None,
+    load_pretrained: Callable[[data.Dataset], Any] | None = None,
 ) -> dict | None:
     """Train the configured phases with the backend's `train_phase(name, train_set, teacher)`,
     then (on the main process) evaluate every model and write the summary; other processes
     return None. `release()` runs on every process when training is done, before the main one
     evaluates alone (torch: every process leaves the process group together there, rather than
-    the others leaving while the main one still evaluates, which aborted gloo processes)."""
+    the others leaving while the main one still evaluates, which aborted gloo processes).
+    `load_pretrained(train_set)` loads a pretrained teacher (`config.teacher_pretrained`)."""
     train_set, held_out = load_data(config)
     metric = Metric(config, train_set, held_out) if main else None
     if metric is not None:
@@ -635,7 +735,11 @@ def train_and_evaluate(
     models = {}
     # the teacher (Eq. 4 with adaptive weighting) or a trained one, then the consistency models:
     # sCD from it, sCT (from scratch or from it), sCD + aVSD and dsCD
-    if config.teacher_checkpoint:
+    if config.teacher_pretrained:
+        if load_pretrained is None:
+            raise ValueError(f"the {backend} run script cannot load --teacher {config.teacher_pretrained}")
+        models["teacher"] = load_pretrained(train_set)
+    elif config.teacher_checkpoint:
         teacher, _, trained = load_network(Path(config.teacher_checkpoint))
         if trained.network != config.network:  # the students start from its weights
             raise ValueError(

@@ -14,6 +14,8 @@ paper's presets are cifar10, imagenet64-s…xl and imagenet512-s…xxl (these ad
     torchrun --nproc-per-node 8 training/torch_run.py --preset imagenet512-s \\
         --teacher-checkpoint TEACHER.json --vae sd-vae-ft-mse --feature-weights inception.pkl
     python training/torch_run.py encode --vae sd-vae-ft-mse --data zip:imagenet.zip --out latents
+    python training/torch_run.py --teacher diffusers:my-ddpm    # distil a pretrained diffusers model
+    python training/torch_run.py export --checkpoint RUN/checkpoints/scd-006000 --out my-scm
 
 A run writes into its folder: config.json, metrics.jsonl, checkpoints/ (safetensors + JSON),
 samples/*.png, metric_vs_nfe.png and summary.json, and prints the folder at the end.
@@ -25,6 +27,7 @@ import argparse
 import copy
 import json
 import math
+import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -56,6 +59,8 @@ def build_network(
     """The configured network for samples of `sample_shape`, with `phase`'s dropout; distilled
     students with CFG take the guidance scale as an input (G.2)."""
     network = config.network
+    if network.kind == "diffusers":
+        return _diffusers_network(config, guidance, phase)
     options = dict(network.options)
     if phase is not None:
         options["dropout"] = phase.dropout
@@ -76,7 +81,49 @@ def build_network(
         from backends.torch.ddpmpp import DDPMpp
 
         return DDPMpp(resolution, channels, network.label_dim, guidance=guidance, **options)
-    raise ValueError(f"network kind must be 'edm2', 'ddpmpp' or 'mlp', got {network.kind!r}")
+    raise ValueError(f"network kind must be 'edm2', 'ddpmpp', 'mlp' or 'diffusers', got {network.kind!r}")
+
+
+def _diffusers_network(config: RunConfig, guidance: bool, phase: PhaseConfig | None) -> torch.nn.Module:
+    """A pretrained teacher's architecture, freshly initialised, as a TrigFlow view
+    (`backends.torch.pretrained`), with `phase`'s dropout where the model has that setting."""
+    from backends.torch.pretrained import diffusers_view
+
+    options = config.network.options
+    model = dict(options["model"])
+    if phase is not None and phase.dropout:
+        if "dropout" not in model:
+            raise ValueError(
+                f"{config.network.preset} has no dropout setting; the phase asks for {phase.dropout}"
+            )
+        model["dropout"] = phase.dropout
+    return diffusers_view(
+        config.network.preset, model, options["scheduler"], config.sigma_d,
+        guidance=guidance, null_class=options.get("null_class"),
+    )  # fmt: skip
+
+
+def load_pretrained(config: RunConfig, train_set: data.Dataset, device: torch.device) -> torch.nn.Module:
+    """The pretrained teacher `config.teacher_pretrained` ("diffusers:FOLDER") as a TrigFlow
+    view, tried on two training samples so that a model that cannot take them says so now."""
+    from backends.torch.pretrained import load_diffusers
+
+    folder = config.teacher_pretrained.partition(":")[2]
+    null_class = config.network.options.get("null_class")
+    teacher = load_diffusers(folder, config.sigma_d, device=device, null_class=null_class)
+    x = torch.from_numpy(train_set.get(np.arange(2))).to(device)
+    labels = train_set.one_hot(np.arange(2)) if config.network.label_dim else None
+    try:
+        with torch.no_grad():
+            F = teacher(x / config.sigma_d, torch.ones(2, device=device), labels if labels is None else
+                        torch.from_numpy(labels).to(device))  # fmt: skip
+    except (RuntimeError, ValueError, TypeError) as error:
+        raise ValueError(
+            f"--teacher {folder}: the model cannot take the data's samples {tuple(x.shape)}: {error}"
+        ) from None
+    if F.shape != x.shape:
+        raise ValueError(f"--teacher {folder}: the model maps samples {tuple(x.shape)} to {tuple(F.shape)}")
+    return teacher.requires_grad_(False)
 
 
 def arrays_of(prefix: str, module: torch.nn.Module) -> dict[str, np.ndarray]:
@@ -546,8 +593,9 @@ def run_training(
         return load_network(path, device=context.device)
 
     return runs.train_and_evaluate(
-        config, run, context.main, "torch", phase, load, sample_from, lambda: distributed.finish(context)
-    )
+        config, run, context.main, "torch", phase, load, sample_from, lambda: distributed.finish(context),
+        lambda train_set: load_pretrained(config, train_set, context.device),
+    )  # fmt: skip
 
 
 def _check_sharding(config: RunConfig) -> None:
@@ -555,7 +603,10 @@ def _check_sharding(config: RunConfig) -> None:
     it), float32 or bfloat16 (fp16's GradScaler fails on sharded and replicated gradients
     together), phases with an EMA (a sharded network is not copied), and not sCD + aVSD."""
     trained = [
-        n for n in PHASES if getattr(config, n).steps and not (n == "teacher" and config.teacher_checkpoint)
+        n
+        for n in PHASES
+        if getattr(config, n).steps
+        and not (n == "teacher" and (config.teacher_checkpoint or config.teacher_pretrained))
     ]
     no_ema = [
         n for n in trained if not (getattr(config, n).ema_halflife or getattr(config, n).ema_sigma_rels)
@@ -614,6 +665,41 @@ def encode_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def export_command(args: argparse.Namespace) -> int:
+    """`export`: a student distilled from a diffusers teacher as a diffusers folder: its model in
+    unet/ (or transformer/), an SCMScheduler config in scheduler/ that samples it in TrigFlow
+    time, and the teacher's scheduler config in native_scheduler/ (how the model reads its
+    time: the change of variables of `trigcore.native`, README "Pretrained models")."""
+    from diffusers import SCMScheduler
+
+    from backends.configs import schedule_from_config
+    from backends.torch.pretrained import native_model
+
+    if args.out.exists():
+        raise FileExistsError(f"--out {args.out} exists; give a new folder")
+    view, meta, config = load_network(args.checkpoint, args.ema)
+    if config.network.kind != "diffusers":
+        raise ValueError(
+            f"{args.checkpoint}: a {config.network.kind} network; export writes students of a diffusers "
+            "teacher (--teacher diffusers:FOLDER)"
+        )
+    if meta["phase"] == "teacher":
+        raise ValueError(f"{args.checkpoint}: a teacher checkpoint; export writes consistency models")
+    model = native_model(view, args.guidance)
+    scheduler = config.network.options["scheduler"]
+    schedule_from_config(scheduler)  # one this reader knows, as when the teacher was read
+    temporary = args.out.with_name(f".{args.out.name}.tmp")
+    shutil.rmtree(temporary, ignore_errors=True)  # what a failed export left
+    subfolder = "transformer" if "Transformer" in config.network.preset else "unet"
+    model.save_pretrained(temporary / subfolder)
+    SCMScheduler(sigma_data=config.sigma_d).save_pretrained(temporary / "scheduler")
+    (temporary / "native_scheduler").mkdir()
+    (temporary / "native_scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
+    temporary.rename(args.out)
+    print(f"wrote {config.network.preset} ({meta['phase']}, CFG scale {args.guidance:g}) to {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = runs.argument_parser(__doc__, PRESETS)
     args = parser.parse_args(argv)
@@ -623,6 +709,8 @@ def main(argv: list[str] | None = None) -> int:
             return runs.sample_command(args, load_network, sample_from)
         if args.command == "encode":
             return encode_command(args)
+        if args.command == "export":
+            return export_command(args)
         context = distributed.setup(args.device)
         config, run = runs.start(
             args, PRESETS, context.main, lambda value: distributed.gather(value, context)[0]

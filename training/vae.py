@@ -1,7 +1,8 @@
 """Stable Diffusion's VAE for the ImageNet 512×512 latents (G.1): encode preprocessed images into
 latents, decode samples into images. The VAE (stabilityai/sd-vae-ft-mse in the paper) comes from
 a diffusers folder the user supplies; nothing is downloaded. Latents are stored raw and
-normalised with App. G.1's channel statistics when loaded (`data.load_latents`).
+normalised when loaded (`data.load_latents`: App. G.1's channel statistics, or a pretrained
+teacher's VAE scaling).
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ class SDVAE:
             raise ValueError(f"need uint8 RGB images (N, 3, H, W), got {images.dtype} {images.shape}")
         return self._map(lambda x: self.model.encode(x / 127.5 - 1).latent_dist.mean, images)
 
-    def decode(self, x: np.ndarray, sigma_d: float = 0.5) -> np.ndarray:
-        """Images in [−1, 1] of normalised latents (what the models sample)."""
-        return self._map(lambda z: self.model.decode(z).sample.clamp(-1, 1), data.decode_latents(x, sigma_d))
+    def decode(self, x: np.ndarray, latents: data.Dataset) -> np.ndarray:
+        """Images in [−1, 1] of latents as the models see them (what they sample), mapped back
+        to the VAE's raw latents as the dataset `latents` maps them."""
+        return self._map(lambda z: self.model.decode(z).sample.clamp(-1, 1), latents.stored_values(x))
 
     def _map(self, fn, x: np.ndarray) -> np.ndarray:
         torch = self.torch

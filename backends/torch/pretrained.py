@@ -12,15 +12,15 @@ there at call time (diffusers' attention processors and dispatcher, `torch.nn.Gr
 from __future__ import annotations
 
 import contextlib
-import json
+import copy
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.nn import functional as F
 
+from backends.configs import read_diffusers_folder, schedule_from_config
 from trigcore import native
 
 from .attention import attention
@@ -101,9 +101,13 @@ def jvp_ready() -> Iterator[None]:
 def diffusers_call(
     model: torch.nn.Module, x_s: torch.Tensor, s: torch.Tensor, class_labels: torch.Tensor | None
 ) -> torch.Tensor:
-    """A diffusers model's prediction at (x_s, its time s), class-conditional when given labels."""
+    """A diffusers model's prediction at (x_s, its time s), class-conditional when given labels
+    (of models that also learn the variance, 2C output channels, the first C)."""
     kwargs = {} if class_labels is None else {"class_labels": class_labels}
-    return model(x_s, s, **kwargs, return_dict=False)[0]
+    out = model(x_s, s, **kwargs, return_dict=False)[0]
+    # models that also learn the variance (improved DDPM, DiT) predict 2C channels, the first C
+    # being the prediction
+    return out[:, : x_s.shape[1]] if out.shape[1] == 2 * x_s.shape[1] else out
 
 
 # where each diffusers model family makes its time embedding (the student's guidance joins it)
@@ -214,44 +218,6 @@ def _output_channels(module: torch.nn.Module) -> int:
 # ---------------------------------------------------------------------------------------------
 # diffusers folders
 
-# scheduler classes by the process they were configured for
-VP_SCHEDULERS = (
-    "DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "EulerDiscreteScheduler",
-    "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
-    "UniPCMultistepScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler", "KDPM2DiscreteScheduler",
-    "DEISMultistepScheduler",
-)  # fmt: skip
-FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
-
-
-def schedule_from_config(config: dict) -> tuple[native.Schedule, str]:
-    """The schedule and prediction type a diffusers scheduler config describes: a DDPM table
-    (from `trained_betas` or the beta schedule) with its prediction type, or flow matching
-    (the model's time σ·num_train_timesteps, predicting ε − x0)."""
-    name = config.get("_class_name", "?")
-    steps = int(config.get("num_train_timesteps", 1000))
-    if name in FLOW_SCHEDULERS:
-        return native.RectifiedFlow(scale=steps), "flow"
-    if name not in VP_SCHEDULERS:
-        raise ValueError(
-            f"scheduler {name}: not one this reader knows ({', '.join(VP_SCHEDULERS + FLOW_SCHEDULERS)})"
-        )
-    prediction = config.get("prediction_type", "epsilon")
-    if prediction not in ("epsilon", "sample", "v_prediction"):
-        raise ValueError(
-            f"scheduler {name}: prediction_type {prediction!r} is not epsilon, sample or v_prediction"
-        )
-    if config.get("rescale_betas_zero_snr"):
-        raise ValueError(
-            f"scheduler {name}: rescale_betas_zero_snr (its last ᾱ is 0, pure noise at a finite "
-            "time) is not supported"
-        )
-    alphas = native.alphas_cumprod(
-        config.get("beta_schedule", "linear"), steps, float(config.get("beta_start", 0.0001)),
-        float(config.get("beta_end", 0.02)), config.get("trained_betas"), xp=np,
-    )  # fmt: skip
-    return native.DiscreteVP(alphas), prediction
-
 
 def load_diffusers(
     folder: str | Path,
@@ -265,38 +231,83 @@ def load_diffusers(
     """The TrigFlow view of a diffusers model saved on disk (nothing is downloaded): a pipeline
     folder (model_index.json; its unet/ or transformer/ and scheduler/) or a model folder
     (config.json) with its scheduler's scheduler_config.json beside it or in ../scheduler/."""
+    found = read_diffusers_folder(folder)
+    return diffusers_view(
+        found.class_name, found.model, found.scheduler, sigma_d, weights=found.model_folder,
+        device=device, dtype=dtype, guidance=guidance, null_class=null_class,
+    )  # fmt: skip
+
+
+def diffusers_view(
+    class_name: str,
+    model_config: dict,
+    scheduler_config: dict,
+    sigma_d: float,
+    *,
+    weights: Path | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    guidance: bool = False,
+    null_class: int | None = None,
+) -> TrigFlowView:
+    """The TrigFlow view of the diffusers model `class_name` built from its config: with the
+    weights saved in the model folder `weights`, or freshly initialised when None."""
     import diffusers
 
-    folder = Path(folder)
-    if (folder / "model_index.json").exists():
-        found = [folder / n for n in ("unet", "transformer") if (folder / n / "config.json").exists()]
-        if not found:
-            raise FileNotFoundError(
-                f"{folder}: a pipeline folder without unet/ or transformer/ (config.json)"
-            )
-        model_folder, schedulers = found[0], [folder / "scheduler" / "scheduler_config.json"]
-    elif (folder / "config.json").exists():
-        model_folder = folder
-        schedulers = [folder / "scheduler_config.json", folder.parent / "scheduler" / "scheduler_config.json"]
-    else:
-        raise FileNotFoundError(
-            f"{folder}: neither a diffusers pipeline folder (model_index.json) "
-            "nor a model folder (config.json)"
-        )
-    scheduler = next((p for p in schedulers if p.exists()), None)
-    if scheduler is None:
-        raise FileNotFoundError(
-            f"{folder}: no scheduler config ({' or '.join(map(str, schedulers))}), which says how the model "
-            "was trained (its noise schedule and prediction type)"
-        )
-    name = json.loads((model_folder / "config.json").read_text()).get("_class_name")
-    kind = getattr(diffusers, str(name), None)
+    kind = getattr(diffusers, class_name, None)
     if not (isinstance(kind, type) and issubclass(kind, diffusers.ModelMixin)):
-        raise ValueError(
-            f"{model_folder / 'config.json'}: _class_name {name!r} is not a diffusers model class"
+        raise ValueError(f"model config: _class_name {class_name!r} is not a diffusers model class")
+    schedule, prediction = schedule_from_config(scheduler_config)
+    if weights is None:
+        model = kind.from_config(model_config)
+    else:
+        model = kind.from_pretrained(
+            weights, torch_dtype=dtype, local_files_only=True, low_cpu_mem_usage=False
         )
-    schedule, prediction = schedule_from_config(json.loads(scheduler.read_text()))
-    model = kind.from_pretrained(model_folder, torch_dtype=dtype, local_files_only=True).to(device).eval()
-    return TrigFlowView(model, schedule, prediction, sigma_d, guidance=guidance, null_class=null_class).to(
-        device, dtype
-    )
+    view = TrigFlowView(model.eval(), schedule, prediction, sigma_d, guidance=guidance, null_class=null_class)
+    return view.to(device, dtype)
+
+
+def native_model(view: TrigFlowView, guidance: float = 1.0) -> torch.nn.Module:
+    """A copy of the model inside `view`, for use without it (export): a student's guidance
+    embedding at the scale `guidance` is a constant vector added to its time embedding's output,
+    so it is folded into the bias of that embedding's last linear layer, and the copy's outputs
+    are checked against the view's."""
+    model = copy.deepcopy(view.model)
+    if view.emb_guidance is None:
+        if guidance != 1.0:
+            raise ValueError(f"this view takes no guidance scale, so none can be folded in (got {guidance})")
+        return model
+    copied = copy.deepcopy(view)
+    where = next(getattr(copied.model, n) for n in TIME_EMBEDDINGS if hasattr(copied.model, n))
+    last = [m for m in where.modules() if isinstance(m, torch.nn.Linear)][-1]
+    parameter = next(view.parameters())
+    scale = torch.full((1,), guidance, dtype=parameter.dtype, device=parameter.device)
+    with torch.no_grad():
+        last.bias += copied.emb_guidance(scale).reshape(-1)
+        copied.emb_guidance = None
+        # the folded model against the view, on a probe input at a few times
+        generator = torch.Generator().manual_seed(0)
+        shape = (3, *_sample_shape(model))
+        u = torch.randn(shape, generator=generator).to(parameter)
+        t = torch.tensor([0.3, 0.9, 1.4]).to(parameter)
+        labels = None
+        if view.null_class is not None or getattr(model.config, "num_class_embeds", None):
+            classes = int(model.config.num_class_embeds)
+            labels = torch.eye(classes).to(parameter)[:3]
+        expected = view(u, t, labels, torch.full((3,), guidance).to(parameter))
+        got = copied(u, t, labels)
+    if not torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max())):
+        raise ValueError(
+            f"{type(model).__name__}: its time embedding is not followed by a plain linear layer, so the "
+            "guidance embedding cannot be folded into it"
+        )
+    return copied.model
+
+
+def _sample_shape(model: torch.nn.Module) -> tuple[int, int, int]:
+    """(channels, height, width) of the samples a diffusers model was configured for."""
+    config = model.config
+    size = config.sample_size if isinstance(config.sample_size, int) else tuple(config.sample_size)
+    height, width = (size, size) if isinstance(size, int) else size
+    return int(config.in_channels), int(height), int(width)

@@ -1,0 +1,231 @@
+"""The run script with a pretrained diffusers teacher (`--teacher diffusers:FOLDER`): what it
+refuses before training, the latents a pipeline's VAE scales, folding a student's CFG scale into
+its model, and (slow) a whole distillation run, `sample`, `export` and the README's loop that
+samples the exported folder with diffusers' SCMScheduler."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+pytest.importorskip("sklearn")
+from diffusers import DDPMScheduler, UNet2DConditionModel, UNet2DModel  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "training"))
+
+import torch_run  # noqa: E402
+
+from backends.torch.pretrained import TrigFlowView, load_diffusers, native_model  # noqa: E402
+from training import runs  # noqa: E402
+from training.config import PRESETS  # noqa: E402
+
+BLOCKS = dict(
+    down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D")
+)
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRIGCORE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def saved(folder: Path, prediction_type: str = "epsilon", **config) -> Path:
+    """A tiny U-Net for the digits (1×8×8; 10 classes and a "no class" embedding unless told)
+    and its DDPM scheduler, saved with save_pretrained."""
+    torch.manual_seed(0)
+    options = dict(sample_size=8, in_channels=1, out_channels=1, num_class_embeds=11) | config
+    UNet2DModel(
+        block_out_channels=(16, 32), norm_num_groups=8, layers_per_block=1, **BLOCKS, **options
+    ).save_pretrained(folder)
+    DDPMScheduler(prediction_type=prediction_type, clip_sample=False).save_pretrained(folder)
+    return folder
+
+
+def refusal(argv: list[str], runs_folder: Path, capsys: pytest.CaptureFixture) -> str:
+    """The run's error message; the run must stop with status 2 before making a run folder."""
+    assert torch_run.main([*argv, "--runs", str(runs_folder)]) == 2
+    assert not runs_folder.exists() or not any(runs_folder.iterdir())
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (
+            {"in_channels": 3, "out_channels": 3},
+            r"takes 3 and gives 3 channels; the data's samples have shape \(1, 8, 8\)",
+        ),
+        ({"sample_size": 16}, "trained at sample_size 16, the data are 8×8"),
+        ({"num_class_embeds": 5}, "5 class embeddings, the data 10 classes"),
+        ({"num_class_embeds": 10}, "scd distil with CFG .* --guidance-max 1"),
+    ],
+)
+def test_a_teacher_that_does_not_fit_the_data_is_refused_before_the_run(
+    config: dict, message: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder = saved(tmp_path / "unet", **config)
+    assert re.search(message, refusal(["--teacher", f"diffusers:{folder}"], tmp_path / "runs", capsys))
+
+
+def test_bad_teacher_sources_are_refused_with_a_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    runs_folder = tmp_path / "runs"
+    assert "--teacher must be diffusers:FOLDER, got 'ddpm:x'" in refusal(
+        ["--teacher", "ddpm:x"], runs_folder, capsys
+    )
+    missing = refusal(["--teacher", f"diffusers:{tmp_path / 'none'}"], runs_folder, capsys)
+    assert "neither a diffusers pipeline folder" in missing
+    folder = saved(tmp_path / "v", "v_prediction")
+    config = json.loads((folder / "scheduler_config.json").read_text())
+    (folder / "scheduler_config.json").write_text(json.dumps(config | {"prediction_type": "x"}))
+    assert "prediction_type 'x' is not epsilon" in refusal(
+        ["--teacher", f"diffusers:{folder}"], runs_folder, capsys
+    )
+    text = tmp_path / "text"
+    UNet2DConditionModel(
+        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(16, 32), norm_num_groups=8,
+        layers_per_block=1, cross_attention_dim=16, attention_head_dim=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    ).save_pretrained(text)  # fmt: skip
+    DDPMScheduler().save_pretrained(text)
+    assert "UNet2DConditionModel is text-conditioned" in refusal(
+        ["--teacher", f"diffusers:{text}"], runs_folder, capsys
+    )
+    both = ["--teacher", f"diffusers:{folder}", "--network", "mlp"]
+    assert "give no --network" in refusal(both, runs_folder, capsys)
+
+
+def test_the_jax_run_script_refuses_diffusers_teachers(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("jax")
+    import jax_run
+
+    assert jax_run.main(["--teacher", "diffusers:x", "--runs", str(tmp_path)]) == 2
+    assert "which are torch modules: use torch_run.py" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_an_unconditional_teacher_takes_no_classes_and_no_cfg(tmp_path: Path) -> None:
+    folder = saved(tmp_path / "unet", num_class_embeds=None)
+    with pytest.raises(ValueError, match="needs a class embedding for no class"):
+        runs.pretrained_teacher(PRESETS["digits"], f"diffusers:{folder}")
+    digits = PRESETS["digits"]
+    config = replace(digits, scd=replace(digits.scd, guidance_max=1.0))
+    config = runs.pretrained_teacher(config, f"diffusers:{folder}")
+    assert (config.network.kind, config.network.label_dim, config.network.options["null_class"]) == (
+        "diffusers", 0, None
+    )  # fmt: skip
+    assert config.teacher_pretrained == f"diffusers:{folder.resolve()}"
+
+
+def test_latents_are_scaled_as_the_pipelines_vae_scales_them(tmp_path: Path) -> None:
+    pipeline = tmp_path / "pipeline"
+    saved(pipeline / "unet", in_channels=4, out_channels=8, num_class_embeds=None)  # a learned variance
+    (pipeline / "unet" / "scheduler_config.json").rename(tmp_path / "scheduler_config.json")
+    (pipeline / "scheduler").mkdir()
+    (tmp_path / "scheduler_config.json").rename(pipeline / "scheduler" / "scheduler_config.json")
+    (pipeline / "model_index.json").write_text("{}")
+    raw = np.random.default_rng(0).normal(2.0, 3.0, (30, 4, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "latents.npz", x=raw)
+    base = replace(PRESETS["digits"], data=f"latents:{tmp_path / 'latents.npz'}")
+    base = replace(base, scd=replace(base.scd, guidance_max=1.0))
+    with pytest.raises(ValueError, match="latent data need the pipeline's VAE scaling factor"):
+        runs.pretrained_teacher(base, f"diffusers:{pipeline}")
+    (pipeline / "vae").mkdir()
+    (pipeline / "vae" / "config.json").write_text(json.dumps({"scaling_factor": 0.25, "shift_factor": 1.5}))
+    config = runs.pretrained_teacher(base, f"diffusers:{pipeline}")
+    assert config.network.options["latent_scaling"] == [0.25, 1.5]
+    train, held_out = runs.load_data(config)
+    np.testing.assert_allclose(held_out.x, (raw[held_out.rows] - 1.5) * 0.25, rtol=1e-6)
+    np.testing.assert_allclose(held_out.stored_values(held_out.x), raw[held_out.rows], rtol=1e-5, atol=1e-6)
+    # the view gives 4 of the model's 8 output channels (its learned variance left out)
+    view = load_diffusers(pipeline, 0.5)
+    assert view(torch.from_numpy(train.get(np.arange(2))), torch.ones(2)).shape == (2, 4, 8, 8)
+
+
+def test_a_students_cfg_scale_is_folded_into_its_time_embedding(tmp_path: Path) -> None:
+    teacher = load_diffusers(saved(tmp_path / "unet"), 0.5, dtype=torch.float64, null_class=10)
+    student = torch_run._diffusers_network(
+        runs.pretrained_teacher(PRESETS["digits"], f"diffusers:{tmp_path / 'unet'}"), True, None
+    ).double()
+    student.load_state_dict(teacher.state_dict(), strict=False)
+    torch.manual_seed(1)
+    with torch.no_grad():  # a guidance embedding that has learned something
+        for p in student.emb_guidance.parameters():
+            p.normal_(0, 0.1)
+    model = native_model(student, 1.7)
+    plain = TrigFlowView(model, student.schedule, "epsilon", 0.5, null_class=10)
+    u, t = (
+        torch.randn(4, 1, 8, 8, dtype=torch.float64),
+        torch.tensor([0.2, 0.7, 1.1, 1.5], dtype=torch.float64),
+    )
+    labels = torch.eye(10, dtype=torch.float64)[[0, 3, 5, 9]]
+    guided = student(u, t, labels, torch.full((4,), 1.7, dtype=torch.float64))
+    torch.testing.assert_close(plain(u, t, labels), guided, rtol=1e-10, atol=1e-10)
+    assert not torch.allclose(guided, student(u, t, labels, torch.ones(4, dtype=torch.float64)))
+    with pytest.raises(ValueError, match="takes no guidance scale, so none can be folded in"):
+        native_model(teacher, 1.5)
+
+
+@pytest.mark.slow
+def test_a_diffusers_teacher_is_distilled_sampled_and_exported_for_scm_scheduler(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder = saved(tmp_path / "unet")
+    runs_folder = tmp_path / "runs"
+    argv = ["--teacher", f"diffusers:{folder}", "--scd-steps", "3", "--sct-steps", "2",
+            "--scd-avsd-steps", "2", "--dscd-steps", "2", "--eval-num", "20", "--eval-seeds", "1",
+            "--runs", str(runs_folder)]  # fmt: skip
+    assert torch_run.main(argv) == 0
+    (run,) = runs_folder.iterdir()
+    summary = json.loads((run / "summary.json").read_text())
+    assert {r["model"] for r in summary["results"]} == {"teacher", "scd", "sct", "scd_avsd", "dscd"}
+    assert all(np.isfinite(r["value"]) for r in summary["results"])
+    checkpoint = run / "checkpoints" / "scd-000003"
+
+    # the students are the teacher's architecture; sCT started from the teacher's weights
+    sct, _, _ = torch_run.load_network(run / "checkpoints" / "sct-000002")
+    assert type(sct.model) is UNet2DModel and sct.emb_guidance is None
+    scd, meta, config = torch_run.load_network(checkpoint)
+    assert meta["guidance"] and config.teacher_pretrained == f"diffusers:{folder.resolve()}"
+
+    # export, then the README's loop with diffusers alone against `sample` from the same noise
+    out = tmp_path / "exported"
+    assert (
+        torch_run.main(["export", "--checkpoint", str(checkpoint), "--out", str(out), "--guidance", "1.4"])
+        == 0
+    )
+    assert torch_run.main(["export", "--checkpoint", str(checkpoint), "--out", str(out)]) == 2
+    assert "exists; give a new folder" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["native_scheduler", "scheduler", "unet"]
+    block = next(b for b in re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+                 if "def sample_exported" in b)  # fmt: skip
+    scope: dict = {}
+    exec(compile(block, "README.md", "exec"), scope)
+    t_max = runs.consistency_times(1, 0.5)[0]
+    for steps in (1, 2):
+        samples = tmp_path / f"samples-{steps}.npz"
+        sample = ["sample", "--checkpoint", str(checkpoint), "--steps", str(steps), "--num", "12",
+                  "--seed", "3", "--guidance", "1.4", "--out", str(samples)]  # fmt: skip
+        assert torch_run.main(sample) == 0
+        expected = np.load(samples)["samples"]
+        z = 0.5 * np.random.default_rng(3).standard_normal((12, 1, 8, 8)).astype(np.float32)
+        labels = torch.arange(12) % 10
+        generator = torch.Generator().manual_seed(5)
+        got = scope["sample_exported"](out, torch.from_numpy(z), labels, (t_max, 1.1)[:steps], generator)
+        if steps == 2:  # `sample` takes the second step's noise from numpy: give it the loop's instead
+            noise = 0.5 * torch.randn(z.shape, generator=torch.Generator().manual_seed(5)).numpy()
+            one_hot = np.eye(10, dtype=np.float32)[np.arange(12) % 10]
+            expected = torch_run.sample_from(scd, "cm", [t_max, 1.1], z, noise[None], one_hot, 0.5, 1.4, True)
+        scale = float(np.abs(expected).max())
+        np.testing.assert_allclose(got.numpy(), expected, atol=2e-6 * scale)  # times in float32

@@ -36,6 +36,7 @@ from backends.torch import optim as torch_optim  # noqa: E402
 from backends.torch import steps as torch_steps  # noqa: E402
 from backends.torch.layers import AdaptiveWeight as TorchWeight  # noqa: E402
 from backends.torch.mlp import MLP as TorchMLP  # noqa: E402
+from trigcore import native  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "training"))
@@ -231,3 +232,78 @@ def test_one_optimiser_step_agrees(kind: str) -> None:
     for name, value in t_net.state_dict().items():
         close(value, stepped[name], RTOL64)
     assert not np.allclose(stepped["inp.weight"], np.asarray(j_net.inp.weight[...]))  # it moved
+
+
+# native parameterisations seen through the two backends' TrigFlow views (App. B.2)
+VIEWS = {
+    "linear-vp-epsilon": (lambda: native.LinearVP(), "epsilon"),
+    "ddpm-table-v": (
+        lambda: native.DiscreteVP(native.alphas_cumprod("linear", 50, 1e-3, 0.2, xp=np)),
+        "v_prediction",
+    ),
+    "flow-shift-3": (lambda: native.RectifiedFlow(shift=3.0), "flow"),
+    "edm-sample": (lambda: native.EDM(), "sample"),
+}
+
+
+def views(kind: str, seed: int = 0) -> tuple:
+    """The torch and JAX views of an MLP pair taken as a native model of `kind`."""
+    from torch.nn import functional as F
+
+    from backends.jax.pretrained import TrigFlowView as JaxView
+    from backends.torch.pretrained import TrigFlowView as TorchView
+
+    schedule, prediction = VIEWS[kind]
+    t_net, j_net = pair(seed=seed)
+
+    def one_hot(m, x, s, y):  # the torch view hands the model class indices, as diffusers takes them
+        return m(x, s, None if y is None else F.one_hot(y, CLASSES).to(x.dtype))
+
+    torch.manual_seed(seed + 10)
+    t_view = TorchView(t_net, schedule(), prediction, 0.5, call=one_hot, logvar_channels=8).double()
+    j_view = jax_layers.astype(JaxView(j_net, schedule(), prediction, 0.5, logvar_channels=8), jnp.float64)
+    jax_layers.load_state_dict(j_view, {k: v.detach().numpy() for k, v in t_view.state_dict().items()})
+    return t_view, j_view
+
+
+@pytest.mark.parametrize("kind", VIEWS)
+def test_the_views_of_a_native_model_agree(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """F, the tangent pass and logvar of the same native model's views, and an sCD loss and its
+    gradient with a viewed teacher and student: JAX distils native models as torch does."""
+    t_view, j_view = views(kind)
+    d = inputs()
+    labels = d["labels"]
+    close(
+        t_view(T(d["x"]), T(d["t"]), T(labels)).detach(), j_view(jnp.asarray(d["x"]), d["t"], labels), RTOL64
+    )
+    close(t_view.logvar(T(d["t"])).detach(), j_view.logvar(jnp.asarray(d["t"])), RTOL64)
+    F_t, jvp_t = torch_autodiff.tangent_pass(
+        lambda u, t: t_view(u, t, T(labels)), T(d["x"]), T(d["t"]), T(d["dxdt"]), 0.5
+    )
+    F_j, jvp_j = jax_autodiff.tangent_pass(
+        lambda u, t: j_view(u, t, labels),
+        jnp.asarray(d["x"]),
+        jnp.asarray(d["t"]),
+        jnp.asarray(d["dxdt"]),
+        0.5,
+    )
+    close(F_t, F_j, RTOL64)
+    close(jvp_t, jvp_j, RTOL64)
+
+    t_teacher, j_teacher = views(kind, seed=1)
+    scm = torch_steps.SCMConfig(warmup_steps=10)
+    t_batch = {"x0": T(d["x0"]), "labels": T(labels)}
+    with monkeypatch.context() as patch:
+        recorded = recording(patch)
+        torch.manual_seed(4)
+        loss_t = torch_steps.scm_loss(t_view, t_batch, scm, 4, t_teacher)[0]
+    loss_t.backward()
+    j_batch = {"x0": jnp.asarray(d["x0"]), "labels": jnp.asarray(labels)}
+    loss_j, grads_j = nnx.value_and_grad(
+        lambda net, rng: jax_steps.scm_loss(net, j_batch, scm, 4, rng, j_teacher)[0]
+    )(j_view, Replay(recorded))
+    close(loss_t.detach(), loss_j, RTOL64)
+    grads_t, grads_j = torch_grads(t_view), jax_grads(grads_j)
+    assert set(grads_t) == set(grads_j)
+    for name in grads_t:
+        close(grads_t[name], grads_j[name], RTOL64)

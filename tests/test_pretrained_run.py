@@ -110,9 +110,10 @@ def test_the_jax_run_script_refuses_diffusers_teachers(tmp_path: Path, capsys: p
     pytest.importorskip("jax")
     import jax_run
 
-    assert jax_run.main(["--teacher", "diffusers:x", "--runs", str(tmp_path)]) == 2
-    assert "which are torch modules: use torch_run.py" in capsys.readouterr().err
-    assert not any(tmp_path.iterdir())
+    for argv in (["--teacher", "diffusers:x"], ["--preset", "digits-ddpm"]):
+        assert jax_run.main([*argv, "--runs", str(tmp_path)]) == 2
+        assert "diffusers models, which are torch modules: use torch_run.py" in capsys.readouterr().err
+        assert not any(tmp_path.iterdir())
 
 
 def test_an_unconditional_teacher_takes_no_classes_and_no_cfg(tmp_path: Path) -> None:
@@ -229,3 +230,72 @@ def test_a_diffusers_teacher_is_distilled_sampled_and_exported_for_scm_scheduler
             expected = torch_run.sample_from(scd, "cm", [t_max, 1.1], z, noise[None], one_hot, 0.5, 1.4, True)
         scale = float(np.abs(expected).max())
         np.testing.assert_allclose(got.numpy(), expected, atol=2e-6 * scale)  # times in float32
+
+
+def test_native_loss_is_diffusers_ddpm_loss(tmp_path: Path) -> None:
+    from backends.torch.pretrained import NativeLoss
+
+    view = load_diffusers(saved(tmp_path / "unet"), 0.5, dtype=torch.float64, null_class=10)
+    config = json.loads((tmp_path / "unet" / "scheduler_config.json").read_text())
+    batch = {"x0": torch.rand(6, 1, 8, 8, dtype=torch.float64) * 2 - 1,
+             "labels": torch.eye(10, dtype=torch.float64)[[1, 2, 3, 4, 5, 6]]}  # fmt: skip
+    torch.manual_seed(4)
+    loss, _ = NativeLoss(config)(view, batch)
+    # the same draws, and DDPM's forward process written out
+    torch.manual_seed(4)
+    noise = torch.randn_like(batch["x0"])
+    k = torch.randint(0, 1000, (6,))
+    alphas = DDPMScheduler.from_config(config).alphas_cumprod.double()[k].reshape(-1, 1, 1, 1)
+    x_k = alphas.sqrt() * batch["x0"] + (1 - alphas).sqrt() * noise
+    with torch.no_grad():
+        eps = view.model(x_k, k, class_labels=torch.tensor([1, 2, 3, 4, 5, 6])).sample
+    assert float(loss.detach()) == pytest.approx(
+        float(((eps - noise) ** 2).mean()), rel=1e-5
+    )  # ᾱ kept in float32
+
+
+@pytest.mark.parametrize("sampler, method", [("ddim", "ddim"), ("dpmsolver++", "dpm-solver++2m")])
+def test_diffusers_own_samplers_equal_trigcores_on_the_view(
+    sampler: str, method: str, tmp_path: Path
+) -> None:
+    """DDIM (η = 0) and DPM-Solver++(2M) of diffusers, 10 steps, on the model equal trigcore's
+    samplers of the same name on its view, at the TrigFlow times of diffusers' timesteps (the
+    last step to t = 0), from the same start."""
+    import diffusers
+
+    from backends.torch.pretrained import NATIVE_SAMPLERS, sample_native
+    from trigcore import native, samplers
+
+    view = load_diffusers(saved(tmp_path / "unet"), 0.5, dtype=torch.float64, null_class=10)
+    config = json.loads((tmp_path / "unet" / "scheduler_config.json").read_text())
+    z = 0.5 * torch.randn(4, 1, 8, 8, dtype=torch.float64)
+    labels = torch.eye(10, dtype=torch.float64)[[0, 1, 2, 3]]
+    got = sample_native(view, config, sampler, 10, z, labels)
+    scheduler = getattr(diffusers, NATIVE_SAMPLERS[sampler]).from_config(config)
+    scheduler.set_timesteps(10)
+    alphas = scheduler.alphas_cumprod.double()[scheduler.timesteps]
+    times = [*torch.atan(((1 - alphas) / alphas).sqrt() / 0.5).tolist(), 0.0]
+    x_T = native.from_native(z / 0.5, times[0], 0.5, "vp")
+    with torch.no_grad():
+        expected = samplers.sample_ode(lambda u, t: view(u, t, labels), x_T, times, 0.5, method=method)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_the_digits_ddpm_preset_trains_a_diffusers_teacher_and_samples_it_both_ways(tmp_path: Path) -> None:
+    """A few steps of each phase: the teacher trains with diffusers' own loss, and is scored by
+    trigcore's Heun sampler and by diffusers' DDIM and DPM-Solver++ from the same starts."""
+    argv = ["--preset", "digits-ddpm", "--teacher-steps", "30", "--scd-steps", "3", "--eval-num", "30",
+            "--eval-seeds", "1", "--runs", str(tmp_path)]  # fmt: skip
+    assert torch_run.main(argv) == 0
+    (run,) = tmp_path.iterdir()
+    rows = {
+        (r["model"], r["sampler"], r["nfe"])
+        for r in json.loads((run / "summary.json").read_text())["results"]
+    }
+    teacher_rows = {("heun-5", 9), ("heun-9", 17), ("heun-18", 35), ("ddim-10", 10), ("ddim-50", 50),
+                    ("dpmsolver++-10", 10), ("dpmsolver++-20", 20)}  # fmt: skip
+    assert rows == {("teacher", *row) for row in teacher_rows} | {("scd", "1-step", 1), ("scd", "2-step", 2)}
+    losses = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    teacher = [r["loss"] for r in losses if r.get("phase") == "teacher" and "loss" in r]
+    assert teacher[-1] < teacher[0]  # ε-prediction's MSE falls from about 1

@@ -13,6 +13,7 @@ the teacher with Heun's sampler and the consistency models with 1 and 2 steps.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,6 +96,8 @@ class EvalConfig:
     seeds: int = 3  # sampling seeds per model and sampler: the summary gives their mean and spread
     heun_steps: tuple[int, ...] = (3, 5, 9, 18)  # the teacher's Heun steps (NFE 2n − 1)
     cm_steps: tuple[int, ...] = (1, 2)  # consistency sampling steps
+    # a diffusers teacher: also sampled by diffusers' own schedulers, "ddim-N" / "dpmsolver++-N"
+    native_samplers: tuple[str, ...] = ()
     # CFG scale of the samples by "model/steps" or "model" (1 where absent: none)
     guidance: dict = field(default_factory=dict)
     grid: int = 100  # samples in each PNG grid
@@ -109,6 +112,11 @@ class EvalConfig:
             f"eval.{k} = {getattr(self, k)}, expected ≥ {low}"
             for k, low in limits.items()
             if getattr(self, k) < low
+        ]
+        bad += [
+            f"eval.native_samplers: {name!r}, expected ddim-N or dpmsolver++-N"
+            for name in self.native_samplers
+            if not re.fullmatch(r"(ddim|dpmsolver\+\+)-[1-9][0-9]*", name)
         ]
         if bad:
             raise ValueError("; ".join(bad))
@@ -310,8 +318,38 @@ def _imagenet(resolution: int, size: str) -> RunConfig:
     )
 
 
+def _digits_ddpm() -> RunConfig:
+    """A small diffusers UNet2DModel trained on the digits the way diffusers trains a DDPM
+    (ε-prediction on DDPMScheduler's linear table, its MSE loss: `pretrained.NativeLoss`), then
+    distilled with sCD through its TrigFlow view; the teacher is also sampled by diffusers'
+    DDIM and DPM-Solver++."""
+    digits = _digits()
+    unet = dict(  # lists, as a config.json holds them
+        sample_size=8, in_channels=1, out_channels=1, block_out_channels=[32, 64], layers_per_block=1,
+        norm_num_groups=16, down_block_types=["DownBlock2D", "AttnDownBlock2D"],
+        up_block_types=["AttnUpBlock2D", "UpBlock2D"], num_class_embeds=11,
+    )  # fmt: skip
+    ddpm = dict(_class_name="DDPMScheduler", num_train_timesteps=1000, beta_schedule="linear",
+                beta_start=0.0001, beta_end=0.02, prediction_type="epsilon", clip_sample=False)  # fmt: skip
+    network = NetworkConfig(
+        "diffusers", "UNet2DModel", 10, {"model": unet, "scheduler": ddpm, "null_class": 10}
+    )
+    return dataclasses.replace(
+        digits,
+        preset="digits-ddpm",
+        network=network,
+        teacher=PhaseConfig(steps=2500, lr=1e-3, ema_halflife=20_000, label_dropout=0.1),
+        scd=dataclasses.replace(digits.scd, steps=800, lr_decay=100),
+        sct=PhaseConfig(steps=0),
+        eval=EvalConfig(
+            heun_steps=(5, 9, 18), native_samplers=("ddim-10", "ddim-50", "dpmsolver++-10", "dpmsolver++-20")
+        ),
+    )
+
+
 PRESETS: dict[str, RunConfig] = {
     "digits": _digits(),
+    "digits-ddpm": _digits_ddpm(),
     "toy2d": _toy2d(),
     "cifar10": _cifar10(),
     **{f"imagenet64-{size.lower()}": _imagenet(64, size) for size in _IMAGENET64},

@@ -44,7 +44,7 @@ from flax import nnx  # noqa: E402
 
 from backends.jax import distributed, optim, steps  # noqa: E402
 from backends.jax.layers import AdaptiveWeight, load_state_dict, named, state_dict, with_arrays  # noqa: E402
-from training import checkpoint, data, runs  # noqa: E402
+from training import data, loop, runs  # noqa: E402
 from training.config import PHASES, PRESETS, PhaseConfig, RunConfig  # noqa: E402
 from trigcore import lr, samplers  # noqa: E402
 
@@ -100,74 +100,135 @@ def load_arrays(params: nnx.State, arrays: dict[str, np.ndarray], prefix: str) -
         raise ValueError(f"checkpoint does not fit the network ({prefix}): {error}") from None
 
 
-# --- weight averages ------------------------------------------------------------------------
-
-
-class Averages:
-    """A phase's weight averages: EDM's half-life EMA and EDM2's power EMAs (G.1–G.2), saved in
-    checkpoints as "ema/halflife/…" and "ema/<σ_rel>/…"."""
-
-    def __init__(self, params: nnx.State, phase: PhaseConfig) -> None:
-        self.halflife = optim.HalfLifeEMA(params, phase.ema_halflife) if phase.ema_halflife else None
-        self.power = optim.PowerEMA(params, phase.ema_sigma_rels) if phase.ema_sigma_rels else None
-
-    def update(self, params: nnx.State, batch: int) -> None:
-        if self.halflife is not None:
-            self.halflife.update(params, batch)
-        if self.power is not None:
-            self.power.update(params)
-
-    def arrays(self, power_only: bool = False) -> dict[str, np.ndarray]:
-        out = {}
-        if self.halflife is not None and not power_only:
-            out |= arrays_of("ema/halflife", self.halflife.average)
-        if self.power is not None:
-            for sigma_rel, average in zip(self.power.sigma_rels, self.power.averages):
-                out |= arrays_of(f"ema/{sigma_rel:g}", average)
-        return out
-
-    def state(self) -> dict:
-        return {
-            "images_seen": self.halflife.images_seen if self.halflife else 0,
-            "power_step": self.power.step if self.power else 0,
-        }
-
-    def load(self, arrays: dict[str, np.ndarray], state: dict, place: Callable) -> None:
-        if self.halflife is not None:
-            self.halflife.average = place(load_arrays(self.halflife.average, arrays, "ema/halflife"))
-            self.halflife.images_seen = state["images_seen"]
-        if self.power is not None:
-            self.power.averages = [
-                place(load_arrays(average, arrays, f"ema/{sigma_rel:g}"))
-                for sigma_rel, average in zip(self.power.sigma_rels, self.power.averages)
-            ]
-            self.power.step = state["power_step"]
-
-
-def averaged_params(
-    name: str, phase: PhaseConfig, averages: Averages, params: nnx.State, folder: Path
-) -> nnx.State:
-    """The weights a phase hands on (to evaluation and to the phases distilled from it): the
-    power EMA of width `ema_use` (G.2: 0.05 for CMs; Tables 3–4 for teachers), reconstructed post
-    hoc from the phase's snapshots when not tracked; else the half-life EMA, else the weights.
-    With several processes, whole on each (`distributed.local`)."""
-    if phase.ema_use and averages.power is not None and phase.ema_use in averages.power.sigma_rels:
-        handed = averages.power[phase.ema_use]
-    elif phase.ema_use:
-        handed = posthoc_params(folder, name, phase.ema_use, params)
-    else:
-        handed = averages.halflife.average if averages.halflife is not None else params
-    return distributed.local(handed)
-
-
-def posthoc_params(folder: Path, name: str, sigma_rel: float, params: nnx.State) -> nnx.State:
-    """EDM2's post-hoc EMA: the average of width σ_rel at the last snapshot, by least squares
-    over the power-EMA snapshots `<name>.ema-*` in `folder`."""
-    combined = optim.posthoc_average(runs.read_snapshots(folder, name, sigma_rel), sigma_rel)
-    return load_arrays(params, {f"model/{k}": v for k, v in combined.items()}, "model")
-
-
 # --- one training phase ----------------------------------------------------------------------
+
+
+class JaxTrainer:
+    """`loop.Trainer` for JAX. The global batch is split over the mesh's devices and into
+    `micro_batches` parts, each with its own random key; the gradient is their mean. One random
+    key per step drives every draw, and each step is one jitted program (`_make_step`)."""
+
+    optim = optim
+
+    def __init__(
+        self,
+        name: str,
+        config: RunConfig,
+        train_set: data.Dataset,
+        context: distributed.Context,
+        teacher: nnx.Module | None,
+        arrays: dict[str, np.ndarray] | None,
+    ) -> None:
+        phase = getattr(config, name)
+        if phase.batch % (context.size * config.micro_batches):
+            raise ValueError(
+                f"{name} batch {phase.batch} does not split into {context.size} devices × "
+                f"{config.micro_batches} micro-batches"
+            )
+        self.name, self.config, self.phase, self.context, self.teacher = name, config, phase, context, teacher
+        self.train_set, self.main = train_set, context.main
+        self.shards, self.streams = config.micro_batches, "micro-batches"
+        self.seed = config.seed + PHASES.index(name)
+        guided = runs.takes_guidance(config, name)
+        network = build_network(config, train_set.sample_shape, guided, phase, self.seed)
+        if name != "teacher" and phase.init == "teacher":  # G.2: CMs start from the teacher's EMA
+            load_state_dict(network, state_dict(teacher), strict=False)
+        self.graphdef, params = nnx.split(network, nnx.Param)
+        if arrays is not None:  # resuming: the weights first
+            params = load_arrays(params, arrays, "model")
+        self.params = self.place(params)
+
+    def place(self, tree: Any) -> Any:
+        return distributed.place_params(self.context, tree)
+
+    def weights(self) -> nnx.State:
+        return self.params
+
+    def start(self) -> None:
+        config, phase, context = self.config, self.phase, self.context
+        self.tx = optim.make_optimizer(phase.optimizer, phase.lr, phase.betas, phase.eps)
+        # what the jitted step carries (`_make_step`): θ (and w_ψ, F_φ), optimiser states, loss scales
+        state: dict = {"trainable": {"model": self.params}}
+        vsd = (
+            _VSD.build(config, phase, self.train_set, self.teacher, self.seed)
+            if self.name == "scd_avsd"
+            else None
+        )
+        if vsd is not None:  # w_ψ trains with θ (App. C.2); F_φ has its own optimiser state
+            state["trainable"]["vsd_weight"] = distributed.replicated(context, vsd.weight)
+            state["fake"] = self.place(vsd.fake)
+            state["fake_opt"] = self.place(self.tx.init({"fake": state["fake"]}))
+        state["opt"] = self.place(self.tx.init(state["trainable"]))  # the moments placed as their parameters
+        self.scales = ["scale", *(["fake_scale"] if vsd else [])] if config.precision == "float16" else []
+        state |= {key: optim.loss_scale_state() for key in self.scales}
+        self.state, self.vsd, self.key = state, vsd, jax.random.key(self.seed)
+        teacher = self.teacher
+        teacher_graphdef, teacher_params = nnx.split(teacher) if teacher is not None else (None, None)
+        self.teacher_params = None if teacher is None else distributed.replicated(context, teacher_params)
+        self.step_fn = _make_step(self.name, config, phase, self.graphdef, teacher_graphdef, self.tx, vsd)
+
+    def restore(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
+        state = self.state
+        state["opt"] = _load_optimizer(state["opt"], arrays, meta["optimizer"], "optimizer")
+        if self.vsd is not None:
+            weight = load_arrays(state["trainable"]["vsd_weight"], arrays, "vsd_weight")
+            state["trainable"]["vsd_weight"] = distributed.replicated(self.context, weight)
+            state["fake"] = self.place(load_arrays(state["fake"], arrays, "fake"))
+            state["fake_opt"] = _load_optimizer(
+                state["fake_opt"], arrays, meta["fake_optimizer"], "fake_optimizer"
+            )
+        for name in self.scales:
+            saved = meta[name]
+            state[name] = {"scale": jnp.float32(saved["scale"]), "good_steps": jnp.int32(saved["good_steps"])}
+        self.key = jax.random.wrap_key_data(jnp.asarray(arrays["rng/key"]))
+
+    def step(self, step: int, index: np.ndarray) -> tuple[bool, dict]:
+        phase = self.phase
+        rate = jnp.float32(lr.edm2_lr(step, phase.lr, phase.lr_decay, phase.lr_rampup))
+        batch = _batch(self.train_set, index, self.context)
+        self.key, step_key = jax.random.split(self.key)
+        self.state, metrics, finite = self.step_fn(
+            self.state, self.teacher_params, batch, step_key, step, rate
+        )
+        self.params = self.state["trainable"]["model"]
+        return bool(finite), metrics
+
+    def reduce(self, metrics: dict) -> dict[str, float]:
+        return {key: float(value) for key, value in metrics.items()}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        state = self.state
+        arrays = arrays_of("model", self.params) | _optimizer_arrays(state["opt"], "optimizer")
+        arrays["rng/key"] = np.asarray(jax.random.key_data(self.key))
+        if self.vsd is not None:
+            arrays |= arrays_of("fake", state["fake"]) | arrays_of(
+                "vsd_weight", state["trainable"]["vsd_weight"]
+            )
+            arrays |= _optimizer_arrays(state["fake_opt"], "fake_optimizer")
+        return arrays
+
+    def meta(self) -> dict:
+        meta = {"optimizer": _optimizer_meta(self.state["opt"])}
+        if self.vsd is not None:
+            meta["fake_optimizer"] = _optimizer_meta(self.state["fake_opt"])
+        for name in self.scales:
+            meta[name] = {k: v.item() for k, v in self.state[name].items()}
+        return meta
+
+    arrays_of = staticmethod(arrays_of)
+
+    def load_arrays(self, weights: nnx.State, arrays: dict[str, np.ndarray], prefix: str) -> nnx.State:
+        return self.place(load_arrays(weights, arrays, prefix))
+
+    def posthoc(self, folder: Path, name: str, sigma_rel: float) -> nnx.State:
+        return posthoc_params(folder, name, sigma_rel, self.params)
+
+    def handed(self, weights: nnx.State | None) -> nnx.Module:
+        """With several processes, whole on each (`distributed.local`)."""
+        return nnx.merge(self.graphdef, distributed.local(self.params if weights is None else weights))
+
+    def barrier(self, label: str) -> None:
+        distributed.barrier(label)
 
 
 def train_phase(
@@ -178,150 +239,25 @@ def train_phase(
     context: distributed.Context,
     teacher: nnx.Module | None = None,
 ) -> nnx.Module:
-    """Train one phase with checkpoints, resuming from the phase's latest checkpoint in the run
-    folder. Returns the network it hands on (the average of `averaged_params`).
+    """Train one phase with checkpoints, resuming from its latest one (`loop.train_phase`);
+    returns the network it hands on."""
 
-    The global batch is split over the mesh's devices and into `micro_batches` parts, each with
-    its own random key; the gradient is their mean. One random key per step drives every draw."""
-    phase = getattr(config, name)
-    if phase.batch % (context.size * config.micro_batches):
-        raise ValueError(
-            f"{name} batch {phase.batch} does not split into {context.size} devices × "
-            f"{config.micro_batches} micro-batches"
-        )
-    seed = config.seed + PHASES.index(name)
-    guided = runs.takes_guidance(config, name)
-    network = build_network(config, train_set.sample_shape, guided, phase, seed)
-    if name != "teacher" and phase.init == "teacher":  # G.2: CMs start from the teacher's EMA
-        load_state_dict(network, state_dict(teacher), strict=False)
-    graphdef, params = nnx.split(network, nnx.Param)
-    found = checkpoint.latest(run.checkpoints, prefix=f"{name}-")
-    arrays, meta = checkpoint.load(found) if found is not None else ({}, {})
-    if found is not None:  # continue exactly where the checkpoint left off: the weights first
-        _check_resumable(found, meta, config)
-        params = load_arrays(params, arrays, "model")
-    place = lambda tree: distributed.place_params(context, tree)  # noqa: E731
-    params = place(params)
-    averages = Averages(params, phase)
-    tx = optim.make_optimizer(phase.optimizer, phase.lr, phase.betas, phase.eps)
-    # what the jitted step carries (`_make_step`): θ (and w_ψ, F_φ), optimiser states, loss scales
-    state: dict = {"trainable": {"model": params}}
-    vsd = _VSD.build(config, phase, train_set, teacher, seed) if name == "scd_avsd" else None
-    if vsd is not None:  # w_ψ trains with θ (App. C.2); F_φ has its own optimiser state
-        state["trainable"]["vsd_weight"] = distributed.replicated(context, vsd.weight)
-        state["fake"] = place(vsd.fake)
-        state["fake_opt"] = place(tx.init({"fake": state["fake"]}))
-    state["opt"] = place(tx.init(state["trainable"]))  # the moments placed as their parameters
-    scales = ["scale", *(["fake_scale"] if vsd else [])] if config.precision == "float16" else []
-    state |= {key: optim.loss_scale_state() for key in scales}
-    stream = data.BatchStream(len(train_set), phase.batch, seed=config.seed + 1000 * PHASES.index(name))
-    key = jax.random.key(seed)
-    start = 0
-    if found is not None:  # then the EMAs, optimiser, loss scales, data position, random key
-        averages.load(arrays, meta["averages"], place)
-        state["opt"] = _load_optimizer(state["opt"], arrays, meta["optimizer"], "optimizer")
-        if vsd is not None:
-            weight = load_arrays(state["trainable"]["vsd_weight"], arrays, "vsd_weight")
-            state["trainable"]["vsd_weight"] = distributed.replicated(context, weight)
-            state["fake"] = place(load_arrays(state["fake"], arrays, "fake"))
-            state["fake_opt"] = _load_optimizer(
-                state["fake_opt"], arrays, meta["fake_optimizer"], "fake_optimizer"
-            )
-        for key_name in scales:
-            saved = meta[key_name]
-            state[key_name] = {
-                "scale": jnp.float32(saved["scale"]),
-                "good_steps": jnp.int32(saved["good_steps"]),
-            }
-        stream.restore(meta["data"])
-        key = jax.random.wrap_key_data(jnp.asarray(arrays["rng/key"]))
-        start = meta["step"]
-    if start >= phase.steps:
-        return nnx.merge(graphdef, averaged_params(name, phase, averages, params, run.checkpoints))
+    def make(arrays: dict | None) -> JaxTrainer:
+        return JaxTrainer(name, config, train_set, context, teacher, arrays)
 
-    teacher_graphdef, teacher_params = nnx.split(teacher) if teacher is not None else (None, None)
-    teacher_params = None if teacher is None else distributed.replicated(context, teacher_params)
-    step_fn = _make_step(name, config, phase, graphdef, teacher_graphdef, tx, vsd)
-    log = run.log if context.main else lambda record: None
-    save = checkpoint.save if context.main else lambda path, arrays, meta: None
-    skipped_in_a_row = 0
-    progress = runs.progress(
-        range(start, phase.steps), name, initial=start, total=phase.steps, disable=not context.main
-    )
-    for step in progress:
-        # a global batch over the devices; the loss and gradient of each micro-batch with its
-        # own key; one optimiser step on the mean gradient (skipped if not finite); the EMAs
-        index = next(stream)
-        rate = jnp.float32(lr.edm2_lr(step, phase.lr, phase.lr_decay, phase.lr_rampup))
-        batch = _batch(train_set, index, context)
-        key, step_key = jax.random.split(key)
-        state, metrics, finite = step_fn(state, teacher_params, batch, step_key, step, rate)
-        params = state["trainable"]["model"]
-        if bool(finite):
-            skipped_in_a_row = 0
-            averages.update(params, phase.batch)
-        else:
-            skipped_in_a_row += 1
-            log({"phase": name, "step": step, "skipped": "non-finite loss or gradient"})
-            if skipped_in_a_row >= runs.MAX_SKIPPED:
-                raise RuntimeError(
-                    f"{name}: {skipped_in_a_row} non-finite steps in a row, the last at step {step}"
-                )
-        if step % config.log_every == 0 or step + 1 == phase.steps:
-            values = {key: float(value) for key, value in metrics.items()}
-            log({"phase": name, "step": step, **values})
-            progress.set_postfix(loss=f"{values['loss']:.4f}")
-        done = step + 1 == phase.steps
-        # every process gathers what a checkpoint holds (sharded arrays whole); the main one writes
-        if averages.power is not None and (
-            (step + 1) % (phase.snapshot_every or phase.checkpoint_every) == 0 or done
-        ):
-            meta = runs.description(config, train_set.sample_shape, name) | {
-                "step": step + 1,
-                "ema_step": averages.power.step,
-                "sigma_rels": averages.power.sigma_rels,
-            }
-            path = run.checkpoints / f"{name}.ema-{step + 1:06d}"
-            save(path, averages.arrays(power_only=True), meta)
-        if (step + 1) % phase.checkpoint_every == 0 or done:
-            arrays = arrays_of("model", params) | averages.arrays()
-            arrays |= _optimizer_arrays(state["opt"], "optimizer")
-            arrays["rng/key"] = np.asarray(jax.random.key_data(key))
-            meta = {
-                "phase": name,
-                "step": step + 1,
-                **runs.description(config, train_set.sample_shape, name),
-                "backend": "jax",
-                "data": stream.state(),
-                "shards": config.micro_batches,
-                "averages": averages.state(),
-                "optimizer": _optimizer_meta(state["opt"]),
-            }
-            if vsd is not None:
-                arrays |= arrays_of("fake", state["fake"]) | arrays_of(
-                    "vsd_weight", state["trainable"]["vsd_weight"]
-                )
-                arrays |= _optimizer_arrays(state["fake_opt"], "fake_optimizer")
-                meta["fake_optimizer"] = _optimizer_meta(state["fake_opt"])
-            for key_name in scales:
-                meta[key_name] = {k: v.item() for k, v in state[key_name].items()}
-            save(run.checkpoints / f"{name}-{step + 1:06d}", arrays, meta)
-    distributed.barrier(f"{name} saved")  # the last checkpoint and snapshots, for every process
-    return nnx.merge(graphdef, averaged_params(name, phase, averages, params, run.checkpoints))
+    return loop.train_phase(name, config, train_set, run, "jax", make)
+
+
+def posthoc_params(folder: Path, name: str, sigma_rel: float, params: nnx.State) -> nnx.State:
+    """EDM2's post-hoc EMA: the average of width σ_rel at the last snapshot, by least squares
+    over the power-EMA snapshots `<name>.ema-*` in `folder`."""
+    combined = optim.posthoc_average(runs.read_snapshots(folder, name, sigma_rel), sigma_rel)
+    return load_arrays(params, {f"model/{k}": v for k, v in combined.items()}, "model")
 
 
 def _scaled(out: tuple, scale: jax.Array) -> tuple:
     loss, aux = out
     return loss * scale.astype(loss.dtype), aux
-
-
-def _check_resumable(found: Path, meta: dict, config: RunConfig) -> None:
-    runs.check_resumable(found, meta, "jax")
-    if meta["shards"] != config.micro_batches:
-        raise ValueError(
-            f"{found}: written with {meta['shards']} micro-batches, resumed with {config.micro_batches}; "
-            "resume with the same number (--micro-batches)"
-        )
 
 
 def _make_step(
@@ -600,8 +536,11 @@ def main(argv: list[str] | None = None) -> int:
             from training.torch_run import export_command
 
             return export_command(args)
-        if args.teacher is not None:
-            raise ValueError("--teacher reads diffusers models, which are torch modules: use torch_run.py")
+        if args.teacher is not None or (
+            args.resume is None and PRESETS[args.preset].network.kind == "diffusers"
+        ):
+            what = "--teacher reads" if args.teacher is not None else f"--preset {args.preset} trains"
+            raise ValueError(f"{what} diffusers models, which are torch modules: use torch_run.py")
         distributed.initialize(args.coordinator, args.num_processes, args.process_id, args.heartbeat_timeout)
         config, run = runs.start(args, PRESETS, jax.process_index() == 0, distributed.share)
         context = distributed.setup(

@@ -718,13 +718,16 @@ def train_and_evaluate(
     sample_from: Callable[..., np.ndarray],
     release: Callable[[], None] = lambda: None,
     load_pretrained: Callable[[data.Dataset], Any] | None = None,
+    sample_native: Callable[..., np.ndarray] | None = None,
 ) -> dict | None:
     """Train the configured phases with the backend's `train_phase(name, train_set, teacher)`,
     then (on the main process) evaluate every model and write the summary; other processes
     return None. `release()` runs on every process when training is done, before the main one
     evaluates alone (torch: every process leaves the process group together there, rather than
     the others leaving while the main one still evaluates, which aborted gloo processes).
-    `load_pretrained(train_set)` loads a pretrained teacher (`config.teacher_pretrained`)."""
+    `load_pretrained(train_set)` loads a pretrained teacher (`config.teacher_pretrained`);
+    `sample_native(model, method, steps, z, labels, guidance)` samples a diffusers teacher with
+    its own schedulers (`config.eval.native_samplers`)."""
     train_set, held_out = load_data(config)
     metric = Metric(config, train_set, held_out) if main else None
     if metric is not None:
@@ -762,19 +765,38 @@ def train_and_evaluate(
         kind, counts = (
             ("teacher", config.eval.heun_steps) if name == "teacher" else ("cm", config.eval.cm_steps)
         )
-        for n in counts:
+        # (sampler, NFE, steps, how): trigcore's samplers, then a diffusers teacher's own
+        samplers = [(f"heun-{n}", 2 * n - 1, n, None) if kind == "teacher" else (f"{n}-step", n, n, None)
+                    for n in counts]  # fmt: skip
+        if name == "teacher" and config.eval.native_samplers:
+            if sample_native is None:
+                raise ValueError(
+                    f"the {backend} run script has no native samplers ({config.eval.native_samplers})"
+                )
+            for sampler in config.eval.native_samplers:
+                method, _, n = sampler.rpartition("-")
+                samplers.append((sampler, int(n), int(n), method))
+        for sampler, nfe, n, method in samplers:
             scores = []
             for k in range(config.eval.seeds):
-                samples, _ = draw(
-                    sample_from, model, kind, n, config.eval.num, config.seed + 7 + k,
-                    train_set.sample_shape, train_set.num_classes, config.sigma_d,
-                    config.eval.guidance_of(name, n), takes_guidance(config, name),
-                )  # fmt: skip
+                seed, guidance = config.seed + 7 + k, config.eval.guidance_of(name, n)
+                if method is None:
+                    samples, _ = draw(
+                        sample_from, model, kind, n, config.eval.num, seed, train_set.sample_shape,
+                        train_set.num_classes, config.sigma_d, guidance, takes_guidance(config, name),
+                    )  # fmt: skip
+                else:  # from the same starts z as trigcore's samplers of the teacher
+                    _, z, _, classes = sampling_inputs(
+                        kind, n, config.eval.num, seed, train_set.sample_shape, train_set.num_classes,
+                        config.sigma_d,
+                    )  # fmt: skip
+                    labels = (
+                        None if classes is None else np.eye(train_set.num_classes, dtype=np.float32)[classes]
+                    )
+                    samples = sample_native(model, method, n, z, labels, guidance)
                 scores.append(metric(samples, k))
                 if k == 0:
                     grid = metric.images(samples[: config.eval.grid])
-            nfe = 2 * n - 1 if kind == "teacher" else n
-            sampler = f"heun-{n}" if kind == "teacher" else f"{n}-step"
             measured = spread(scores)
             head = measured[metric.name]
             results.append(
@@ -783,7 +805,7 @@ def train_and_evaluate(
             )  # fmt: skip
             run.log({"phase": "eval", "model": name, "sampler": sampler, "nfe": nfe, **_means(measured)})
             save_samples(grid, run.folder / "samples" / f"{name}_{sampler}.png")
-            print(f"  {name:<8} {sampler:<8} NFE {nfe:>3}  {_text(measured)}")
+            print(f"  {name:<8} {sampler:<14} NFE {nfe:>3}  {_text(measured)}")
     plots.metric_plot(results, metric.name, run.folder / "metric_vs_nfe.png")
     summary = {
         "dataset": config.data,

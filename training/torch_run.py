@@ -43,7 +43,7 @@ import torch  # noqa: E402
 
 from backends.torch import distributed, optim, steps  # noqa: E402
 from backends.torch.layers import AdaptiveWeight  # noqa: E402
-from training import checkpoint, data, metrics, runs  # noqa: E402
+from training import data, loop, metrics, runs  # noqa: E402
 from training.config import PHASES, PRESETS, PhaseConfig, RunConfig  # noqa: E402
 from trigcore import samplers  # noqa: E402
 
@@ -148,61 +148,171 @@ def load_arrays(
         )
 
 
-# --- weight averages ------------------------------------------------------------------------
+# --- one training phase ----------------------------------------------------------------------
 
 
-class Averages:
-    """A phase's weight averages: EDM's half-life EMA and EDM2's power EMAs (G.1–G.2), saved in
-    checkpoints as "ema/halflife/…" and "ema/<σ_rel>/…"."""
+class TorchTrainer:
+    """`loop.Trainer` for PyTorch. Each global batch is split into shards, one per process and
+    micro-batch, each drawing from its own random stream; the gradient is the mean over the
+    shards. The network is wrapped for DDP or FSDP2 (`distributed.wrap`) when distributed."""
 
-    def __init__(self, model: torch.nn.Module, phase: PhaseConfig) -> None:
-        self.halflife = optim.HalfLifeEMA(model, phase.ema_halflife) if phase.ema_halflife else None
-        self.power = optim.PowerEMA(model, phase.ema_sigma_rels) if phase.ema_sigma_rels else None
+    optim = optim
 
-    def update(self, model: torch.nn.Module, batch: int) -> None:
-        if self.halflife is not None:
-            self.halflife.update(model, batch)
-        if self.power is not None:
-            self.power.update(model)
+    def __init__(
+        self,
+        name: str,
+        config: RunConfig,
+        train_set: data.Dataset,
+        context: distributed.Context,
+        teacher: torch.nn.Module | None,
+        arrays: dict[str, np.ndarray] | None,
+    ) -> None:
+        phase, device = getattr(config, name), context.device
+        self.shards = context.world * config.micro_batches
+        self.streams = "processes × micro-batches"
+        if phase.batch % self.shards:
+            raise ValueError(
+                f"{name} batch {phase.batch} does not split into {self.shards} equal shards "
+                f"({context.world} processes × {config.micro_batches} micro-batches)"
+            )
+        self.name, self.config, self.phase, self.context, self.teacher = name, config, phase, context, teacher
+        self.train_set, self.main = train_set, context.main
+        self.sharded = config.parallel == "fsdp" and context.world > 1
+        torch.manual_seed(config.seed + PHASES.index(name))
+        guided = runs.takes_guidance(config, name)
+        self.network = build_network(config, train_set.sample_shape, guided, phase).to(device)
+        if name != "teacher" and phase.init == "teacher":  # G.2: CMs start from the teacher's EMA
+            self.network.load_state_dict(teacher.state_dict(), strict=False)
+        if arrays is not None:  # resuming: the weights first
+            load_arrays(self.network, arrays, "model")
 
-    def arrays(self, power_only: bool = False) -> dict[str, np.ndarray]:
-        out = {}
-        if self.halflife is not None and not power_only:
-            out |= arrays_of("ema/halflife", self.halflife.average)
-        if self.power is not None:
-            for sigma_rel, average in zip(self.power.sigma_rels, self.power.averages):
-                out |= arrays_of(f"ema/{sigma_rel:g}", average)
-        return out
+    def start(self) -> None:
+        config, phase, context, name = self.config, self.phase, self.context, self.name
+        device = context.device
+        self.model = distributed.wrap(self.network, context, self.sharded)
+        # after sharding: FSDP2 replaces the parameters by sharded ones
+        self.optimizer = optim.make_optimizer(
+            self.network.parameters(), phase.optimizer, phase.lr, phase.betas, phase.eps
+        )
+        self.names = {f"model/{n}": p for n, p in self.network.named_parameters()}
+        self.scaler = torch.amp.GradScaler(device.type) if config.precision == "float16" else None
+        self.mine = range(context.rank * config.micro_batches, (context.rank + 1) * config.micro_batches)
+        self.randomness = _shard_streams(self.mine, config.seed + PHASES.index(name), device)
+        self.vsd = (
+            _VSD.build(config, phase, self.train_set, self.teacher, context) if name == "scd_avsd" else None
+        )
+        if self.vsd is not None:  # w_ψ trains with θ (App. C.2)
+            self.optimizer.add_param_group({"params": list(self.vsd.weight.parameters())})
+            self.names |= {f"vsd_weight/{n}": p for n, p in self.vsd.weight.named_parameters()}
+        self.settings = runs.loss_settings(name, config)
+        if name == "teacher" and config.network.kind == "diffusers":
+            from backends.torch.pretrained import NativeLoss
 
-    def state(self) -> dict:
+            self.settings = NativeLoss(config.network.options["scheduler"], phase.label_dropout)
+
+    def weights(self) -> torch.nn.Module:
+        return self.network
+
+    def restore(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
+        _load_optimizer(self.optimizer, arrays, meta["optimizer"], self.names, "optimizer")
+        if self.vsd is not None:
+            self.vsd.load(arrays, meta)
+        if self.scaler is not None:
+            self.scaler.load_state_dict(meta["scaler"])
+        self.randomness = [torch.from_numpy(arrays[f"rng/shard{j}"].copy()) for j in self.mine]
+
+    def step(self, step: int, index: np.ndarray) -> tuple[bool, list[dict]]:
+        """The global batch split into this process's shards; each shard's loss and gradient with
+        its own random stream; one optimiser step on the mean gradient (and aVSD's F_φ)."""
+        phase, vsd, device = self.phase, self.vsd, self.context.device
+        for each in (self.optimizer, vsd.optimizer) if vsd else (self.optimizer,):
+            optim.set_learning_rate(each, step, phase.lr, phase.lr_decay, phase.lr_rampup)
+        self.optimizer.zero_grad(set_to_none=True)
+        per_shard = phase.batch // self.shards
+        batches = [
+            _batch(self.train_set, index[j * per_shard : (j + 1) * per_shard], device) for j in self.mine
+        ]
+        metrics, samples = [], []
+        for k, batch in enumerate(batches):
+            with _shard(self.randomness, k, device), _accumulating(self.model, k + 1 < len(batches)):
+                loss, values = phase_loss(
+                    self.name, self.model, batch, self.settings, step, phase, self.teacher, vsd
+                )
+                _backward(loss / len(batches), self.scaler)
+            samples.append(values.pop("samples", None))
+            metrics.append(values)
+        if self.sharded:
+            distributed.average_replicated(self.network, self.context)
+        finite = optim.finish_step(self.optimizer, self.scaler, model=self.network)
+        if vsd is not None:  # L_Diff(φ): the fake score learns the generator's samples
+            vsd.optimizer.zero_grad(set_to_none=True)
+            for k, batch in enumerate(batches):
+                with _shard(self.randomness, k, device), _accumulating(vsd.fake, k + 1 < len(batches)):
+                    fake_loss, _ = steps.fake_score_loss(
+                        vsd.fake, samples[k], batch.get("labels"), vsd.settings
+                    )
+                    _backward(fake_loss / len(batches), vsd.scaler)
+            finite = optim.finish_step(vsd.optimizer, vsd.scaler) and finite
+        return finite, metrics
+
+    def reduce(self, metrics: list[dict]) -> dict[str, float]:
         return {
-            "images_seen": self.halflife.images_seen if self.halflife else 0,
-            "power_step": self.power.step if self.power else 0,
+            key: float(distributed.mean(torch.stack([m[key] for m in metrics]).mean(), self.context))
+            for key, value in metrics[0].items()
+            if torch.is_tensor(value) and value.ndim == 0
         }
 
-    def load(self, arrays: dict[str, np.ndarray], state: dict) -> None:
-        if self.halflife is not None:
-            load_arrays(self.halflife.average, arrays, "ema/halflife")
-            self.halflife.images_seen = state["images_seen"]
-        if self.power is not None:
-            for sigma_rel, average in zip(self.power.sigma_rels, self.power.averages):
-                load_arrays(average, arrays, f"ema/{sigma_rel:g}")
-            self.power.step = state["power_step"]
+    def arrays(self) -> dict[str, np.ndarray]:
+        everyone = distributed.gather([state.numpy() for state in self.randomness], self.context)
+        states = (state for states in everyone for state in states)
+        arrays = arrays_of("model", self.network) | _optimizer_arrays(self.optimizer, self.names, "optimizer")
+        arrays |= {f"rng/shard{j}": state for j, state in enumerate(states)}
+        return arrays | (self.vsd.arrays() if self.vsd is not None else {})
+
+    def meta(self) -> dict:
+        meta: dict = {"optimizer": {"param_groups": self.optimizer.state_dict()["param_groups"]}}
+        if self.vsd is not None:
+            meta["fake_optimizer"] = {"param_groups": self.vsd.optimizer.state_dict()["param_groups"]}
+            if self.vsd.scaler is not None:
+                meta["fake_scaler"] = self.vsd.scaler.state_dict()
+        if self.scaler is not None:
+            meta["scaler"] = self.scaler.state_dict()
+        return meta
+
+    arrays_of = staticmethod(arrays_of)
+
+    @staticmethod
+    def load_arrays(module: torch.nn.Module, arrays: dict[str, np.ndarray], prefix: str) -> torch.nn.Module:
+        load_arrays(module, arrays, prefix)
+        return module
+
+    def posthoc(self, folder: Path, name: str, sigma_rel: float) -> torch.nn.Module:
+        return posthoc_network(folder, name, sigma_rel, self.network)
+
+    def handed(self, weights: torch.nn.Module | None) -> torch.nn.Module:
+        if weights is None:
+            weights = copy.deepcopy(self.network).requires_grad_(False)
+        return weights.eval()
+
+    def barrier(self, label: str) -> None:
+        distributed.barrier(self.context)
 
 
-def averaged_network(
-    name: str, phase: PhaseConfig, averages: Averages, model: torch.nn.Module, folder: Path
+def train_phase(
+    name: str,
+    config: RunConfig,
+    train_set: data.Dataset,
+    run: runs.Run,
+    context: distributed.Context = distributed.SINGLE,
+    teacher: torch.nn.Module | None = None,
 ) -> torch.nn.Module:
-    """The network a phase hands on (to evaluation and to the phases distilled from it): the
-    power EMA of width `ema_use` (G.2: 0.05 for CMs; Tables 3–4 for teachers), reconstructed post
-    hoc from the phase's snapshots when not tracked; else the half-life EMA, else the weights."""
-    if phase.ema_use and averages.power is not None and phase.ema_use in averages.power.sigma_rels:
-        return averages.power[phase.ema_use]
-    if phase.ema_use:
-        return posthoc_network(folder, name, phase.ema_use, model)
-    if averages.halflife is not None:
-        return averages.halflife.average
-    return copy.deepcopy(model).eval().requires_grad_(False)
+    """Train one phase with checkpoints, resuming from its latest one (`loop.train_phase`);
+    returns the network it hands on, in eval mode."""
+
+    def make(arrays: dict | None) -> TorchTrainer:
+        return TorchTrainer(name, config, train_set, context, teacher, arrays)
+
+    return loop.train_phase(name, config, train_set, run, "torch", make)
 
 
 def posthoc_network(folder: Path, name: str, sigma_rel: float, model: torch.nn.Module) -> torch.nn.Module:
@@ -214,165 +324,6 @@ def posthoc_network(folder: Path, name: str, sigma_rel: float, model: torch.nn.M
         for snapshot in runs.read_snapshots(folder, name, sigma_rel)
     ]
     return optim.posthoc_average(snapshots, sigma_rel, model)
-
-
-# --- one training phase ----------------------------------------------------------------------
-
-
-def train_phase(
-    name: str,
-    config: RunConfig,
-    train_set: data.Dataset,
-    run: runs.Run,
-    context: distributed.Context = distributed.SINGLE,
-    teacher: torch.nn.Module | None = None,
-) -> torch.nn.Module:
-    """Train one phase with checkpoints, resuming from the phase's latest checkpoint in the run
-    folder. Returns the network it hands on (`averaged_network`), in eval mode.
-
-    Each global batch is split into shards, one per process and micro-batch, each drawing from
-    its own random stream; the gradient is the mean over the shards."""
-    phase, device = getattr(config, name), context.device
-    shards = context.world * config.micro_batches
-    if phase.batch % shards:
-        raise ValueError(
-            f"{name} batch {phase.batch} does not split into {shards} equal shards "
-            f"({context.world} processes × {config.micro_batches} micro-batches)"
-        )
-    shard = config.parallel == "fsdp" and context.world > 1
-    torch.manual_seed(config.seed + PHASES.index(name))
-    guided = runs.takes_guidance(config, name)
-    network = build_network(config, train_set.sample_shape, guided, phase).to(device)
-    if name != "teacher" and phase.init == "teacher":  # G.2: CMs start from the teacher's EMA
-        network.load_state_dict(teacher.state_dict(), strict=False)
-    found = checkpoint.latest(run.checkpoints, prefix=f"{name}-")
-    arrays, meta = checkpoint.load(found) if found is not None else ({}, {})
-    if found is not None:  # continue exactly where the checkpoint left off: the weights first
-        runs.check_resumable(found, meta, "torch")
-        if meta["shards"] != shards:
-            raise ValueError(
-                f"{found}: written with {meta['shards']} shards (processes × micro-batches), "
-                f"resumed with {shards}; resume with the same number (--micro-batches)"
-            )
-        load_arrays(network, arrays, "model")
-    averages = Averages(network, phase)  # whole copies, also when the network is sharded
-    model = distributed.wrap(network, context, shard)
-    # after sharding: FSDP2 replaces the parameters by sharded ones
-    optimizer = optim.make_optimizer(network.parameters(), phase.optimizer, phase.lr, phase.betas, phase.eps)
-    names = {f"model/{n}": p for n, p in network.named_parameters()}
-    stream = data.BatchStream(len(train_set), phase.batch, seed=config.seed + 1000 * PHASES.index(name))
-    scaler = torch.amp.GradScaler(device.type) if config.precision == "float16" else None
-    mine = range(context.rank * config.micro_batches, (context.rank + 1) * config.micro_batches)
-    randomness = _shard_streams(mine, config.seed + PHASES.index(name), device)
-    vsd = _VSD.build(config, phase, train_set, teacher, context) if name == "scd_avsd" else None
-    if vsd is not None:  # w_ψ trains with θ (App. C.2)
-        optimizer.add_param_group({"params": list(vsd.weight.parameters())})
-        names |= {f"vsd_weight/{n}": p for n, p in vsd.weight.named_parameters()}
-    start = 0
-    if found is not None:  # then the EMAs, optimiser, loss scales, data position, random streams
-        averages.load(arrays, meta["averages"])
-        _load_optimizer(optimizer, arrays, meta["optimizer"], names, "optimizer")
-        if vsd is not None:
-            vsd.load(arrays, meta)
-        if scaler is not None:
-            scaler.load_state_dict(meta["scaler"])
-        stream.restore(meta["data"])
-        randomness = [torch.from_numpy(arrays[f"rng/shard{j}"].copy()) for j in mine]
-        start = meta["step"]
-    if start >= phase.steps:
-        return averaged_network(name, phase, averages, network, run.checkpoints).eval()
-
-    settings = runs.loss_settings(name, config)
-    log = run.log if context.main else lambda record: None
-    per_shard = phase.batch // shards
-    skipped_in_a_row = 0
-    progress = runs.progress(
-        range(start, phase.steps), name, initial=start, total=phase.steps, disable=not context.main
-    )
-    for step in progress:
-        # a global batch, split into shards; each shard's loss and gradient with its own random
-        # stream; one optimiser step on the mean gradient (skipped if not finite); the EMAs
-        index = next(stream)
-        for each in (optimizer, vsd.optimizer) if vsd else (optimizer,):
-            optim.set_learning_rate(each, step, phase.lr, phase.lr_decay, phase.lr_rampup)
-        optimizer.zero_grad(set_to_none=True)
-        batches = [_batch(train_set, index[j * per_shard : (j + 1) * per_shard], device) for j in mine]
-        metrics, samples = [], []
-        for k, batch in enumerate(batches):
-            with _shard(randomness, k, device), _accumulating(model, k + 1 < len(batches)):
-                loss, values = phase_loss(name, model, batch, settings, step, phase, teacher, vsd)
-                _backward(loss / len(batches), scaler)
-            samples.append(values.pop("samples", None))
-            metrics.append(values)
-        if shard:
-            distributed.average_replicated(network, context)
-        finite = optim.finish_step(optimizer, scaler, model=network)
-        if vsd is not None:  # L_Diff(φ): the fake score learns the generator's samples
-            vsd.optimizer.zero_grad(set_to_none=True)
-            for k, batch in enumerate(batches):
-                with _shard(randomness, k, device), _accumulating(vsd.fake, k + 1 < len(batches)):
-                    fake_loss, _ = steps.fake_score_loss(
-                        vsd.fake, samples[k], batch.get("labels"), vsd.settings
-                    )
-                    _backward(fake_loss / len(batches), vsd.scaler)
-            finite = optim.finish_step(vsd.optimizer, vsd.scaler) and finite
-        if finite:
-            skipped_in_a_row = 0
-            averages.update(network, phase.batch)
-        else:
-            skipped_in_a_row += 1
-            log({"phase": name, "step": step, "skipped": "non-finite loss or gradient"})
-            if skipped_in_a_row >= runs.MAX_SKIPPED:
-                raise RuntimeError(
-                    f"{name}: {skipped_in_a_row} non-finite steps in a row, the last at step {step}"
-                )
-        if step % config.log_every == 0 or step + 1 == phase.steps:
-            values = {
-                key: float(distributed.mean(torch.stack([m[key] for m in metrics]).mean(), context))
-                for key, value in metrics[0].items()
-                if torch.is_tensor(value) and value.ndim == 0
-            }
-            log({"phase": name, "step": step, **values})
-            progress.set_postfix(loss=f"{values['loss']:.4f}")
-        done = step + 1 == phase.steps
-        if averages.power is not None and (
-            (step + 1) % (phase.snapshot_every or phase.checkpoint_every) == 0 or done
-        ):
-            if context.main:
-                meta = runs.description(config, train_set.sample_shape, name) | {
-                    "step": step + 1,
-                    "ema_step": averages.power.step,
-                    "sigma_rels": averages.power.sigma_rels,
-                }
-                path = run.checkpoints / f"{name}.ema-{step + 1:06d}"
-                checkpoint.save(path, averages.arrays(power_only=True), meta)
-        if (step + 1) % phase.checkpoint_every == 0 or done:
-            everyone = distributed.gather([state.numpy() for state in randomness], context)
-            if shard or context.main:  # gathering sharded weights and moments takes every process
-                arrays = arrays_of("model", network) | _optimizer_arrays(optimizer, names, "optimizer")
-            if context.main:
-                states = (s for states in everyone for s in states)
-                arrays |= averages.arrays() | {f"rng/shard{j}": state for j, state in enumerate(states)}
-                meta = {
-                    "phase": name,
-                    "step": step + 1,
-                    **runs.description(config, train_set.sample_shape, name),
-                    "backend": "torch",
-                    "data": stream.state(),
-                    "shards": shards,
-                    "averages": averages.state(),
-                    "optimizer": {"param_groups": optimizer.state_dict()["param_groups"]},
-                }
-                if vsd is not None:
-                    arrays |= vsd.arrays()
-                    meta["fake_optimizer"] = {"param_groups": vsd.optimizer.state_dict()["param_groups"]}
-                    if vsd.scaler is not None:
-                        meta["fake_scaler"] = vsd.scaler.state_dict()
-                if scaler is not None:
-                    meta["scaler"] = scaler.state_dict()
-                checkpoint.save(run.checkpoints / f"{name}-{step + 1:06d}", arrays, meta)
-            distributed.barrier(context)
-    return averaged_network(name, phase, averages, network, run.checkpoints).eval()
 
 
 def phase_loss(
@@ -388,6 +339,8 @@ def phase_loss(
     """The loss of one shard: Eq. 4 (teacher), Alg. 1 (sCT, sCD), Alg. 2 (dsCD), or sCD plus
     λ_VSD times the generator's aVSD loss (sCD + aVSD), whose samples it returns for F_φ."""
     if name == "teacher":
+        if callable(settings):  # a diffusers teacher, trained as diffusers trains it
+            return settings(model, batch)
         return steps.diffusion_loss(model, batch, settings)
     if name == "dscd":
         return steps.discrete_scm_loss(model, teacher, batch, settings, step, phase.discrete_steps)
@@ -560,6 +513,32 @@ def sample_from(
     return np.concatenate(out)
 
 
+def sample_native(
+    config: RunConfig,
+    model: torch.nn.Module,
+    method: str,
+    steps: int,
+    z: np.ndarray,
+    labels: np.ndarray | None,
+    guidance: float,
+    chunk: int = 500,
+) -> np.ndarray:
+    """Samples of a diffusers teacher by its own scheduler `method` ("ddim", "dpmsolver++")
+    from the starts z, with one-hot labels or None (`pretrained.sample_native`)."""
+    from backends.torch.pretrained import sample_native as sample
+
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(z), chunk):
+        part = slice(start, start + chunk)
+        x = sample(
+            model, config.network.options["scheduler"], method, steps, torch.from_numpy(z[part]).to(device),
+            None if labels is None else torch.from_numpy(labels[part]).to(device), guidance,
+        )  # fmt: skip
+        out.append(x.float().cpu().numpy())
+    return np.concatenate(out)
+
+
 def _conditioned(model: torch.nn.Module, labels, guidance: float, takes_guidance: bool):
     """F(u, t) with the class labels; CFG at `guidance` for a teacher, or the scale as the
     student's input."""
@@ -595,6 +574,7 @@ def run_training(
     return runs.train_and_evaluate(
         config, run, context.main, "torch", phase, load, sample_from, lambda: distributed.finish(context),
         lambda train_set: load_pretrained(config, train_set, context.device),
+        lambda *args: sample_native(config, *args),
     )  # fmt: skip
 
 

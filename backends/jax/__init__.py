@@ -3,10 +3,22 @@ training steps, optax optimisation and jax.sharding. The math it runs comes from
 with jax arrays.
 
 Modules (the names of the PyTorch backend): `attention`, `autodiff`, `layers`, `edm2`, `ddpmpp`,
-`mlp`, `steps`, `optim`, `distributed`, and `flash_jvp`, the fused Pallas kernel of the
+`mlp`, `steps`, `optim`, `distributed`, `pretrained` (NNX models trained in their own notation as
+TrigFlow networks), and `flash_jvp`, the fused Pallas kernel of the
 attention's JVP (`attention` uses it on CUDA).
 """
 
-from . import attention, autodiff, ddpmpp, distributed, edm2, layers, mlp, optim, steps
+from . import attention, autodiff, ddpmpp, distributed, edm2, layers, mlp, optim, pretrained, steps
 
-__all__ = ["attention", "autodiff", "ddpmpp", "distributed", "edm2", "layers", "mlp", "optim", "steps"]
+__all__ = [
+    "attention",
+    "autodiff",
+    "ddpmpp",
+    "distributed",
+    "edm2",
+    "layers",
+    "mlp",
+    "optim",
+    "pretrained",
+    "steps",
+]

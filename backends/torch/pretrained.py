@@ -174,7 +174,12 @@ class TrigFlowView(LogvarHead, torch.nn.Module):
         t: torch.Tensor,
         class_labels: torch.Tensor | None = None,
         guidance: torch.Tensor | None = None,
+        native_call: bool = False,
     ) -> torch.Tensor:
+        """F_θ(u, t); with `native_call`, the model's own prediction at its own input u = x_s and
+        time t = s (diffusers' own training and sampling, through the module DDP wraps)."""
+        if native_call:
+            return self.call(self.model, u, t.expand(u.shape[0]), self._labels(class_labels))
         t = t.to(u.dtype).expand(u.shape[0]) if t.ndim <= 1 else t
         x_t = u * self.sigma_d
         x_s = native.to_native(x_t, t, self.sigma_d, self.schedule.kind)
@@ -266,6 +271,76 @@ def diffusers_view(
         )
     view = TrigFlowView(model.eval(), schedule, prediction, sigma_d, guidance=guidance, null_class=null_class)
     return view.to(device, dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# diffusers' own training and sampling of the model inside a view
+
+
+class NativeLoss:
+    """diffusers' own DDPM training loss for the model inside a TrigFlow view (its
+    `train_unconditional` example): x_k = √ᾱ_k·x0 + √(1 − ᾱ_k)·ε by `DDPMScheduler.add_noise`
+    at k ~ U{0, …, N − 1}, and the mean squared error of the prediction against its target (ε,
+    x0 or v by the scheduler's prediction type); labels dropped with probability
+    `label_dropout` (the "no class" of CFG)."""
+
+    def __init__(self, scheduler_config: dict, label_dropout: float = 0.0) -> None:
+        from diffusers import DDPMScheduler
+
+        self.scheduler = DDPMScheduler.from_config(scheduler_config)
+        self.label_dropout = label_dropout
+
+    def __call__(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        from .steps import drop_labels
+
+        x0 = batch["x0"]
+        noise = torch.randn_like(x0)
+        k = torch.randint(0, self.scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device)
+        target = {
+            "epsilon": noise,
+            "sample": x0,
+            "v_prediction": self.scheduler.get_velocity(x0, noise, k),
+        }[self.scheduler.config.prediction_type]
+        labels = drop_labels(batch.get("labels"), self.label_dropout)
+        prediction = model(self.scheduler.add_noise(x0, noise, k), k, labels, native_call=True)
+        loss = F.mse_loss(prediction.float(), target.float())
+        return loss, {"loss": loss.detach()}
+
+
+# diffusers' schedulers that sample a model in its own notation, by name
+NATIVE_SAMPLERS = {"ddim": "DDIMScheduler", "dpmsolver++": "DPMSolverMultistepScheduler"}
+
+
+def sample_native(
+    view: TrigFlowView,
+    scheduler_config: dict,
+    sampler: str,
+    steps: int,
+    z: torch.Tensor,
+    class_labels: torch.Tensor | None = None,
+    guidance: float = 1.0,
+) -> torch.Tensor:
+    """Samples of the model inside `view` by one of diffusers' own schedulers (NATIVE_SAMPLERS:
+    DDIM with η = 0, DPM-Solver++(2M)) in `steps` steps, configured from the model's scheduler
+    config, from the TrigFlow start z ~ σ_d·N(0, I) (the native start z/σ_d·init_noise_sigma), with
+    CFG on the prediction at `guidance`."""
+    import diffusers
+
+    if sampler not in NATIVE_SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(NATIVE_SAMPLERS)}, got {sampler!r}")
+    scheduler = getattr(diffusers, NATIVE_SAMPLERS[sampler]).from_config(scheduler_config)
+    scheduler.set_timesteps(steps, device=z.device)
+    x = z / view.sigma_d * scheduler.init_noise_sigma
+    null = None if class_labels is None or guidance == 1 else torch.zeros_like(class_labels)
+    with torch.no_grad():
+        for k in scheduler.timesteps:
+            x_in = scheduler.scale_model_input(x, k)
+            prediction = view(x_in, k, class_labels, native_call=True)
+            if null is not None:
+                unconditional = view(x_in, k, null, native_call=True)
+                prediction = unconditional + guidance * (prediction - unconditional)
+            x = scheduler.step(prediction, k, x).prev_sample
+    return x
 
 
 def native_model(view: TrigFlowView, guidance: float = 1.0) -> torch.nn.Module:

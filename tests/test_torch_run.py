@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT / "training"))
 
 import torch_run  # noqa: E402
 
+from training import checkpoint  # noqa: E402
 from training.config import NetworkConfig, RunConfig  # noqa: E402
 from trigcore import ema  # noqa: E402
 
@@ -291,7 +292,7 @@ def test_a_paper_preset_runs_every_phase_kind_with_power_emas(tiny_paper_run: tu
     names = sorted(p.name for p in run.checkpoints.glob("*.json"))
     assert "teacher.ema-000002.json" in names and "teacher.ema-000006.json" in names
     assert "scd_avsd-000006.json" in names and "dscd-000003.json" in names
-    arrays, meta = torch_run.checkpoint.load(run.checkpoints / "scd_avsd-000006")
+    arrays, meta = checkpoint.load(run.checkpoints / "scd_avsd-000006")
     assert {key.split("/")[0] for key in arrays} >= {
         "model",
         "ema",
@@ -305,7 +306,7 @@ def test_a_paper_preset_runs_every_phase_kind_with_power_emas(tiny_paper_run: tu
     # the teacher's σ_rel = 0.025 (Table 4) is not tracked: it is reconstructed from the snapshots,
     # and sampling a checkpoint at another width does the same
     teacher, _, _ = torch_run.load_network(run.checkpoints / "teacher-000006")
-    snapshots = [torch_run.checkpoint.load(p) for p in sorted(run.checkpoints.glob("teacher.ema-*.json"))]
+    snapshots = [checkpoint.load(p) for p in sorted(run.checkpoints.glob("teacher.ema-*.json"))]
     steps_, widths = [m["ema_step"] for _, m in snapshots], snapshots[0][1]["sigma_rels"]
     coefficients = ema.posthoc_coefficients(
         [s for s in steps_ for _ in widths], widths * len(steps_), [steps_[-1]], [0.025], xp=np

@@ -621,12 +621,8 @@ def pretrained_teacher(config: RunConfig, source: str) -> RunConfig:
             f"{where}: the model takes {channels[0]} and gives {channels[1]} channels; the data's samples "
             f"have shape {shape}"
         )
-    if (
-        isinstance(size, int)
-        and (size, size) != shape[1:]
-        or isinstance(size, list)
-        and tuple(size) != shape[1:]
-    ):
+    trained_at = (size, size) if isinstance(size, int) else tuple(size or ())
+    if trained_at and trained_at != shape[1:]:
         raise ValueError(
             f"{where}: the model was trained at sample_size {size}, the data are {shape[1]}×{shape[2]}"
         )

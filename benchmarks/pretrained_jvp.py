@@ -1,9 +1,12 @@
 """The cost of sCD's tangent pass through a diffusers U-Net, seen as TrigFlow
 (`backends/torch/pretrained`): its plain forward pass, the view's forward pass (inside
 `jvp_ready`, with the change of variables), and the view's tangent pass (dual tensors, what
-`SCMConfig(passes="separate")` runs), timed side by side in one run.
+`SCMConfig(passes="separate")` runs) and gradient pass (F_θ and its backward), timed side by side
+in one run; the last two also with group norm from plain operations (`plain_group_norm`, as
+before its tangent was written out).
 
     python benchmarks/pretrained_jvp.py                           # a CIFAR-10-sized DDPM U-Net, CPU
+    python benchmarks/pretrained_jvp.py --width 32 --resolution 8 --batch 128  # digits-sized
     python benchmarks/pretrained_jvp.py --device cuda --batch 64  # on a GPU
 """
 
@@ -19,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from steps import median_seconds  # noqa: E402  (benchmarks/steps.py, beside this script)
 
+from backends.torch import pretrained  # noqa: E402
 from backends.torch.autodiff import tangent_pass  # noqa: E402
 from backends.torch.pretrained import TrigFlowView  # noqa: E402
 from trigcore import native  # noqa: E402
@@ -73,16 +77,28 @@ def main(argv: list[str] | None = None) -> int:
     def view_tangent(_: int) -> None:
         tangent_pass(view, x_t, t, dxdt, SIGMA_D)
 
+    def view_gradient(_: int) -> None:  # sCD's gradient pass: F_θ and its backward
+        view.requires_grad_(True)
+        view(x_t / SIGMA_D, t).square().mean().backward()
+        view.requires_grad_(False).zero_grad()
+
     rows = {}
     for name, fn in (("U-Net forward", native_forward), ("view forward", view_forward)):
         rows[name] = median_seconds(fn, device, args.repeats, args.warmup)
-    rows["view tangent pass"] = median_seconds(view_tangent, device, args.repeats, args.warmup)
+    fused = pretrained.group_norm
+    for norm, label in ((fused, ""), (pretrained.plain_group_norm, ", plain group norm")):
+        pretrained.group_norm = norm
+        try:
+            for name, fn in (("view tangent pass", view_tangent), ("view gradient pass", view_gradient)):
+                rows[name + label] = median_seconds(fn, device, args.repeats, args.warmup)
+        finally:
+            pretrained.group_norm = fused
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     parameters = sum(p.numel() for p in model.parameters())
     print(f"UNet2DModel, {parameters / 1e6:.1f}M parameters, batch {shape}, float32, {where}")
     base = rows["U-Net forward"]
     for name, seconds in rows.items():
-        print(f"{name:<20} {1e3 * seconds:9.1f} ms   {seconds / base:5.2f}× the forward pass", flush=True)
+        print(f"{name:<36} {1e3 * seconds:9.1f} ms   {seconds / base:5.2f}× the forward pass", flush=True)
     return 0
 
 

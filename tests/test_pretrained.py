@@ -173,6 +173,60 @@ def test_group_norm_has_torchs_values_for_any_layout() -> None:
     assert math.isclose(float(group_norm(x, 8).square().mean()), 1.0, rel_tol=1e-3)
 
 
+@pytest.mark.parametrize("affine", [True, False])
+def test_group_norms_tangent_and_gradient_are_the_derivatives_for_any_layout(affine: bool) -> None:
+    """The written-out tangent (of x, and of weight and bias) against finite differences, by
+    `torch.func.jvp` and dual tensors, with inputs and tangents in transposed layouts; the
+    gradient against torch's own group norm."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 4, 8, dtype=torch.float64).permute(0, 3, 2, 1)  # (3, 8, 4, 5), strided
+    dx = torch.randn(3, 4, 5, 8, dtype=torch.float64).permute(0, 3, 1, 2)
+    primals = [x, *torch.randn(2, 8, dtype=torch.float64)] if affine else [x]
+    tangents = [dx, *torch.randn(2, 8, dtype=torch.float64)] if affine else [dx]
+
+    def norm(*p):
+        return group_norm(p[0], 4, *p[1:], eps=1e-6)
+
+    h = 1e-6
+    finite = (
+        norm(*(p + h * d for p, d in zip(primals, tangents)))
+        - norm(*(p - h * d for p, d in zip(primals, tangents)))
+    ) / (2 * h)
+    _, jvp = torch.func.jvp(norm, tuple(primals), tuple(tangents))
+    torch.testing.assert_close(jvp, finite, rtol=1e-7, atol=1e-7)
+    with torch.autograd.forward_ad.dual_level():
+        y = norm(*map(torch.autograd.forward_ad.make_dual, primals, tangents))
+        torch.testing.assert_close(
+            torch.autograd.forward_ad.unpack_dual(y).tangent, finite, rtol=1e-7, atol=1e-7
+        )
+    leaves = [p.clone().requires_grad_() for p in primals]
+    g = torch.randn_like(x)
+    ours = torch.autograd.grad(norm(*leaves), leaves, g)
+    torchs = torch.autograd.grad(F.group_norm(leaves[0], 4, *leaves[1:], eps=1e-6), leaves, g)
+    for a, c in zip(ours, torchs):
+        torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_group_norm_under_autocast_and_torch_compile_keeps_its_values_and_tangent() -> None:
+    """Autocast runs it in float32; torch.compile (which cannot trace the fused kernel under
+    `torch.func.jvp`) runs the plain operations: the same value and tangent as eager."""
+    torch.manual_seed(0)
+    x, dx = torch.randn(2, 8, 4, 4), torch.randn(2, 8, 4, 4)
+    w, b = torch.randn(8), torch.randn(8)
+
+    def pass_(x):
+        return torch.func.jvp(lambda u: group_norm(u, 4, w, b), (x,), (dx,))
+
+    eager = pass_(x)
+    for got, want in zip(torch.compile(pass_)(x), eager):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = group_norm(x.bfloat16(), 4, w, b)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, group_norm(x.bfloat16().float(), 4, w, b))
+
+
 # ---------------------------------------------------------------------------------------------
 # the TrigFlow view, against diffusers' own schedulers
 

@@ -494,7 +494,8 @@ def run_training(config: RunConfig, run: runs.Run, context: distributed.Context)
     def phase(name: str, train_set: data.Dataset, teacher: nnx.Module | None) -> nnx.Module:
         return train_phase(name, config, train_set, run, context, teacher)
 
-    return runs.train_and_evaluate(config, run, context.main, "jax", phase, load_network, sample_from)
+    backend = runs.Backend("jax", phase, load_network, sample_from)
+    return runs.train_and_evaluate(config, run, context.main, backend)
 
 
 def load_network(path: Path, sigma_rel: float | None = None) -> tuple[nnx.Module, dict, RunConfig]:

@@ -13,7 +13,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -665,8 +665,13 @@ def draw(
     times, z, noises, classes = sampling_inputs(
         kind, num_steps, num, seed, sample_shape, num_classes, sigma_d
     )
-    labels = None if classes is None else np.eye(num_classes, dtype=np.float32)[classes]
+    labels = one_hot(classes, num_classes)
     return sample_from(model, kind, times, z, noises, labels, sigma_d, guidance, takes_guidance), classes
+
+
+def one_hot(classes: np.ndarray | None, num_classes: int) -> np.ndarray | None:
+    """Classes as the samplers take them: float32 one-hot rows (None stays None)."""
+    return None if classes is None else np.eye(num_classes, dtype=np.float32)[classes]
 
 
 # the times at which toy2d's consistency models are compared with the exact flow map
@@ -704,26 +709,30 @@ def consistency_error(
     return {"t": [round(t, 6) for t in times], "rms": errors}
 
 
-def train_and_evaluate(
-    config: RunConfig,
-    run: Run,
-    main: bool,
-    backend: str,
-    train_phase: Callable[..., Any],
-    load_network: Callable[[Path], tuple[Any, dict, RunConfig]],
-    sample_from: Callable[..., np.ndarray],
-    release: Callable[[], None] = lambda: None,
-    load_pretrained: Callable[[data.Dataset], Any] | None = None,
-    sample_native: Callable[..., np.ndarray] | None = None,
-) -> dict | None:
-    """Train the configured phases with the backend's `train_phase(name, train_set, teacher)`,
-    then (on the main process) evaluate every model and write the summary; other processes
-    return None. `release()` runs on every process when training is done, before the main one
-    evaluates alone (torch: every process leaves the process group together there, rather than
-    the others leaving while the main one still evaluates, which aborted gloo processes).
-    `load_pretrained(train_set)` loads a pretrained teacher (`config.teacher_pretrained`);
+@dataclass(frozen=True)
+class Backend:
+    """What `train_and_evaluate` asks of a run script. `train_phase(name, train_set, teacher)`
+    trains a phase and returns the network it hands on; `load_network(path)` reads a
+    checkpoint's (network, meta, config); `sample_from` is the script's sampler (`draw`).
+    `release()` runs on every process when training is done, before the main one evaluates
+    alone (torch: every process leaves the process group together there, rather than the others
+    leaving while the main one still evaluates, which aborted gloo processes).
+    `load_pretrained(train_set)` loads a pretrained teacher (`config.teacher_pretrained`) and
     `sample_native(model, method, steps, z, labels, guidance)` samples a diffusers teacher with
-    its own schedulers (`config.eval.native_samplers`)."""
+    its own schedulers (`config.eval.native_samplers`): None where the script has neither."""
+
+    name: str
+    train_phase: Callable[..., Any]
+    load_network: Callable[[Path], tuple[Any, dict, RunConfig]]
+    sample_from: Callable[..., np.ndarray]
+    release: Callable[[], None] = lambda: None
+    load_pretrained: Callable[[data.Dataset], Any] | None = None
+    sample_native: Callable[..., np.ndarray] | None = None
+
+
+def train_and_evaluate(config: RunConfig, run: Run, main: bool, backend: Backend) -> dict | None:
+    """Train the configured phases with the `backend`, then (on the main process) evaluate every
+    model and write the summary; other processes return None."""
     train_set, held_out = load_data(config)
     metric = Metric(config, train_set, held_out) if main else None
     if metric is not None:
@@ -735,11 +744,13 @@ def train_and_evaluate(
     # the teacher (Eq. 4 with adaptive weighting) or a trained one, then the consistency models:
     # sCD from it, sCT (from scratch or from it), sCD + aVSD and dsCD
     if config.teacher_pretrained:
-        if load_pretrained is None:
-            raise ValueError(f"the {backend} run script cannot load --teacher {config.teacher_pretrained}")
-        models["teacher"] = load_pretrained(train_set)
+        if backend.load_pretrained is None:
+            raise ValueError(
+                f"the {backend.name} run script cannot load --teacher {config.teacher_pretrained}"
+            )
+        models["teacher"] = backend.load_pretrained(train_set)
     elif config.teacher_checkpoint:
-        teacher, _, trained = load_network(Path(config.teacher_checkpoint))
+        teacher, _, trained = backend.load_network(Path(config.teacher_checkpoint))
         if trained.network != config.network:  # the students start from its weights
             raise ValueError(
                 f"--teacher-checkpoint {config.teacher_checkpoint}: its network {trained.network} "
@@ -747,11 +758,11 @@ def train_and_evaluate(
             )
         models["teacher"] = teacher
     else:
-        models["teacher"] = train_phase("teacher", train_set, None)
+        models["teacher"] = backend.train_phase("teacher", train_set, None)
     for name in PHASES[1:]:
         if getattr(config, name).steps:
-            models[name] = train_phase(name, train_set, models["teacher"])
-    release()
+            models[name] = backend.train_phase(name, train_set, models["teacher"])
+    backend.release()
     if metric is None:
         return None
     # evaluation: every model and sampler on the same noises (eval.seeds sets of them), against
@@ -765,9 +776,9 @@ def train_and_evaluate(
         samplers = [(f"heun-{n}", 2 * n - 1, n, None) if kind == "teacher" else (f"{n}-step", n, n, None)
                     for n in counts]  # fmt: skip
         if name == "teacher" and config.eval.native_samplers:
-            if sample_native is None:
+            if backend.sample_native is None:
                 raise ValueError(
-                    f"the {backend} run script has no native samplers ({config.eval.native_samplers})"
+                    f"the {backend.name} run script has no native samplers ({config.eval.native_samplers})"
                 )
             for sampler in config.eval.native_samplers:
                 method, _, n = sampler.rpartition("-")
@@ -778,7 +789,7 @@ def train_and_evaluate(
                 seed, guidance = config.seed + 7 + k, config.eval.guidance_of(name, n)
                 if method is None:
                     samples, _ = draw(
-                        sample_from, model, kind, n, config.eval.num, seed, train_set.sample_shape,
+                        backend.sample_from, model, kind, n, config.eval.num, seed, train_set.sample_shape,
                         train_set.num_classes, config.sigma_d, guidance, takes_guidance(config, name),
                     )  # fmt: skip
                 else:  # from the same starts z as trigcore's samplers of the teacher
@@ -786,10 +797,8 @@ def train_and_evaluate(
                         kind, n, config.eval.num, seed, train_set.sample_shape, train_set.num_classes,
                         config.sigma_d,
                     )  # fmt: skip
-                    labels = (
-                        None if classes is None else np.eye(train_set.num_classes, dtype=np.float32)[classes]
-                    )
-                    samples = sample_native(model, method, n, z, labels, guidance)
+                    labels = one_hot(classes, train_set.num_classes)
+                    samples = backend.sample_native(model, method, n, z, labels, guidance)
                 scores.append(metric(samples, k))
                 if k == 0:
                     grid = metric.images(samples[: config.eval.grid])
@@ -805,7 +814,7 @@ def train_and_evaluate(
     plots.metric_plot(results, metric.name, run.folder / "metric_vs_nfe.png")
     summary = {
         "dataset": config.data,
-        "backend": backend,
+        "backend": backend.name,
         "metric": metric.name,
         "floors": floors,
         "results": results,
@@ -813,7 +822,7 @@ def train_and_evaluate(
     }
     if config.data == "toy2d":
         errors = {
-            name: consistency_error(sample_from, model, config, held_out, config.eval.num)
+            name: consistency_error(backend.sample_from, model, config, held_out, config.eval.num)
             for name, model in models.items()
             if name != "teacher"
         }

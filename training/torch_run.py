@@ -571,11 +571,12 @@ def run_training(
     def load(path: Path) -> tuple[torch.nn.Module, dict, RunConfig]:
         return load_network(path, device=context.device)
 
-    return runs.train_and_evaluate(
-        config, run, context.main, "torch", phase, load, sample_from, lambda: distributed.finish(context),
-        lambda train_set: load_pretrained(config, train_set, context.device),
-        lambda *args: sample_native(config, *args),
+    backend = runs.Backend(
+        "torch", phase, load, sample_from, release=lambda: distributed.finish(context),
+        load_pretrained=lambda train_set: load_pretrained(config, train_set, context.device),
+        sample_native=lambda *args: sample_native(config, *args),
     )  # fmt: skip
+    return runs.train_and_evaluate(config, run, context.main, backend)
 
 
 def _check_sharding(config: RunConfig) -> None:
@@ -652,7 +653,6 @@ def export_command(args: argparse.Namespace) -> int:
     time: the change of variables of `trigcore.native`, README "Pretrained models")."""
     from diffusers import SCMScheduler
 
-    from backends.configs import schedule_from_config
     from backends.torch.pretrained import native_model
 
     if args.out.exists():
@@ -667,7 +667,6 @@ def export_command(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.checkpoint}: a teacher checkpoint; export writes consistency models")
     model = native_model(view, args.guidance)
     scheduler = config.network.options["scheduler"]
-    schedule_from_config(scheduler)  # one this reader knows, as when the teacher was read
     temporary = args.out.with_name(f".{args.out.name}.tmp")
     shutil.rmtree(temporary, ignore_errors=True)  # what a failed export left
     subfolder = "transformer" if "Transformer" in config.network.preset else "unet"

@@ -5,8 +5,9 @@ model without editing its code. Two of its building blocks have no working forwa
 torch 2.13: fused `scaled_dot_product_attention` has none at all (NotImplementedError, on the
 CPU too), and `group_norm`'s rule fails on some non-contiguous tangents ("view size is not
 compatible with input tensor's size and stride", inside diffusers' attention blocks). Inside the
-context, `torch.nn.functional` serves both with versions that have one; the models look them up
-there at call time (diffusers' attention processors and dispatcher, `torch.nn.GroupNorm`).
+context, `torch.nn.functional` serves both with versions that have one (the project's attention
+op; torch's fused group norm with its tangent written out); the models look them up there at
+call time (diffusers' attention processors and dispatcher, `torch.nn.GroupNorm`).
 """
 
 from __future__ import annotations
@@ -61,7 +62,80 @@ def scaled_dot_product_attention(
     return weights @ value
 
 
+class _GroupNorm(torch.autograd.Function):
+    """Group norm y = x̂·w + b, x̂ = (x − μ)·r with each group's mean μ and r = 1/√(var + ε), by
+    torch's fused kernels forward and backward, and with the tangent written out:
+    ẋ̂ = r·(ẋ − mean(ẋ) − x̂·mean(x̂·ẋ)) over each group, ẏ = ẋ̂·w + x̂·ẇ + ḃ."""
+
+    @staticmethod
+    def forward(x, num_groups, weight, bias, eps):
+        batch, channels = x.shape[:2]
+        y, mean, rstd = torch.native_group_norm(
+            x.contiguous(), weight, bias, batch, channels, x[0, 0].numel(), num_groups, eps
+        )
+        return y, mean, rstd
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, ctx.num_groups, weight, _, _ = inputs
+        _, mean, rstd = output
+        ctx.mark_non_differentiable(mean, rstd)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.save_for_forward(x, weight, mean, rstd)
+
+    @staticmethod
+    def backward(ctx, dy, _dmean, _drstd):
+        x, weight, mean, rstd = ctx.saved_tensors
+        batch, channels = x.shape[:2]
+        needs = ctx.needs_input_grad
+        mask = [needs[0], weight is not None and needs[2], needs[3]]
+        dx, dw, db = torch.ops.aten.native_group_norm_backward(
+            dy.contiguous(), x.contiguous(), mean, rstd, weight, batch, channels, x[0, 0].numel(),
+            ctx.num_groups, mask,
+        )  # fmt: skip
+        return dx, None, dw, db, None
+
+    @staticmethod
+    def jvp(ctx, dx, _groups, dweight, dbias, _eps):
+        x, weight, mean, rstd = ctx.saved_tensors
+        groups = (x.shape[0], ctx.num_groups, -1)
+        x_hat = (x.reshape(groups) - mean[..., None]) * rstd[..., None]
+        shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+        dy = torch.zeros_like(x)
+        if dx is not None:
+            dx = dx.reshape(groups)
+            dx = dx - dx.mean(-1, keepdim=True) - x_hat * (x_hat * dx).mean(-1, keepdim=True)
+            dy = (rstd[..., None] * dx).reshape(x.shape)
+            if weight is not None:
+                dy = dy * weight.reshape(shape)
+        if dweight is not None:
+            dy = dy + x_hat.reshape(x.shape) * dweight.reshape(shape)
+        if dbias is not None:
+            dy = dy + dbias.reshape(shape)
+        return dy, None, None
+
+
 def group_norm(
+    input: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """`F.group_norm` with a forward-mode rule that takes any layout: torch's fused kernels for
+    the value and gradient, the tangent written out (`_GroupNorm`); under autocast in float32, as
+    CUDA's autocast runs group norm. Under torch.compile, which fuses operations itself and
+    cannot trace the fused kernel under `torch.func.jvp`: `plain_group_norm`."""
+    if torch.compiler.is_compiling():
+        return plain_group_norm(input, num_groups, weight, bias, eps)
+    if torch.is_autocast_enabled(input.device.type):
+        with torch.autocast(input.device.type, enabled=False):
+            x, w, b = (None if a is None else a.float() for a in (input, weight, bias))
+            return group_norm(x, num_groups, w, b, eps)
+    return _GroupNorm.apply(input, num_groups, weight, bias, eps)[0]
+
+
+def plain_group_norm(
     input: torch.Tensor,
     num_groups: int,
     weight: torch.Tensor | None = None,

@@ -71,7 +71,7 @@ class _GroupNorm(torch.autograd.Function):
     def forward(x, num_groups, weight, bias, eps):
         batch, channels = x.shape[:2]
         y, mean, rstd = torch.native_group_norm(
-            x.contiguous(), weight, bias, batch, channels, x[0, 0].numel(), num_groups, eps
+            x.contiguous(), weight, bias, batch, channels, math.prod(x.shape[2:]), num_groups, eps
         )
         return y, mean, rstd
 
@@ -90,7 +90,7 @@ class _GroupNorm(torch.autograd.Function):
         needs = ctx.needs_input_grad
         mask = [needs[0], weight is not None and needs[2], needs[3]]
         dx, dw, db = torch.ops.aten.native_group_norm_backward(
-            dy.contiguous(), x.contiguous(), mean, rstd, weight, batch, channels, x[0, 0].numel(),
+            dy.contiguous(), x.contiguous(), mean, rstd, weight, batch, channels, math.prod(x.shape[2:]),
             ctx.num_groups, mask,
         )  # fmt: skip
         return dx, None, dw, db, None

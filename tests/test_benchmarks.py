@@ -121,4 +121,9 @@ def test_pretrained_tangent_benchmark_times_a_diffusers_unet(capsys: pytest.Capt
     argv = ["--width", "16", "--resolution", "16", "--batch", "2", "--repeats", "1", "--warmup", "0"]
     assert pretrained_jvp.main(argv) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if "× the forward pass" in line]
-    assert [row.split("  ")[0] for row in rows] == ["U-Net forward", "view forward", "view tangent pass"]
+    passes = ["view tangent pass", "view gradient pass"]
+    expected = ["U-Net forward", "view forward", *passes, *(f"{p}, plain group norm" for p in passes)]
+    assert [row.split("  ")[0] for row in rows] == expected
+    from backends.torch import pretrained
+
+    assert pretrained.group_norm.__name__ == "group_norm"  # the fused one, back in place

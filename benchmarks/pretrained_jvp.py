@@ -5,9 +5,9 @@
 in one run; the last two also with group norm from plain operations (`plain_group_norm`, as
 before its tangent was written out).
 
-    python benchmarks/pretrained_jvp.py                           # a CIFAR-10-sized DDPM U-Net, CPU
+    python benchmarks/pretrained_jvp.py                                        # CIFAR-10-sized, CPU
     python benchmarks/pretrained_jvp.py --width 32 --resolution 8 --batch 128  # digits-sized
-    python benchmarks/pretrained_jvp.py --device cuda --batch 64  # on a GPU
+    python benchmarks/pretrained_jvp.py --device cuda --batch 64               # on a GPU
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from steps import median_seconds  # noqa: E402  (benchmarks/steps.py, beside thi
 
 from backends.torch import pretrained  # noqa: E402
 from backends.torch.autodiff import tangent_pass  # noqa: E402
-from backends.torch.pretrained import TrigFlowView  # noqa: E402
 from trigcore import native  # noqa: E402
 
 SIGMA_D = 0.5
@@ -60,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     model = unet(args.width, args.resolution).to(device).eval().requires_grad_(False)
     table = native.alphas_cumprod("linear", xp=torch)
-    view = TrigFlowView(model, native.DiscreteVP(table), "epsilon", SIGMA_D).to(device)
+    view = pretrained.TrigFlowView(model, native.DiscreteVP(table), "epsilon", SIGMA_D).to(device)
     shape = (args.batch, 3, args.resolution, args.resolution)
     x_t, dxdt = SIGMA_D * torch.randn(shape, device=device), torch.randn(shape, device=device)
     t = torch.rand(args.batch, device=device) + 0.1

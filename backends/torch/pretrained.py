@@ -101,18 +101,18 @@ class _GroupNorm(torch.autograd.Function):
         groups = (x.shape[0], ctx.num_groups, -1)
         x_hat = (x.reshape(groups) - mean[..., None]) * rstd[..., None]
         shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
-        dy = torch.zeros_like(x)
+        terms = []
         if dx is not None:
             dx = dx.reshape(groups)
             dx = dx - dx.mean(-1, keepdim=True) - x_hat * (x_hat * dx).mean(-1, keepdim=True)
-            dy = (rstd[..., None] * dx).reshape(x.shape)
-            if weight is not None:
-                dy = dy * weight.reshape(shape)
+            dx_hat = (rstd[..., None] * dx).reshape(x.shape)
+            terms.append(dx_hat if weight is None else dx_hat * weight.reshape(shape))
         if dweight is not None:
-            dy = dy + x_hat.reshape(x.shape) * dweight.reshape(shape)
+            terms.append(x_hat.reshape(x.shape) * dweight.reshape(shape))
         if dbias is not None:
-            dy = dy + dbias.reshape(shape)
-        return dy, None, None
+            terms.append(dbias.reshape(shape))
+        dy = sum(terms[1:], terms[0]) if terms else torch.zeros_like(x)
+        return dy.expand(x.shape).contiguous(), None, None
 
 
 def group_norm(

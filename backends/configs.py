@@ -53,6 +53,9 @@ class SCMConfig:
     sigma_d: float = 0.5  # data standard deviation (σ_d)
     P_mean: float = -1.0  # log-normal proposal (Alg. 1)
     P_std: float = 1.4
+    # a share of each batch at t ~ U[high_t_from, t_max) instead (`schedule.t_with_high_share`)
+    high_t_share: float = 0.0
+    high_t_from: float = 1.4
     tangent: str = "normalize"  # "normalize" (g/(‖g‖ + c)), "clip" (to [−1, 1]) or "none" (§4.2)
     c: float = 0.1  # the normalisation constant
     warmup_steps: int = 10000  # H: r = min(1, step/H) (§4.2)
@@ -72,6 +75,10 @@ class SCMConfig:
             raise ValueError(f"tangent must be 'normalize', 'clip' or 'none', got {self.tangent!r}")
         if not self.guidance_max >= 1:
             raise ValueError(f"guidance_max must be >= 1, got {self.guidance_max}")
+        if not 0 <= self.high_t_share <= 1:
+            raise ValueError(f"high_t_share must be in [0, 1], got {self.high_t_share}")
+        if not 0 <= self.high_t_from < schedule.t_max(self.sigma_d):
+            raise ValueError(f"high_t_from must be in [0, t_max), got {self.high_t_from}")
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ def cases(a):
         ("native.LinearVP.time", native.LinearVP().time, (t, SD)),
         ("native.RectifiedFlow.time", native.RectifiedFlow(3.0, 1000.0).time, (t, SD)),
         ("schedule.t_from_lognormal", schedule.t_from_lognormal, (t, -1.0, 1.4, SD)),
+        ("schedule.t_with_high_share", schedule.t_with_high_share, (t, t, 0.5, 1.4, SD)),
         ("tangent.jvp_tangents", tangent.jvp_tangents, (x, t, x, SD)),
         ("tangent.tangent_target", tangent.tangent_target, (x, t, x, x, x, SD)),
         ("tangent.normalize_tangent", tangent.normalize_tangent, (x,)),

@@ -145,7 +145,7 @@ def jax_grads(grads: nnx.State) -> dict[str, np.ndarray]:
     return {name: np.asarray(value) for name, value in jax_layers.named(grads).items()}
 
 
-LOSSES = ["teacher", "sct", "scd", "scd_cfg", "dscd", "avsd", "fake_score"]
+LOSSES = ["teacher", "sct", "scd", "scd_cfg", "scd_high_t", "dscd", "avsd", "fake_score"]
 
 
 @pytest.mark.parametrize("kind", LOSSES)
@@ -161,7 +161,11 @@ def test_each_loss_and_its_gradient_agree_in_float64(kind: str, monkeypatch: pyt
     d = inputs()
     t_batch = {"x0": T(d["x0"]), "labels": T(d["labels"])}
     j_batch = {"x0": jnp.asarray(d["x0"]), "labels": jnp.asarray(d["labels"])}
-    scm = torch_steps.SCMConfig(warmup_steps=10, guidance_max=2.0 if guided else 1.0)
+    scm = torch_steps.SCMConfig(
+        warmup_steps=10,
+        guidance_max=2.0 if guided else 1.0,
+        high_t_share=0.5 if kind == "scd_high_t" else 0.0,
+    )
     vsd = torch_steps.VSDConfig(guidance_max=2.0)
     diffusion = torch_steps.DiffusionConfig(label_dropout=0.5)
 
@@ -170,7 +174,7 @@ def test_each_loss_and_its_gradient_agree_in_float64(kind: str, monkeypatch: pyt
             return torch_steps.diffusion_loss(t_net, t_batch, diffusion)[0]
         if kind == "sct":
             return torch_steps.scm_loss(t_net, t_batch, scm, 4)[0]
-        if kind in ("scd", "scd_cfg"):
+        if kind in ("scd", "scd_cfg", "scd_high_t"):
             return torch_steps.scm_loss(t_net, t_batch, scm, 4, t_teacher)[0]
         if kind == "dscd":
             return torch_steps.discrete_scm_loss(t_net, t_teacher, t_batch, scm, 4, 16)[0]
@@ -184,7 +188,7 @@ def test_each_loss_and_its_gradient_agree_in_float64(kind: str, monkeypatch: pyt
             return jax_steps.diffusion_loss(net, j_batch, diffusion, rng)[0]
         if kind == "sct":
             return jax_steps.scm_loss(net, j_batch, scm, 4, rng)[0]
-        if kind in ("scd", "scd_cfg"):
+        if kind in ("scd", "scd_cfg", "scd_high_t"):
             return jax_steps.scm_loss(net, j_batch, scm, 4, rng, j_teacher)[0]
         if kind == "dscd":
             return jax_steps.discrete_scm_loss(net, j_teacher, j_batch, scm, 4, 16, rng)[0]
@@ -205,7 +209,7 @@ def test_each_loss_and_its_gradient_agree_in_float64(kind: str, monkeypatch: pyt
     assert set(grads_t) == set(grads_j)
     for name in grads_t:
         close(grads_t[name], grads_j[name], RTOL64)
-    if kind in ("scd", "sct"):  # a loss that does not depend on its draws could not fail here
+    if kind in ("scd", "sct", "scd_high_t"):  # a loss that does not depend on its draws could not fail here
         with pytest.raises(AssertionError):
             close(loss_j, jax_loss(j_net, Replay([r[::-1].copy() for r in recorded])), RTOL64)
 

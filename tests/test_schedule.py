@@ -26,6 +26,35 @@ def test_lognormal_proposal(xp, p_mean, p_std, sigma_d):
     np.testing.assert_allclose(np.log(sigma_d * np.tan(t)), p_mean + p_std * n, rtol=1e-9, atol=1e-9)
 
 
+@given(share=st.floats(0.05, 1), t_from=st.floats(0, 1.5), sigma_d=st.floats(0.05, 5))
+def test_high_share_draws_that_share_uniformly_up_to_t_max(xp, share, t_from, sigma_d):
+    rng = np.random.default_rng(0)
+    t, u = rng.uniform(0, 1, 4000), rng.uniform(0, 1, 4000)
+    top = math.atan(80 / sigma_d)
+    out = xp.to_numpy(
+        xp.call(schedule.t_with_high_share, xp.asarray(t), xp.asarray(u), share, t_from, sigma_d)
+    )
+    picked = u < share
+    np.testing.assert_array_equal(out[~picked], t[~picked])  # the proposal's t elsewhere
+    high = out[picked]
+    assert np.all((high >= t_from) & (high < top))
+    # uniform on [t_from, t_max): its mean and the share below its midpoint
+    assert abs(high.mean() - (t_from + top) / 2) < 0.1 * (top - t_from)
+    assert abs(np.mean(high < (t_from + top) / 2) - 0.5) < 0.15
+
+
+def test_high_share_of_zero_is_the_proposal_and_bad_settings_are_refused(xp):
+    t = xp.asarray(np.array([0.3, 1.0]))
+    u = xp.asarray(np.array([0.0, 0.5]))
+    np.testing.assert_array_equal(
+        xp.to_numpy(xp.call(schedule.t_with_high_share, t, u, 0.0, 1.4, 0.5)), [0.3, 1.0]
+    )
+    with pytest.raises(ValueError, match="share must be in"):
+        xp.call(schedule.t_with_high_share, t, u, 1.5, 1.4, 0.5)
+    with pytest.raises(ValueError, match=r"t_from must be in \[0, t_max = 1.5645\), got 1.57"):
+        xp.call(schedule.t_with_high_share, t, u, 0.2, 1.57, 0.5)
+
+
 def test_t_max():
     assert schedule.t_max(0.5) == math.atan(160.0)
     assert schedule.t_max(0.5, 80.0) < math.pi / 2

@@ -338,3 +338,22 @@ def test_each_consistency_phase_sets_its_own_tangent_normalisation() -> None:
         PhaseConfig(steps=1, tangent="unit")
     with pytest.raises(ValueError, match=r"tangent_c = 0, expected > 0"):
         PhaseConfig(steps=1, tangent_c=0)
+
+
+def test_a_high_t_share_reaches_the_loss_settings_and_bad_values_are_refused() -> None:
+    from training import runs
+    from training.config import PRESETS, PhaseConfig
+
+    digits = PRESETS["digits"]
+    shared = replace(digits, scd=replace(digits.scd, high_t_share=0.25, high_t_from=1.3))
+    settings = runs.loss_settings("scd", shared)
+    assert (settings.high_t_share, settings.high_t_from) == (0.25, 1.3)
+    assert runs.loss_settings("sct", shared).high_t_share == 0.0
+    with pytest.raises(ValueError, match=r"high_t_share = 1.5, expected in \[0, 1\]"):
+        PhaseConfig(steps=1, high_t_share=1.5)
+    with pytest.raises(ValueError, match=r"high_t_from = 1.6, expected in \[0, π/2\)"):
+        PhaseConfig(steps=1, high_t_from=1.6)
+    with pytest.raises(ValueError, match=r"scd.high_t_from = 1.565, expected < t_max = 1.5645"):
+        replace(digits, scd=replace(digits.scd, high_t_share=0.1, high_t_from=1.565))
+    with pytest.raises(ValueError, match=r"sigma_d = 0, expected > 0"):
+        replace(digits, sigma_d=0)

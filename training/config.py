@@ -13,9 +13,12 @@ the teacher with Heun's sampler and the consistency models with 1 and 2 steps.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from trigcore import schedule
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,10 @@ class PhaseConfig:
     label_dropout: float = 0.0  # teacher: drop the class so it also learns p(x) (CFG)
     P_mean: float = -0.8  # log-normal proposal of σ = σ_d tan t
     P_std: float = 1.6
+    # sCT and sCD: a share of each batch at t ~ U[high_t_from, t_max) instead, where one-step
+    # sampling starts (`schedule.t_with_high_share`; README: the digits-ddpm run)
+    high_t_share: float = 0.0
+    high_t_from: float = 1.4
     warmup_steps: int = 10000  # sCM: tangent warmup H (§4.2)
     # sCM: the tangent's normalisation (§4.2): "normalize" (g/(‖g‖ + c)), "clip" or "none"
     tangent: str = "normalize"
@@ -80,6 +87,8 @@ class PhaseConfig:
             "ema_use": (self.ema_use == 0 or 0 < self.ema_use < 0.2, "0 or in (0, 0.2)"),
             "dropout": (0 <= self.dropout < 1, "in [0, 1)"),
             "guidance_max": (self.guidance_max >= 1, "≥ 1"),
+            "high_t_share": (0 <= self.high_t_share <= 1, "in [0, 1]"),
+            "high_t_from": (0 <= self.high_t_from < math.pi / 2, "in [0, π/2)"),
         }
         bad = [
             f"{name} = {getattr(self, name)!r}, expected {expected}"
@@ -152,6 +161,18 @@ class RunConfig:
     log_every: int = 25  # steps between lines of metrics.jsonl
     teacher_checkpoint: str = ""  # a trained teacher's checkpoint (its phase is then skipped)
     teacher_pretrained: str = ""  # "diffusers:FOLDER": a pretrained teacher (its phase is skipped)
+
+    def __post_init__(self) -> None:
+        if not self.sigma_d > 0:
+            raise ValueError(f"sigma_d = {self.sigma_d!r}, expected > 0")
+        top = schedule.t_max(self.sigma_d)
+        bad = [
+            f"{name}.high_t_from = {phase.high_t_from}, expected < t_max = {top:.4f}"
+            for name in PHASES
+            if (phase := getattr(self, name)).high_t_share and phase.high_t_from >= top
+        ]
+        if bad:
+            raise ValueError("; ".join(bad))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -344,8 +365,11 @@ def _digits_ddpm() -> RunConfig:
         network=network,
         teacher=PhaseConfig(steps=2500, lr=1e-3, ema_halflife=20_000, label_dropout=0.1),
         # no CFG scale as the student's input (the teacher is scored at s = 1): one teacher call
-        # per step, and the student's scores were no worse in 600-step trials
-        scd=dataclasses.replace(digits.scd, steps=2400, lr=1e-4, lr_decay=100, guidance_max=1.0),
+        # per step, and the student's scores were no worse in 600-step trials; a fifth of each
+        # batch at t in [1.4, t_max), where the DDPM's upper timesteps lie and one step starts
+        scd=dataclasses.replace(
+            digits.scd, steps=2400, lr=1e-4, lr_decay=100, guidance_max=1.0, high_t_share=0.2, high_t_from=1.4
+        ),
         sct=PhaseConfig(steps=0),
         eval=EvalConfig(
             heun_steps=(5, 9, 18), native_samplers=("ddim-10", "ddim-50", "dpmsolver++-10", "dpmsolver++-20")

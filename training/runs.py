@@ -100,6 +100,8 @@ def loss_settings(name: str, config: RunConfig) -> Any:
         config.sigma_d,
         phase.P_mean,
         phase.P_std,
+        high_t_share=phase.high_t_share,
+        high_t_from=phase.high_t_from,
         tangent=phase.tangent,
         c=phase.tangent_c,
         warmup_steps=phase.warmup_steps,

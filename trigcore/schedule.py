@@ -23,6 +23,25 @@ def t_from_lognormal(n: Array, P_mean: float, P_std: float, sigma_d: Any, *, xp:
     return xp.atan(xp.exp(P_mean + P_std * n) / sigma_d)
 
 
+def t_with_high_share(
+    t: Array, u: Array, share: float, t_from: float, sigma_d: Any, *, xp: Any = None
+) -> Array:
+    """t where u ≥ share, else t_from + (t_max − t_from)·u/share: for u ~ U[0, 1), a `share` of
+    the batch uniform on [t_from, t_max), where one-step sampling starts and a log-normal
+    proposal seldom reaches. A pretrained model's native time can change fast there (a DDPM's
+    timesteps 500–999 lie within t > 1.42 at σ_d = 0.5), and a student never trained there
+    keeps drifting from its teacher at t_max (README: the digits-ddpm run)."""
+    xp, _ = prepare({"t": t, "u": u}, sigma_d=sigma_d, xp=xp)
+    if not 0 <= share <= 1:
+        raise ValueError(f"share must be in [0, 1], got {share}")
+    top = t_max(sigma_d)
+    if isinstance(top, numbers.Real) and not 0 <= t_from < float(top):
+        raise ValueError(f"t_from must be in [0, t_max = {float(top):.4f}), got {t_from}")
+    if share == 0:
+        return t
+    return xp.where(u < share, t_from + (top - t_from) * (u / share), t)
+
+
 def t_max(sigma_d: Any, sigma_max: Any = 80.0, *, xp: Any = None) -> Any:
     """arctan(σ_max/σ_d), the starting time matching EDM's σ_max = 80 (G.2)."""
     xp = namespace(sigma_d, sigma_max, xp=xp)

@@ -135,6 +135,9 @@ def scm_loss(
     """
     x0, labels = batch["x0"], batch.get("labels")
     z, t = _draw(x0, config)
+    if config.high_t_share:
+        u = torch.rand(t.shape, dtype=t.dtype, device=t.device)
+        t = schedule.t_with_high_share(t, u, config.high_t_share, config.high_t_from, config.sigma_d)
     x_t = flow.noisy(x0, z, t)
     scale = _guidance_scales(x0, labels, config.guidance_max) if teacher is not None else None
     if teacher is None:

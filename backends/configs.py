@@ -218,6 +218,18 @@ def schedule_from_config(config: dict) -> tuple[native.Schedule, str]:
     return native.DiscreteVP(alphas), prediction
 
 
+def clamping(config: dict) -> list[str]:
+    """The settings of a diffusers scheduler config that clamp x̂0 while sampling (what its own
+    pipeline does and TrigFlow's PF-ODE does not), in words; [] when it sets none."""
+    found = []
+    if config.get("clip_sample"):
+        found.append(f"clip_sample (x̂0 clipped to ±{config.get('clip_sample_range', 1.0):g})")
+    if config.get("thresholding"):
+        ratio = config.get("dynamic_thresholding_ratio", 0.995)
+        found.append(f"thresholding (x̂0 dynamically thresholded at its {ratio:g} quantile)")
+    return found
+
+
 @dataclass(frozen=True)
 class DiffusersFolder:
     """What a diffusers folder on disk says, read from its JSON files alone (no weights, no

@@ -176,3 +176,33 @@ def test_fid_of_latents_without_their_vae_is_refused(tmp_path: Path) -> None:
         runs.Metric(config, latents, latents)
     with pytest.raises(FileNotFoundError, match="not a diffusers AutoencoderKL folder"):
         SDVAE(tmp_path)
+
+
+def test_unreadable_vae_or_feature_weights_stop_the_run_in_a_line(
+    vae_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Their loaders raise OSError, UnpicklingError and more; the run says which file, in one
+    line, before training."""
+    import shutil
+
+    vae = tmp_path / "vae"
+    shutil.copytree(vae_folder, vae)
+    weights = vae / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    (tmp_path / "images").mkdir()
+    from PIL import Image
+
+    Image.fromarray(images(0, n=1)[0].transpose(1, 2, 0)).save(tmp_path / "images" / "a.png")
+    encode = ["encode", "--vae", str(vae), "--data", f"folder:{tmp_path / 'images'}", "--resolution", "16"]
+    assert torch_run.main([*encode, "--out", str(tmp_path / "latents")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --vae {vae}: {weights}: not readable as AutoencoderKL weights (")
+    assert len(err.strip().splitlines()) == 1
+    (tmp_path / "inception.pkl").write_bytes(b"not a pickle")
+    argv = ["--metric", "fid", "--feature-weights", str(tmp_path / "inception.pkl"), "--runs", str(tmp_path)]
+    assert torch_run.main(argv) == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith(
+        f"error: --feature-weights {tmp_path / 'inception.pkl'}: cannot load the fid network ("
+    )
+    assert not list(tmp_path.glob("*/checkpoints/*"))

@@ -364,6 +364,43 @@ def test_bad_diffusers_folders_are_refused_with_a_message(tmp_path) -> None:
         load_diffusers(tmp_path / "unet", SIGMA_D)
 
 
+def test_a_loaded_view_is_the_same_for_one_seed_whatever_the_global_generator(tmp_path) -> None:
+    """What the view adds to the model (the logvar head) comes from `seed`, and torch's global
+    generator is left as it was."""
+    from backends.torch.pretrained import load_diffusers
+
+    folder = saved_unet(tmp_path / "unet", "epsilon")
+    states = []
+    for global_seed, seed in ((1, 0), (2, 0), (1, 5)):
+        untouched = torch.manual_seed(global_seed).get_state()
+        view = load_diffusers(folder, SIGMA_D, seed=seed)
+        assert torch.equal(torch.get_rng_state(), untouched)
+        states.append(view.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert not torch.equal(states[0]["logvar_linear.weight"], states[2]["logvar_linear.weight"])
+    assert all(torch.equal(states[0][k], states[2][k]) for k in states[0] if k.startswith("model."))
+
+
+@pytest.mark.parametrize("name", ["UNet2DConditionModel", "SD3Transformer2DModel"])
+def test_a_text_conditioned_folder_needs_a_call_that_feeds_its_text(name: str, tmp_path) -> None:
+    from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
+
+    from backends.torch.pretrained import load_diffusers
+
+    model, call, shape = build(name)
+    model.save_pretrained(tmp_path / "model")
+    scheduler = DDPMScheduler() if name.startswith("UNet") else FlowMatchEulerDiscreteScheduler()
+    scheduler.save_pretrained(tmp_path / "model")
+    with pytest.raises(ValueError, match=f"{name} is text-conditioned, and no call= was given"):
+        load_diffusers(tmp_path / "model", SIGMA_D)
+    view = load_diffusers(
+        tmp_path / "model", SIGMA_D, dtype=torch.float64, call=lambda m, x, s, labels: call(m, x, s)
+    )
+    with torch.no_grad():
+        F = view(torch.randn(shape, dtype=torch.float64), torch.tensor([0.4, 1.2], dtype=torch.float64))
+    assert F.shape == shape and bool(F.isfinite().all())
+
+
 @pytest.mark.parametrize("passes", ["separate", "fused"])
 def test_scd_runs_unchanged_on_views_and_trains_the_wrapped_model(passes: str, tmp_path) -> None:
     """steps.scm_loss with a view as teacher and a view around its copy as student: the loss is

@@ -106,6 +106,84 @@ def test_bad_teacher_sources_are_refused_with_a_message(
     assert "give no --network" in refusal(both, runs_folder, capsys)
 
 
+def broken(folder: Path, how: str) -> Path:
+    """A saved teacher folder spoilt in one way."""
+    # a model with no class embeddings that still needs class inputs (a "timestep" class embedding)
+    inputs = dict(num_class_embeds=None, class_embed_type="timestep") if how == "needs class inputs" else {}
+    saved(folder, **inputs)
+    weights, config, scheduler = (
+        folder / name
+        for name in ("diffusion_pytorch_model.safetensors", "config.json", "scheduler_config.json")
+    )
+    if how == "truncated weights":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif how == "no weights":
+        weights.unlink()
+    elif how == "weights of another config":
+        config.write_text(json.dumps(json.loads(config.read_text()) | {"block_out_channels": [16, 48]}))
+    elif how == "an array missing":
+        from safetensors.torch import load_file, save_file
+
+        arrays = load_file(weights)
+        del arrays["conv_in.weight"]
+        save_file(arrays, weights)
+    elif how == "no scheduler config":
+        scheduler.unlink()
+    elif how == "an unknown scheduler":
+        scheduler.write_text('{"_class_name": "LCMScheduler"}')
+    elif how == "zero terminal SNR":
+        scheduler.write_text(json.dumps(json.loads(scheduler.read_text()) | {"rescale_betas_zero_snr": True}))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "how, message",
+    [
+        ("truncated weights", "diffusion_pytorch_model.safetensors: not readable as UNet2DModel weights "
+                              r"\(Error while deserializing header"),
+        ("no weights", r"unet: no weights file \(diffusion_pytorch_model.safetensors or "
+                       r"diffusion_pytorch_model.bin\)"),
+        ("weights of another config", r"safetensors: down_blocks\.1\..* has shape \(32,\), the config "
+                                      r"implies \(48,\) \(\d+ arrays differ"),
+        ("an array missing", r"safetensors: lacks 1 of the arrays the config implies \(conv_in.weight\)"),
+        ("needs class inputs", r"the model cannot take the data's samples \(2, 1, 8, 8\): class_labels "
+                               "should be provided"),
+        ("no scheduler config", "unet: no scheduler config"),
+        ("an unknown scheduler", "scheduler LCMScheduler: not one this reader knows"),
+        ("zero terminal SNR", "rescale_betas_zero_snr .* is not supported"),
+    ],
+)  # fmt: skip
+def test_a_folder_the_run_cannot_use_is_refused_in_a_line_before_the_run_folder(
+    how: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """README: what is refused before anything trains, weights included (diffusers raises
+    OSError for unreadable files and leaves missing arrays at random with a warning)."""
+    folder = broken(tmp_path / "unet", how)
+    err = refusal(["--teacher", f"diffusers:{folder}", "--guidance-max", "1"], tmp_path / "runs", capsys)
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert re.search(message, err), err
+
+
+@pytest.mark.parametrize("setting", ["clip_sample", "thresholding", None])
+def test_a_scheduler_that_clamps_samples_is_named_in_a_warning_at_the_start(
+    setting: str | None, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder = saved(tmp_path / "unet")
+    if setting is not None:
+        path = folder / "scheduler_config.json"
+        path.write_text(json.dumps(json.loads(path.read_text()) | {setting: True}))
+    runs.pretrained_teacher(PRESETS["digits"], f"diffusers:{folder}")
+    err = capsys.readouterr().err
+    if setting is None:
+        assert "warning" not in err
+    else:
+        assert re.fullmatch(
+            rf"warning: --teacher diffusers:\S+: its scheduler sets {setting} \(x̂0 [^)]+\), which its own "
+            "pipeline applies while sampling and TrigFlow's PF-ODE does not: .*\n",
+            err,
+        ), err
+
+
 def test_the_jax_run_script_refuses_diffusers_teachers(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     pytest.importorskip("jax")
     import jax_run
@@ -116,17 +194,123 @@ def test_the_jax_run_script_refuses_diffusers_teachers(tmp_path: Path, capsys: p
         assert not any(tmp_path.iterdir())
 
 
-def test_an_unconditional_teacher_takes_no_classes_and_no_cfg(tmp_path: Path) -> None:
-    folder = saved(tmp_path / "unet", num_class_embeds=None)
-    with pytest.raises(ValueError, match="needs a class embedding for no class"):
-        runs.pretrained_teacher(PRESETS["digits"], f"diffusers:{folder}")
+FEW_STEPS = [
+    "--scd-steps",
+    "2",
+    "--sct-steps",
+    "0",
+    "--eval-num",
+    "8",
+    "--eval-seeds",
+    "1",
+    "--log-every",
+    "1",
+]
+
+
+def records(run: Path) -> tuple[list[dict], dict]:
+    """A run's metrics.jsonl without the clock, and its summary without the wall time."""
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((run / "summary.json").read_text())
+    return [{k: v for k, v in line.items() if k != "time"} for line in lines], summary | {"wall_seconds": 0}
+
+
+def test_the_same_command_and_seed_give_the_same_run_fresh_or_restarted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two fresh runs of one command, whatever torch's global generator holds (each process
+    starts it at random), and a run killed before its first checkpoint and resumed: the same
+    losses, scores and summary (the view's logvar head, which the student copies, comes from
+    the run's seed)."""
+    argv = ["--teacher", f"diffusers:{saved(tmp_path / 'unet')}", *FEW_STEPS]
+    for k in (1, 2):
+        torch.manual_seed(1000 + k)  # as a fresh process finds it
+        assert torch_run.main([*argv, "--runs", str(tmp_path / f"runs{k}")]) == 0
+    (first,), (second,) = ((tmp_path / f"runs{k}").iterdir() for k in (1, 2))
+    assert records(first) == records(second)
+
+    def killed(self, step: int, index: np.ndarray) -> None:
+        raise RuntimeError("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch_run.TorchTrainer, "step", killed)
+        assert torch_run.main([*argv, "--runs", str(tmp_path / "runs3")]) == 1
+    (third,) = (tmp_path / "runs3").iterdir()
+    assert not list((third / "checkpoints").iterdir())
+    torch.manual_seed(1003)
+    assert torch_run.main(["--resume", str(third)]) == 0
+    lines, summary = records(third)
+    assert lines[1:] == records(first)[0] and summary == records(first)[1]  # the floors logged twice
+
+
+@pytest.mark.parametrize(
+    "data, guidance",
+    [("digits", None), ("digits", "1"), ("unlabelled", None)],
+    ids=["labelled-preset-cfg", "labelled-no-cfg", "unlabelled-preset-cfg"],
+)
+def test_an_unconditional_teacher_ignores_labels_and_distils_without_cfg(
+    data: str, guidance: str | None, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """README: "an unconditional model ignores the data's labels"; with nothing to guide, the
+    preset's CFG is turned off, in one line."""
+    argv = ["--teacher", f"diffusers:{saved(tmp_path / 'unet', num_class_embeds=None)}", *FEW_STEPS]
+    if data == "unlabelled":
+        pixels = np.random.default_rng(0).integers(0, 256, (200, 8, 8), dtype=np.uint8)
+        np.savez(tmp_path / "x.npz", x=pixels)
+        argv += ["--data", f"npz:{tmp_path / 'x.npz'}"]
+    if guidance is not None:
+        argv += ["--guidance-max", guidance]
+    assert torch_run.main([*argv, "--runs", str(tmp_path / "runs")]) == 0
+    err = capsys.readouterr().err
+    cfg_note = "note: an unconditional network has nothing to guide: scd distil without CFG"
+    assert (cfg_note in err) == (guidance is None)
+    (run,) = (tmp_path / "runs").iterdir()
+    config = json.loads((run / "config.json").read_text())
+    assert (config["network"]["label_dim"], config["scd"]["guidance_max"]) == (0, 1.0)
+    _, meta, _ = torch_run.load_network(run / "checkpoints" / "scd-000002")
+    assert meta["guidance"] is False
+    results = json.loads((run / "summary.json").read_text())["results"]
+    assert {(r["model"], r["sampler"]) for r in results} >= {("scd", "1-step"), ("scd", "2-step")}
+    assert all(np.isfinite(r["value"]) for r in results)
+
+
+def test_a_class_conditional_teacher_takes_the_datas_classes_with_or_without_a_null_class(
+    tmp_path: Path,
+) -> None:
     digits = PRESETS["digits"]
-    config = replace(digits, scd=replace(digits.scd, guidance_max=1.0))
-    config = runs.pretrained_teacher(config, f"diffusers:{folder}")
-    assert (config.network.kind, config.network.label_dim, config.network.options["null_class"]) == (
-        "diffusers", 0, None
-    )  # fmt: skip
-    assert config.teacher_pretrained == f"diffusers:{folder.resolve()}"
+    for embeds, null_class in ((11, 10), (10, None)):
+        folder = saved(tmp_path / f"unet{embeds}", num_class_embeds=embeds)
+        config = replace(digits, scd=replace(digits.scd, guidance_max=1.0))
+        config = runs.pretrained_teacher(config, f"diffusers:{folder}")
+        assert (config.network.label_dim, config.network.options["null_class"]) == (10, null_class)
+        assert config.teacher_pretrained == f"diffusers:{folder.resolve()}"
+
+
+def test_the_students_start_as_the_teacher_sct_included(tmp_path: Path) -> None:
+    """README: the students are views of the teacher's architecture started from its weights
+    (sCT too, with init="teacher"); sCD's guidance embedding starts at zero."""
+    from backends.torch import distributed
+
+    config = runs.pretrained_teacher(PRESETS["digits"], f"diffusers:{saved(tmp_path / 'unet')}")
+    train_set, _ = runs.load_data(config)
+    teacher = torch_run.load_pretrained(config, train_set, torch.device("cpu"))
+    for name in ("scd", "sct"):
+        assert getattr(config, name).init == "teacher"
+        student = torch_run.TorchTrainer(name, config, train_set, distributed.SINGLE, teacher, None).network
+        state = student.state_dict()
+        assert all(torch.equal(value, state[key]) for key, value in teacher.state_dict().items())
+        guidance = [value for key, value in state.items() if key.startswith("emb_guidance.1.")]
+        assert (len(guidance) == 2) == (name == "scd") and all(not value.any() for value in guidance)
+
+
+def test_a_diffusers_architecture_trained_here_must_fit_the_datas_classes(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    np.savez(tmp_path / "x.npz", x=np.zeros((200, 8, 8), np.uint8))
+    argv = ["--preset", "digits-ddpm", "--data", f"npz:{tmp_path / 'x.npz'}"]
+    assert "the UNet2DModel is built for 10 classes, the data have none" in refusal(
+        argv, tmp_path / "runs", capsys
+    )
 
 
 def test_latents_are_scaled_as_the_pipelines_vae_scales_them(tmp_path: Path) -> None:

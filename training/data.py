@@ -17,6 +17,7 @@ two integers, so a resumed run draws exactly the batches the killed one would ha
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import zipfile
@@ -100,6 +101,10 @@ class Dataset:
         labels = None if self.labels is None else self.labels[index]
         rows = index if self.rows is None else self.rows[index]
         return Dataset(name, self.stored, labels, self.num_classes, self.scale, self.shift, rows)
+
+    def without_labels(self) -> Dataset:
+        """The same samples, unlabelled (what an unconditional network trains on)."""
+        return dataclasses.replace(self, labels=None, num_classes=0)
 
     def one_hot(self, index: np.ndarray) -> np.ndarray | None:
         """The one-hot labels (float32) of the samples at `index`, or None when unlabelled."""

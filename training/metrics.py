@@ -141,19 +141,30 @@ def image_features(kind: str, weights: str | Path, batch: int = 100):
     expected = "the Inception detector's .pkl" if kind == "fid" else "a DINOv2 folder with config.json"
     if weights is None or not (weights.is_file() if kind == "fid" else (weights / "config.json").is_file()):
         raise FileNotFoundError(f"{kind} needs --feature-weights PATH ({expected}), got {weights}")
-    if kind == "fid":
-        import pickle
+    import pickle
 
-        with open(weights, "rb") as f:
-            network = pickle.load(f)
+    from backends.torch.pretrained import first_cause
+
+    try:
+        network = _load_feature_network(kind, weights)
+    except (
+        OSError,
+        ValueError,
+        RuntimeError,
+        EOFError,
+        AttributeError,
+        ImportError,
+        pickle.UnpicklingError,
+    ) as error:
+        raise ValueError(
+            f"--feature-weights {weights}: cannot load the {kind} network ({first_cause(error)})"
+        ) from None
+    if kind == "fid":
 
         def forward(images: torch.Tensor) -> torch.Tensor:
             return network(images, return_features=True)
 
     else:
-        from transformers import Dinov2Model
-
-        network = Dinov2Model.from_pretrained(weights, local_files_only=True)
         mean = torch.tensor([0.485, 0.456, 0.406]).reshape(1, 3, 1, 1)
         std = torch.tensor([0.229, 0.224, 0.225]).reshape(1, 3, 1, 1)
 
@@ -172,3 +183,14 @@ def image_features(kind: str, weights: str | Path, batch: int = 100):
         return torch.cat(parts).double().numpy()
 
     return features
+
+
+def _load_feature_network(kind: str, weights: Path):
+    if kind == "fid":
+        import pickle
+
+        with open(weights, "rb") as f:
+            return pickle.load(f)
+    from transformers import Dinov2Model
+
+    return Dinov2Model.from_pretrained(weights, local_files_only=True)

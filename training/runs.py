@@ -9,6 +9,7 @@ config, the metric, sample pictures and the consistency models' sampling times.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -23,6 +24,7 @@ from backends.configs import (
     DiffusionConfig,
     SCMConfig,
     VSDConfig,
+    clamping,
     read_diffusers_folder,
     schedule_from_config,
 )
@@ -234,12 +236,27 @@ def load_data(config: RunConfig) -> tuple[data.Dataset, data.Dataset]:
     """The training and held-out sets of `config.data`. The digits (297 images) and file sources
     (10%) hold out the same samples whatever the run's seed, so that no run evaluates on samples
     another run trained on (its teacher, from `--teacher-checkpoint`, or the cached digits
-    classifier); toy2d draws both sets afresh from the mixture."""
-    if config.data == "digits":
+    classifier); toy2d draws both sets afresh from the mixture. The last two sets read are kept:
+    a run reads its data to check its config before the run folder is made, then to train, and
+    decoding a folder of images twice would double its start."""
+    path = config.data.partition(":")[2]
+    stat = Path(path).stat() if path and Path(path).exists() else None
+    scaling = config.network.options.get("latent_scaling")
+    return _load_data(
+        config.data, config.seed, config.sigma_d, None if scaling is None else tuple(scaling),
+        None if stat is None else (stat.st_mtime_ns, stat.st_size),
+    )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=2)
+def _load_data(
+    source: str, seed: int, sigma_d: float, scaling: tuple[float, float] | None, stat: tuple | None
+) -> tuple[data.Dataset, data.Dataset]:
+    if source == "digits":
         return data.digits()
-    if config.data == "toy2d":
-        return data.toy2d(seed=config.seed)
-    kind, _, path = config.data.partition(":")
+    if source == "toy2d":
+        return data.toy2d(seed=seed)
+    kind, _, path = source.partition(":")
     loaders = {
         "npz": data.load_npz,
         "folder": data.load_image_folder,
@@ -248,17 +265,11 @@ def load_data(config: RunConfig) -> tuple[data.Dataset, data.Dataset]:
     }
     if kind not in loaders or not path:
         raise ValueError(
-            f"--data must be digits, toy2d, npz:PATH, folder:PATH, zip:PATH or latents:PATH, got "
-            f"{config.data!r}"
+            f"--data must be digits, toy2d, npz:PATH, folder:PATH, zip:PATH or latents:PATH, got {source!r}"
         )
-    if not Path(path).exists():
-        raise FileNotFoundError(f"--data {config.data}: {path} does not exist")
-    scaling = config.network.options.get("latent_scaling")
-    full = (
-        data.load_latents(Path(path), config.sigma_d, scaling)
-        if kind == "latents"
-        else loaders[kind](Path(path))
-    )
+    if stat is None:
+        raise FileNotFoundError(f"--data {source}: {path} does not exist")
+    full = data.load_latents(Path(path), sigma_d, scaling) if kind == "latents" else loaders[kind](Path(path))
     return full.split(max(1, len(full) // 10))
 
 
@@ -500,14 +511,17 @@ def start(
     presets: dict,
     main: bool = True,
     share: Callable[[Any], Any] = lambda value: value,
+    try_teacher: Callable[[RunConfig, data.Dataset], Any] | None = None,
 ) -> tuple[RunConfig, Run]:
     """The config and run folder: a resumed run's own config.json, or the preset with the
-    command line's overrides in a new folder. The main process decides and writes; `share` hands
-    its outcome (or its error) to every process."""
+    command line's overrides, checked against the data (`fit_to_data`), a teacher checkpoint's
+    network, and a pretrained teacher (`try_teacher(config, train_set)` loads it) before the new
+    folder is made. The main process decides and writes; `share` hands its outcome (or its
+    error) to every process."""
     outcome: Any = None
     if main:
         try:
-            config, run = _start(args, presets)
+            config, run = _start(args, presets, try_teacher)
             outcome = (config.to_dict(), str(run.folder))
         except (ValueError, FileNotFoundError) as error:
             outcome = error
@@ -517,7 +531,9 @@ def start(
     return RunConfig.from_dict(outcome[0]), Run(Path(outcome[1]))
 
 
-def _start(args: argparse.Namespace, presets: dict) -> tuple[RunConfig, Run]:
+def _start(
+    args: argparse.Namespace, presets: dict, try_teacher: Callable[..., Any] | None
+) -> tuple[RunConfig, Run]:
     for flag, value in (("--log-every", args.log_every), ("--micro-batches", args.micro_batches)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be at least 1, got {value}")
@@ -574,14 +590,31 @@ def _start(args: argparse.Namespace, presets: dict) -> tuple[RunConfig, Run]:
     ):
         if getattr(args, key) is not None:
             config = replace(config, **{key: getattr(args, key)})
-    if config.teacher_checkpoint:
-        checkpoint.load(Path(config.teacher_checkpoint))  # a clear error now, not after a phase
     if args.teacher is not None:
         if args.network is not None or config.teacher_checkpoint:
             raise ValueError(
                 "--teacher takes the model's own architecture: give no --network or --teacher-checkpoint"
             )
         config = pretrained_teacher(config, args.teacher)
+    train_set, _ = load_data(config)
+    config = fit_to_data(config, train_set)
+    given = config.teacher_pretrained or config.teacher_checkpoint
+    trained = [n for n in PHASES if getattr(config, n).steps and not (n == "teacher" and given)]
+    small = {n: getattr(config, n).batch for n in trained if getattr(config, n).batch > len(train_set)}
+    if small:
+        raise ValueError(
+            f"the training set has {len(train_set)} samples, fewer than one batch of "
+            f"{min(small.values())} ({', '.join(f'{n}: {b}' for n, b in small.items())})"
+        )
+    if config.teacher_checkpoint:  # a clear error now, not after the floors are scored
+        _, _, its, _ = read_network_checkpoint(Path(config.teacher_checkpoint))
+        if its.network != config.network:  # the students start from its weights
+            raise ValueError(
+                f"--teacher-checkpoint {config.teacher_checkpoint}: its network {its.network} "
+                f"differs from this run's {config.network}"
+            )
+    if config.teacher_pretrained and try_teacher is not None:
+        try_teacher(config, train_set)
     stem = args.runs / f"{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     folder, n = stem, 1
     while folder.exists():  # two runs started in the same second
@@ -596,7 +629,8 @@ def pretrained_teacher(config: RunConfig, source: str) -> RunConfig:
     """The run `config` distilling the pretrained model `source` ("diffusers:FOLDER"): its
     network is the model's architecture (`NetworkConfig` "diffusers"), checked against the data
     (channels, size, classes) and the distilled phases' CFG, so that nothing trains before a
-    mismatch is found."""
+    mismatch is found. An unconditional model ignores the data's labels (and so distils without
+    CFG: `fit_to_data`)."""
     kind, _, folder = source.partition(":")
     if kind != "diffusers" or not folder:
         raise ValueError(f"--teacher must be diffusers:FOLDER, got {source!r}")
@@ -608,6 +642,14 @@ def pretrained_teacher(config: RunConfig, source: str) -> RunConfig:
             f"{where}: {found.class_name} is text-conditioned; the run script distils unconditional "
             "and class-conditional models (text-conditioned ones: the Python API, README)"
         )
+    clamps = clamping(found.scheduler)
+    if clamps:
+        print(
+            f"warning: {where}: its scheduler sets {' and '.join(clamps)}, which its own pipeline "
+            "applies while sampling and TrigFlow's PF-ODE does not: the Heun samples, the "
+            "distillation and the students run without it (diffusers' own samplers keep it)",
+            file=sys.stderr, flush=True,
+        )  # fmt: skip
     options = {"model": found.model, "scheduler": found.scheduler}
     if config.data.startswith("latents:"):
         options["latent_scaling"] = list(found.latent_scaling())
@@ -636,7 +678,7 @@ def pretrained_teacher(config: RunConfig, source: str) -> RunConfig:
         )
     null_class = num if classes == num + 1 else None
     guided = [n for n in DISTILLED if getattr(config, n).steps and getattr(config, n).guidance_max > 1]
-    if guided and null_class is None:
+    if classes and guided and null_class is None:
         raise ValueError(
             f"{where}: {', '.join(guided)} distil with CFG (guidance_max > 1), which needs a class "
             "embedding for no class, and the model has none; distil without CFG: --guidance-max 1"
@@ -644,6 +686,32 @@ def pretrained_teacher(config: RunConfig, source: str) -> RunConfig:
     options["null_class"] = null_class
     network = NetworkConfig("diffusers", found.class_name, label_dim=num if classes else 0, options=options)
     return replace(config, network=network, teacher_pretrained=f"diffusers:{Path(folder).resolve()}")
+
+
+def fit_to_data(config: RunConfig, train_set: data.Dataset) -> RunConfig:
+    """`config` with its network's classes fitted to the training data, each change said in a
+    line: a class-conditional network of the project's own (a preset's) is built for the data's
+    classes, and unconditional for unlabelled data; an unconditional network ignores the data's
+    labels. With no classes there is nothing to guide, so the distilled phases run without CFG."""
+    network, num = config.network, train_set.num_classes
+    if network.kind == "diffusers" and network.label_dim and network.label_dim != num:
+        raise ValueError(  # its class embeddings are in the model's config
+            f"the {network.preset} is built for {network.label_dim} classes, the data have {num or 'none'}"
+        )
+    if network.kind != "diffusers" and network.label_dim and network.label_dim != num:
+        built = f"takes their {num}" if num else "is unconditional"
+        note(f"the data have {num or 'no'} classes, so the network {built} (preset: {network.label_dim})")
+        config = replace(config, network=replace(network, label_dim=num))
+    guided = [n for n in DISTILLED if getattr(config, n).steps and getattr(config, n).guidance_max > 1]
+    if not config.network.label_dim and guided:
+        note(f"an unconditional network has nothing to guide: {', '.join(guided)} distil without CFG")
+        config = replace(config, **{n: replace(getattr(config, n), guidance_max=1.0) for n in guided})
+    return config
+
+
+def note(text: str) -> None:
+    """A line on stderr about what the run does differently from what it was asked."""
+    print(f"note: {text}", file=sys.stderr, flush=True)
 
 
 # --- a whole run, and sampling a checkpoint (either backend) --------------------------------
@@ -741,6 +809,8 @@ def train_and_evaluate(config: RunConfig, run: Run, main: bool, backend: Backend
         floors = metric.floor(train_set, config.eval.num, config.eval.seeds)
         run.log({"phase": "eval", "model": "data", "num": config.eval.num, **_means(floors)})
         print(f"{config.eval.num} training samples (the floor at this size): {_text(floors)}")
+    if not config.network.label_dim:  # an unconditional network trains and samples without them
+        train_set = train_set.without_labels()
     start = time.perf_counter() - run.elapsed()
     models = {}
     # the teacher (Eq. 4 with adaptive weighting) or a trained one, then the consistency models:
@@ -751,14 +821,8 @@ def train_and_evaluate(config: RunConfig, run: Run, main: bool, backend: Backend
                 f"the {backend.name} run script cannot load --teacher {config.teacher_pretrained}"
             )
         models["teacher"] = backend.load_pretrained(train_set)
-    elif config.teacher_checkpoint:
-        teacher, _, trained = backend.load_network(Path(config.teacher_checkpoint))
-        if trained.network != config.network:  # the students start from its weights
-            raise ValueError(
-                f"--teacher-checkpoint {config.teacher_checkpoint}: its network {trained.network} "
-                f"differs from this run's {config.network}"
-            )
-        models["teacher"] = teacher
+    elif config.teacher_checkpoint:  # its network was checked against the run's (`start`)
+        models["teacher"], _, _ = backend.load_network(Path(config.teacher_checkpoint))
     else:
         models["teacher"] = backend.train_phase("teacher", train_set, None)
     for name in PHASES[1:]:

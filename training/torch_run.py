@@ -110,7 +110,7 @@ def load_pretrained(config: RunConfig, train_set: data.Dataset, device: torch.de
 
     folder = config.teacher_pretrained.partition(":")[2]
     null_class = config.network.options.get("null_class")
-    teacher = load_diffusers(folder, config.sigma_d, device=device, null_class=null_class)
+    teacher = load_diffusers(folder, config.sigma_d, device=device, null_class=null_class, seed=config.seed)
     x = torch.from_numpy(train_set.get(np.arange(2))).to(device)
     labels = train_set.one_hot(np.arange(2)) if config.network.label_dim else None
     try:
@@ -692,8 +692,9 @@ def main(argv: list[str] | None = None) -> int:
             return export_command(args)
         context = distributed.setup(args.device)
         config, run = runs.start(
-            args, PRESETS, context.main, lambda value: distributed.gather(value, context)[0]
-        )
+            args, PRESETS, context.main, lambda value: distributed.gather(value, context)[0],
+            try_teacher=lambda config, train_set: load_pretrained(config, train_set, context.device),
+        )  # fmt: skip
         if context.main:
             print(f"run folder: {run.folder} (processes: {context.world} on {context.device.type}, "
                   f"micro-batches: {config.micro_batches})", flush=True)  # fmt: skip

@@ -20,10 +20,14 @@ class SDVAE:
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"--vae {folder}: not a diffusers AutoencoderKL folder (no config.json)")
         import torch
-        from diffusers import AutoencoderKL
+
+        from backends.torch.pretrained import load_model
 
         self.torch, self.device, self.batch = torch, torch.device(device), batch
-        self.model = AutoencoderKL.from_pretrained(folder, local_files_only=True).to(self.device).eval()
+        try:  # the weights checked as a teacher's are (present, readable, complete)
+            self.model = load_model("AutoencoderKL", folder).to(self.device).eval()
+        except ValueError as error:
+            raise ValueError(f"--vae {folder}: {error}") from None
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         """Raw latents (the posterior means) of uint8 images (N, 3, H, W), the VAE's input in

@@ -306,15 +306,30 @@ def load_diffusers(
     dtype: torch.dtype = torch.float32,
     guidance: bool = False,
     null_class: int | None = None,
+    call: Callable[..., torch.Tensor] | None = None,
+    seed: int = 0,
 ) -> TrigFlowView:
     """The TrigFlow view of a diffusers model saved on disk (nothing is downloaded): a pipeline
     folder (model_index.json; its unet/ or transformer/ and scheduler/) or a model folder
-    (config.json) with its scheduler's scheduler_config.json beside it or in ../scheduler/."""
+    (config.json) with its scheduler's scheduler_config.json beside it or in ../scheduler/.
+
+    The weights are checked as they load (`load_model`). What the view adds to the model (its
+    logvar head, a guidance embedding) is initialised from `seed`, so one seed gives one view
+    whatever torch's global generator holds. A text-conditioned model needs `call`, a function
+    (model, x_s, s, labels) that also hands it its text states. A scheduler config's clamp of
+    x̂0 while sampling (clip_sample, thresholding: `configs.clamping`) has no place in TrigFlow's
+    PF-ODE, which the view's samplers and a distilled student follow."""
     found = read_diffusers_folder(folder)
-    return diffusers_view(
-        found.class_name, found.model, found.scheduler, sigma_d, weights=found.model_folder,
-        device=device, dtype=dtype, guidance=guidance, null_class=null_class,
-    )  # fmt: skip
+    if found.text_conditioned and call is None:
+        raise ValueError(
+            f"{folder}: {found.class_name} is text-conditioned, and no call= was given to hand it "
+            "its text states (encoder_hidden_states, …) beside the noisy sample"
+        )
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        model = load_model(found.class_name, found.model_folder, dtype)
+        view = _view(model, found.scheduler, sigma_d, call or diffusers_call, guidance, null_class)
+    return view.to(device, dtype)
 
 
 def diffusers_view(
@@ -323,28 +338,88 @@ def diffusers_view(
     scheduler_config: dict,
     sigma_d: float,
     *,
-    weights: Path | None = None,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
     guidance: bool = False,
     null_class: int | None = None,
 ) -> TrigFlowView:
-    """The TrigFlow view of the diffusers model `class_name` built from its config: with the
-    weights saved in the model folder `weights`, or freshly initialised when None."""
+    """The TrigFlow view of the diffusers model `class_name` built from its config, freshly
+    initialised (from torch's global generator, as any torch module)."""
+    model = model_class(class_name).from_config(model_config)
+    return _view(model, scheduler_config, sigma_d, diffusers_call, guidance, null_class)
+
+
+def _view(
+    model: torch.nn.Module,
+    scheduler_config: dict,
+    sigma_d: float,
+    call: Callable[..., torch.Tensor],
+    guidance: bool,
+    null_class: int | None,
+) -> TrigFlowView:
+    schedule, prediction = schedule_from_config(scheduler_config)
+    return TrigFlowView(
+        model.eval(), schedule, prediction, sigma_d, call=call, guidance=guidance, null_class=null_class
+    )
+
+
+def model_class(class_name: str) -> type:
+    """The diffusers model class of a config's `_class_name`."""
     import diffusers
 
     kind = getattr(diffusers, class_name, None)
     if not (isinstance(kind, type) and issubclass(kind, diffusers.ModelMixin)):
         raise ValueError(f"model config: _class_name {class_name!r} is not a diffusers model class")
-    schedule, prediction = schedule_from_config(scheduler_config)
-    if weights is None:
-        model = kind.from_config(model_config)
-    else:
-        model = kind.from_pretrained(
-            weights, torch_dtype=dtype, local_files_only=True, low_cpu_mem_usage=False
+    return kind
+
+
+# the weights files diffusers reads from a model folder, in the order it looks for them
+WEIGHTS_FILES = (
+    "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json",
+    "diffusion_pytorch_model.bin", "diffusion_pytorch_model.bin.index.json",
+)  # fmt: skip
+
+
+def load_model(class_name: str, folder: str | Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """The diffusers model saved in `folder`, with its weights checked: a weights file present
+    and readable, holding every array the config implies, each of the shape the config implies
+    (diffusers itself only warns of missing arrays and leaves them at random). Otherwise a
+    ValueError of one line that names the file."""
+    import diffusers
+
+    kind, folder = model_class(class_name), Path(folder)
+    file = next((folder / name for name in WEIGHTS_FILES if (folder / name).is_file()), None)
+    if file is None:
+        raise ValueError(f"{folder}: no weights file ({' or '.join(WEIGHTS_FILES[::2])})")
+    verbosity = diffusers.utils.logging.get_verbosity()
+    diffusers.utils.logging.set_verbosity_error()  # what is wrong is said below, once
+    try:
+        model, found = kind.from_pretrained(
+            folder, torch_dtype=dtype, local_files_only=True, low_cpu_mem_usage=False,
+            ignore_mismatched_sizes=True, output_loading_info=True,
+        )  # fmt: skip
+    except (OSError, ValueError, RuntimeError) as error:
+        raise ValueError(f"{file}: not readable as {class_name} weights ({first_cause(error)})") from None
+    finally:
+        diffusers.utils.logging.set_verbosity(verbosity)
+    if found["mismatched_keys"]:
+        key, stored, implied = sorted(found["mismatched_keys"])[0]
+        raise ValueError(
+            f"{file}: {key} has shape {tuple(stored)}, the config implies {tuple(implied)} "
+            f"({len(found['mismatched_keys'])} arrays differ: a config.json from another model?)"
         )
-    view = TrigFlowView(model.eval(), schedule, prediction, sigma_d, guidance=guidance, null_class=null_class)
-    return view.to(device, dtype)
+    if found["missing_keys"]:
+        missing = sorted(found["missing_keys"])
+        raise ValueError(
+            f"{file}: lacks {len(missing)} of the arrays the config implies ({', '.join(missing[:3])}"
+            f"{', …' if len(missing) > 3 else ''})"
+        )
+    return model
+
+
+def first_cause(error: BaseException) -> str:
+    """The first line of the error that started a chain (loaders re-raise with less to say)."""
+    while error.__cause__ or error.__context__:
+        error = error.__cause__ or error.__context__
+    return (str(error).strip() or type(error).__name__).splitlines()[0]
 
 
 # ---------------------------------------------------------------------------------------------

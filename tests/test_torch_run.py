@@ -155,6 +155,44 @@ def test_bad_input_is_refused_before_any_training(tmp_path: Path, capsys: pytest
     assert "not a trigcore checkpoint" in capsys.readouterr().err
     assert torch_run.main(["--resume", str(tmp_path)]) == 2
     assert "not a run folder" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # each refused before its run folder was made
+    (tmp_path / "config.json").write_text('{"preset": "digits"')
+    assert torch_run.main(["--resume", str(tmp_path)]) == 2
+    assert f"--resume {tmp_path}: its config.json is not a run's config (" in capsys.readouterr().err
+
+
+def test_a_class_conditional_preset_follows_the_datas_classes(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The digits preset (10 classes) on data of 3 classes, and of none: each trains, evaluates
+    and says how its network differs from the preset's."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (150, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "three.npz", x=pixels, labels=np.arange(150) % 3)
+    np.savez(tmp_path / "none.npz", x=pixels)
+    few = [
+        "--teacher-steps",
+        "2",
+        "--scd-steps",
+        "2",
+        "--sct-steps",
+        "0",
+        "--eval-num",
+        "8",
+        "--eval-seeds",
+        "1",
+    ]
+    for name, classes, notes in (
+        ("three", 3, ["note: the data have 3 classes, so the network takes their 3 (preset: 10)"]),
+        ("none", 0, ["note: the data have no classes, so the network is unconditional (preset: 10)",
+                     "note: an unconditional network has nothing to guide: scd distil without CFG"]),
+    ):  # fmt: skip
+        argv = ["--data", f"npz:{tmp_path / name}.npz", *few, "--teacher-batch", "64", "--scd-batch", "64"]
+        assert torch_run.main([*argv, "--runs", str(tmp_path / name)]) == 0
+        assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")] == notes
+        config = json.loads((only_run(tmp_path / name) / "config.json").read_text())
+        assert config["network"]["label_dim"] == classes
+        assert config["scd"]["guidance_max"] == (1.5 if classes else 1.0)
 
 
 def test_non_finite_losses_are_skipped_then_abort_without_touching_the_weights(

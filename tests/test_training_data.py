@@ -120,6 +120,20 @@ def test_bad_data_files_are_refused_with_the_reason(tmp_path: Path) -> None:
     np.savez(tmp_path / "nox.npz", images=np.zeros((2, 8, 8), np.uint8))
     with pytest.raises(ValueError, match="no array 'x'"):
         data.load_npz(tmp_path / "nox.npz")
+    # what numpy and json raise, with the file named: latents in an .npz or a folder, a zip's labels
+    with pytest.raises(ValueError, match="nox.npz: no array 'x' in the file \\(it holds images\\)"):
+        data.load_latents(tmp_path / "nox.npz")
+    with pytest.raises(ValueError, match="bad.npz: not a readable .npz file"):
+        data.load_latents(tmp_path / "bad.npz")
+    (tmp_path / "latents").mkdir()
+    (tmp_path / "latents" / "x.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(ValueError, match="x.npy: not a readable .npy file"):
+        data.load_latents(tmp_path / "latents")
+    with zipfile.ZipFile(tmp_path / "labels.zip", "w") as archive:
+        archive.writestr("a.png", (tmp_path / "mixed" / "a.png").read_bytes())
+        archive.writestr("dataset.json", "{labels: none")
+    with pytest.raises(ValueError, match="labels.zip: its dataset.json is not readable JSON"):
+        data.load_zip(tmp_path / "labels.zip")
 
 
 def test_latents_are_normalised_with_the_app_g1_constants(tmp_path: Path) -> None:

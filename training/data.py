@@ -160,14 +160,26 @@ def from_arrays(name: str, x: np.ndarray, labels: np.ndarray | None = None) -> D
     return Dataset(name, x, labels, int(labels.max()) + 1 if labels.size else 0, scale, shift)
 
 
+def load_npz_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an `.npz` file; a ValueError naming the file when it cannot be read."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {key: f[key] for key in f.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, AttributeError) as error:
+        raise ValueError(f"{path}: not a readable .npz file ({error})") from error
+
+
+def _read_array(path: Path, mmap_mode: str | None = None) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise ValueError(f"{path}: not a readable .npy file ({error})") from error
+
+
 def load_npz(path: Path) -> Dataset:
     """An `.npz` with an array "x" of images (see `from_arrays`) and optionally "labels"."""
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {key: f[key] for key in f.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, AttributeError) as error:
-        raise ValueError(f"{path}: not a readable .npz file ({error})") from error
+    arrays = load_npz_arrays(path)
     if "x" not in arrays:
         held = ", ".join(arrays) or "nothing"
         raise ValueError(f"{path}: no array 'x' in the file (it holds {held})")
@@ -236,6 +248,10 @@ def load_zip(path: Path, resolution: int | None = None) -> Dataset:
             meta = json.loads(archive.read("dataset.json")) if "dataset.json" in archive.namelist() else {}
     except (OSError, zipfile.BadZipFile) as error:
         raise ValueError(f"{path}: not a readable zip file ({error})") from error
+    except ValueError as error:
+        raise ValueError(f"{path}: its dataset.json is not readable JSON ({error})") from error
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: its dataset.json must hold an object, got {type(meta).__name__}")
     pairs = dict(meta.get("labels") or [])
     if not pairs:
         return from_arrays(str(path), x)
@@ -257,11 +273,13 @@ def load_latents(path: Path, sigma_d: float = 0.5, scaling: tuple[float, float] 
     if path.is_dir():
         if not (path / "x.npy").is_file():
             raise ValueError(f"{path}: a latents folder holds x.npy (and labels.npy); no x.npy there")
-        x = np.load(path / "x.npy", mmap_mode="r")
-        labels = np.load(path / "labels.npy") if (path / "labels.npy").is_file() else None
+        x = _read_array(path / "x.npy", mmap_mode="r")
+        labels = _read_array(path / "labels.npy") if (path / "labels.npy").is_file() else None
     else:
-        with np.load(path) as f:
-            x, labels = np.asarray(f["x"], dtype=np.float32), (f["labels"] if "labels" in f else None)
+        arrays = load_npz_arrays(path)
+        if "x" not in arrays:
+            raise ValueError(f"{path}: no array 'x' in the file (it holds {', '.join(arrays) or 'nothing'})")
+        x, labels = np.asarray(arrays["x"], dtype=np.float32), arrays.get("labels")
     if x.ndim != 4 or (scaling is None and x.shape[1] != 4):
         raise ValueError(f"{path}: SD-VAE latents are (N, 4, h, w), got shape {x.shape}")
     if scaling is None:

@@ -13,6 +13,7 @@ here those of a small digits classifier that is trained once on the training spl
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,7 +99,7 @@ class DigitsFeatures:
             try:
                 with np.load(path) as f:
                     return cls(f["w1"], f["b1"], f["w2"], f["b2"], float(f["accuracy"]))
-            except (OSError, KeyError, ValueError):
+            except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
                 pass  # an unreadable cache entry is replaced below
         from sklearn.neural_network import MLPClassifier
 

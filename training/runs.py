@@ -511,17 +511,17 @@ def start(
     presets: dict,
     main: bool = True,
     share: Callable[[Any], Any] = lambda value: value,
-    try_teacher: Callable[[RunConfig, data.Dataset], Any] | None = None,
+    check: Callable[[RunConfig, data.Dataset], Any] | None = None,
 ) -> tuple[RunConfig, Run]:
     """The config and run folder: a resumed run's own config.json, or the preset with the
-    command line's overrides, checked against the data (`fit_to_data`), a teacher checkpoint's
-    network, and a pretrained teacher (`try_teacher(config, train_set)` loads it) before the new
-    folder is made. The main process decides and writes; `share` hands its outcome (or its
-    error) to every process."""
+    command line's overrides, checked against the data (`fit_to_data`) and a teacher checkpoint's
+    network, and by the backend's own `check(config, train_set)` (what it can train; a
+    pretrained teacher loaded and tried) before the new folder is made. The main process
+    decides and writes; `share` hands its outcome (or its error) to every process."""
     outcome: Any = None
     if main:
         try:
-            config, run = _start(args, presets, try_teacher)
+            config, run = _start(args, presets, check)
             outcome = (config.to_dict(), str(run.folder))
         except (ValueError, FileNotFoundError) as error:
             outcome = error
@@ -532,7 +532,7 @@ def start(
 
 
 def _start(
-    args: argparse.Namespace, presets: dict, try_teacher: Callable[..., Any] | None
+    args: argparse.Namespace, presets: dict, check: Callable[..., Any] | None
 ) -> tuple[RunConfig, Run]:
     for flag, value in (("--log-every", args.log_every), ("--micro-batches", args.micro_batches)):
         if value is not None and value < 1:
@@ -541,7 +541,12 @@ def _start(
         config_path = args.resume / "config.json"
         if not config_path.exists():
             raise FileNotFoundError(f"--resume {args.resume}: no config.json there (not a run folder)")
-        config = RunConfig.from_dict(json.loads(config_path.read_text()))
+        try:
+            config = RunConfig.from_dict(json.loads(config_path.read_text()))
+        except (OSError, ValueError, TypeError) as error:
+            raise ValueError(
+                f"--resume {args.resume}: its config.json is not a run's config ({error})"
+            ) from None
         if args.micro_batches is not None:  # how the same shards are spread: not saved
             config = replace(config, micro_batches=args.micro_batches)
         return config, Run(args.resume)
@@ -613,8 +618,8 @@ def _start(
                 f"--teacher-checkpoint {config.teacher_checkpoint}: its network {its.network} "
                 f"differs from this run's {config.network}"
             )
-    if config.teacher_pretrained and try_teacher is not None:
-        try_teacher(config, train_set)
+    if check is not None:
+        check(config, train_set)
     stem = args.runs / f"{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     folder, n = stem, 1
     while folder.exists():  # two runs started in the same second

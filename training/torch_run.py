@@ -562,8 +562,6 @@ def run_training(
 ) -> dict | None:
     """Train the configured phases, then (on the main process) evaluate every model and write
     the summary (`runs.train_and_evaluate`); other processes return None."""
-    if config.parallel == "fsdp":
-        _check_sharding(config)
 
     def phase(name: str, train_set: data.Dataset, teacher: torch.nn.Module | None) -> torch.nn.Module:
         return train_phase(name, config, train_set, run, context, teacher)
@@ -577,6 +575,15 @@ def run_training(
         sample_native=lambda *args: sample_native(config, *args),
     )  # fmt: skip
     return runs.train_and_evaluate(config, run, context.main, backend)
+
+
+def check_run(config: RunConfig, train_set: data.Dataset, device: torch.device) -> None:
+    """What `runs.start` asks before it makes the run folder: that FSDP2 can train the run
+    (`_check_sharding`), and that a pretrained teacher loads and takes the data."""
+    if config.parallel == "fsdp":
+        _check_sharding(config)
+    if config.teacher_pretrained:
+        load_pretrained(config, train_set, device)
 
 
 def _check_sharding(config: RunConfig) -> None:
@@ -693,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
         context = distributed.setup(args.device)
         config, run = runs.start(
             args, PRESETS, context.main, lambda value: distributed.gather(value, context)[0],
-            try_teacher=lambda config, train_set: load_pretrained(config, train_set, context.device),
+            check=lambda config, train_set: check_run(config, train_set, context.device),
         )  # fmt: skip
         if context.main:
             print(f"run folder: {run.folder} (processes: {context.world} on {context.device.type}, "

@@ -601,25 +601,7 @@ def _start(
                 "--teacher takes the model's own architecture: give no --network or --teacher-checkpoint"
             )
         config = pretrained_teacher(config, args.teacher)
-    train_set, _ = load_data(config)
-    config = fit_to_data(config, train_set)
-    given = config.teacher_pretrained or config.teacher_checkpoint
-    trained = [n for n in PHASES if getattr(config, n).steps and not (n == "teacher" and given)]
-    small = {n: getattr(config, n).batch for n in trained if getattr(config, n).batch > len(train_set)}
-    if small:
-        raise ValueError(
-            f"the training set has {len(train_set)} samples, fewer than one batch of "
-            f"{min(small.values())} ({', '.join(f'{n}: {b}' for n, b in small.items())})"
-        )
-    if config.teacher_checkpoint:  # a clear error now, not after the floors are scored
-        _, _, its, _ = read_network_checkpoint(Path(config.teacher_checkpoint))
-        if its.network != config.network:  # the students start from its weights
-            raise ValueError(
-                f"--teacher-checkpoint {config.teacher_checkpoint}: its network {its.network} "
-                f"differs from this run's {config.network}"
-            )
-    if check is not None:
-        check(config, train_set)
+    config = checked(config, check)
     stem = args.runs / f"{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     folder, n = stem, 1
     while folder.exists():  # two runs started in the same second
@@ -628,6 +610,37 @@ def _start(
     text = json.dumps(config.to_dict(), indent=2)
     checkpoint.write_atomically(folder / "config.json", lambda p: p.write_text(text))
     return config, run
+
+
+def checked(config: RunConfig, check: Callable[..., Any] | None = None) -> RunConfig:
+    """A new run's `config` fitted to its data (`fit_to_data`), or a ValueError, before its run
+    folder is made: a batch larger than the training set, a teacher checkpoint of another
+    network, or what the backend's `check(config, train_set)` refuses."""
+    train_set, _ = load_data(config)
+    config = fit_to_data(config, train_set)
+    small = {n: b for n in trained_phases(config) if (b := getattr(config, n).batch) > len(train_set)}
+    if small:
+        raise ValueError(
+            f"the training set has {len(train_set)} samples, fewer than one batch of "
+            f"{min(small.values())} ({', '.join(f'{n}: {b}' for n, b in small.items())})"
+        )
+    if config.teacher_checkpoint:
+        _, _, its, _ = read_network_checkpoint(Path(config.teacher_checkpoint))
+        if its.network != config.network:  # the students start from its weights
+            raise ValueError(
+                f"--teacher-checkpoint {config.teacher_checkpoint}: its network {its.network} "
+                f"differs from this run's {config.network}"
+            )
+    if check is not None:
+        check(config, train_set)
+    return config
+
+
+def trained_phases(config: RunConfig) -> list[str]:
+    """The phases a run trains: those with steps, but for a teacher given as a checkpoint or a
+    pretrained model."""
+    given = config.teacher_checkpoint or config.teacher_pretrained
+    return [n for n in PHASES if getattr(config, n).steps and not (n == "teacher" and given)]
 
 
 def pretrained_teacher(config: RunConfig, source: str) -> RunConfig:

@@ -590,12 +590,7 @@ def _check_sharding(config: RunConfig) -> None:
     """What FSDP2 trains here (torch 2.13): the separate tangent pass (the fused one fails under
     it), float32 or bfloat16 (fp16's GradScaler fails on sharded and replicated gradients
     together), phases with an EMA (a sharded network is not copied), and not sCD + aVSD."""
-    trained = [
-        n
-        for n in PHASES
-        if getattr(config, n).steps
-        and not (n == "teacher" and (config.teacher_checkpoint or config.teacher_pretrained))
-    ]
+    trained = runs.trained_phases(config)
     no_ema = [
         n for n in trained if not (getattr(config, n).ema_halflife or getattr(config, n).ema_sigma_rels)
     ]

@@ -33,8 +33,10 @@ from flax import nnx  # noqa: E402
 from backends.jax import distributed  # noqa: E402
 from backends.jax import optim as jax_optim  # noqa: E402
 from backends.torch import optim as torch_optim  # noqa: E402
-from training import jax_run, runs, torch_run  # noqa: E402
+from backends.torch import steps as torch_steps  # noqa: E402
+from training import jax_run, torch_run  # noqa: E402
 from training.config import PRESETS, NetworkConfig, PhaseConfig  # noqa: E402
+from training.objectives import OBJECTIVES, loss_settings, takes_guidance  # noqa: E402
 
 KINDS = ("teacher", "sct", "scd")
 # the default run's network and batch; a tiny EDM2 U-Net with attention on 16×16 images
@@ -65,18 +67,19 @@ def make_batch(shape: tuple[int, ...], batch: int) -> tuple[np.ndarray, np.ndarr
 def torch_step(network: str, kind: str, device: str):
     config, shape, batch = config_for(network)
     torch.manual_seed(0)
-    model = torch_run.build_network(config, shape, runs.takes_guidance(config, kind)).to(device)
+    model = torch_run.build_network(config, shape, takes_guidance(config, kind)).to(device)
     teacher = torch_run.build_network(config, shape).to(device).eval().requires_grad_(False)
     phase = getattr(config, kind)
     optimizer = torch_optim.make_optimizer(
         model.parameters(), phase.optimizer, phase.lr, phase.betas, phase.eps
     )
-    settings = runs.loss_settings(kind, config)
+    settings = loss_settings(kind, config)
+    loss_fn, learns_from = torch_steps.LOSSES[OBJECTIVES[kind].loss], OBJECTIVES[kind].distilled
     x0, labels = make_batch(shape, batch)
     data = {"x0": torch.from_numpy(x0).to(device), "labels": torch.from_numpy(labels).to(device)}
 
     def step(i: int) -> None:
-        loss, _ = torch_run.phase_loss(kind, model, data, settings, i, phase, teacher, None)
+        loss, _ = loss_fn(model, data, settings, i, phase, teacher if learns_from else None, None)
         torch_optim.apply_gradients(loss, optimizer, model=model)
         if device != "cpu":
             torch.cuda.synchronize()
@@ -88,7 +91,7 @@ def jax_step(network: str, kind: str, device: str):
     config, shape, batch = config_for(network)
     context = distributed.setup(device)
     phase = getattr(config, kind)
-    model = jax_run.build_network(config, shape, runs.takes_guidance(config, kind))
+    model = jax_run.build_network(config, shape, takes_guidance(config, kind))
     graphdef, params = nnx.split(model, nnx.Param)
     teacher_graphdef, teacher_params = nnx.split(jax_run.build_network(config, shape, seed=1))
     tx = jax_optim.make_optimizer(phase.optimizer, phase.lr, phase.betas, phase.eps)

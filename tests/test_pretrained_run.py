@@ -411,7 +411,9 @@ def test_a_diffusers_teacher_is_distilled_sampled_and_exported_for_scm_scheduler
         if steps == 2:  # `sample` takes the second step's noise from numpy: give it the loop's instead
             noise = 0.5 * torch.randn(z.shape, generator=torch.Generator().manual_seed(5)).numpy()
             one_hot = np.eye(10, dtype=np.float32)[np.arange(12) % 10]
-            expected = torch_run.sample_from(scd, "cm", [t_max, 1.1], z, noise[None], one_hot, 0.5, 1.4, True)
+            expected = torch_run.sample_from(
+                scd, "consistency", [t_max, 1.1], z, noise[None], one_hot, 0.5, 1.4, True
+            )
         scale = float(np.abs(expected).max())
         np.testing.assert_allclose(got.numpy(), expected, atol=2e-6 * scale)  # times in float32
 

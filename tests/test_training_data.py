@@ -247,7 +247,7 @@ def test_exact_consistency_error_is_zero_for_the_exact_flow_map_only() -> None:
     exact = toy.F_fn_from_denoiser(ring.denoise, config.sigma_d)
 
     def flow_map(model, kind, times, z, noises, labels, sigma_d, *rest):  # runs.consistency_error's call
-        assert (kind, len(times), len(noises), labels) == ("cm", 1, 0, None)
+        assert (kind, len(times), len(noises), labels) == ("consistency", 1, 0, None)
         (t,) = times
         x_t = z.astype(np.float64)
         if model == "denoiser":
@@ -333,17 +333,17 @@ def test_datasets_keep_samples_compact_until_a_batch_is_drawn(tmp_path: Path) ->
 
 
 def test_each_consistency_phase_sets_its_own_tangent_normalisation() -> None:
-    from training import runs
+    from training import objectives
     from training.config import PRESETS, PhaseConfig, RunConfig
 
     digits = PRESETS["digits"]
-    settings = runs.loss_settings("sct", digits)
+    settings = objectives.loss_settings("sct", digits)
     assert (settings.tangent, settings.c) == ("normalize", 0.1)
-    assert {runs.loss_settings(name, PRESETS["toy2d"]).tangent for name in ("scd", "sct")} == {"none"}
+    assert {objectives.loss_settings(name, PRESETS["toy2d"]).tangent for name in ("scd", "sct")} == {"none"}
     clipped = replace(digits, sct=replace(digits.sct, tangent="clip", tangent_c=0.5))
-    settings = runs.loss_settings("sct", clipped)
+    settings = objectives.loss_settings("sct", clipped)
     assert (settings.tangent, settings.c) == ("clip", 0.5)
-    assert runs.loss_settings("scd", clipped).tangent == "normalize"
+    assert objectives.loss_settings("scd", clipped).tangent == "normalize"
     # configs written before the setting existed (checkpoints, config.json) read as normalised
     old = clipped.to_dict()
     del old["sct"]["tangent"], old["sct"]["tangent_c"]
@@ -355,14 +355,14 @@ def test_each_consistency_phase_sets_its_own_tangent_normalisation() -> None:
 
 
 def test_a_high_t_share_reaches_the_loss_settings_and_bad_values_are_refused() -> None:
-    from training import runs
+    from training import objectives
     from training.config import PRESETS, PhaseConfig
 
     digits = PRESETS["digits"]
     shared = replace(digits, scd=replace(digits.scd, high_t_share=0.25, high_t_from=1.3))
-    settings = runs.loss_settings("scd", shared)
+    settings = objectives.loss_settings("scd", shared)
     assert (settings.high_t_share, settings.high_t_from) == (0.25, 1.3)
-    assert runs.loss_settings("sct", shared).high_t_share == 0.0
+    assert objectives.loss_settings("sct", shared).high_t_share == 0.0
     with pytest.raises(ValueError, match=r"high_t_share = 1.5, expected in \[0, 1\]"):
         PhaseConfig(steps=1, high_t_share=1.5)
     with pytest.raises(ValueError, match=r"high_t_from = 1.6, expected in \[0, π/2\)"):

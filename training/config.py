@@ -137,7 +137,6 @@ class EvalConfig:
 # the phases in the order a run trains them; all but the teacher are consistency models, and
 # the distilled ones learn from the teacher's PF-ODE
 PHASES = ("teacher", "scd", "sct", "scd_avsd", "dscd")
-DISTILLED = ("scd", "scd_avsd", "dscd")
 
 
 @dataclass(frozen=True)

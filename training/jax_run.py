@@ -31,6 +31,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -44,8 +45,9 @@ from flax import nnx  # noqa: E402
 
 from backends.jax import distributed, optim, steps  # noqa: E402
 from backends.jax.layers import AdaptiveWeight, load_state_dict, named, state_dict, with_arrays  # noqa: E402
-from training import data, loop, runs  # noqa: E402
+from training import data, loop, objectives, runs  # noqa: E402
 from training.config import PHASES, PRESETS, PhaseConfig, RunConfig  # noqa: E402
+from training.objectives import OBJECTIVES  # noqa: E402
 from trigcore import lr, samplers  # noqa: E402
 
 # --- networks and their state as numpy -------------------------------------------------------
@@ -129,9 +131,9 @@ class JaxTrainer:
         self.train_set, self.main = train_set, context.main
         self.shards, self.streams = config.micro_batches, "micro-batches"
         self.seed = config.seed + PHASES.index(name)
-        guided = runs.takes_guidance(config, name)
+        guided = objectives.takes_guidance(config, name)
         network = build_network(config, train_set.sample_shape, guided, phase, self.seed)
-        if name != "teacher" and phase.init == "teacher":  # G.2: CMs start from the teacher's EMA
+        if objectives.starts_from_teacher(name, phase):  # G.2: CMs start from the teacher's EMA
             load_state_dict(network, state_dict(teacher), strict=False)
         self.graphdef, params = nnx.split(network, nnx.Param)
         if arrays is not None:  # resuming: the weights first
@@ -149,11 +151,9 @@ class JaxTrainer:
         self.tx = optim.make_optimizer(phase.optimizer, phase.lr, phase.betas, phase.eps)
         # what the jitted step carries (`_make_step`): θ (and w_ψ, F_φ), optimiser states, loss scales
         state: dict = {"trainable": {"model": self.params}}
-        vsd = (
-            _VSD.build(config, phase, self.train_set, self.teacher, self.seed)
-            if self.name == "scd_avsd"
-            else None
-        )
+        vsd = None
+        if OBJECTIVES[self.name].avsd:
+            vsd = _VSD.build(config, phase, self.train_set, self.teacher, self.seed)
         if vsd is not None:  # w_ψ trains with θ (App. C.2); F_φ has its own optimiser state
             state["trainable"]["vsd_weight"] = distributed.replicated(context, vsd.weight)
             state["fake"] = self.place(vsd.fake)
@@ -272,31 +272,23 @@ def _make_step(
     """The jitted training step: (state, teacher_params, batch, key, step, rate) → (state,
     metrics, finite). `state` holds "trainable" (θ, and w_ψ for aVSD), "opt" (its optimiser
     state), "scale" (float16's loss scale) and for aVSD "fake", "fake_opt", "fake_scale" (F_φ's)."""
-    settings = runs.loss_settings(name, config)
+    objective, settings = OBJECTIVES[name], objectives.loss_settings(name, config)
     parts = config.micro_batches
 
     def loss_fn(trainable: dict, teacher_params: Any, batch: dict, key: jax.Array, step: Any, fake: Any):
         model = nnx.merge(graphdef, trainable["model"])
-        teacher = None if teacher_params is None else nnx.merge(teacher_graphdef, teacher_params)
-        rng = steps.Draws(key)
-        if name == "teacher":
-            return steps.diffusion_loss(model, batch, settings, rng)
-        if name == "dscd":
-            return steps.discrete_scm_loss(model, teacher, batch, settings, step, phase.discrete_steps, rng)
-        loss, metrics = steps.scm_loss(model, batch, settings, step, rng, None if name == "sct" else teacher)
-        if name != "scd_avsd":
-            return loss, metrics
-        weight = nnx.merge(vsd.weight_graphdef, trainable["vsd_weight"])
-        fake_net = nnx.merge(vsd.fake_graphdef, fake)
-        vsd_loss, vsd_metrics = steps.avsd_loss(model, fake_net, teacher, weight, batch, vsd.settings, rng)
-        total = loss + phase.vsd_weight * vsd_loss
-        return total, {
-            **metrics,
-            "loss": total,
-            "scm": loss,
-            "vsd": vsd_loss,
-            "samples": vsd_metrics["samples"],
-        }
+        teacher = None  # the teacher's PF-ODE, for the objectives that learn from it
+        if objective.distilled:
+            teacher = nnx.merge(teacher_graphdef, teacher_params)
+        extra = None
+        if vsd is not None:  # aVSD's fake score and adaptive weight
+            weight = nnx.merge(vsd.weight_graphdef, trainable["vsd_weight"])
+            extra = SimpleNamespace(
+                fake=nnx.merge(vsd.fake_graphdef, fake), weight=weight, settings=vsd.settings
+            )
+        return steps.LOSSES[objective.loss](
+            model, batch, settings, step, phase, teacher, extra, steps.Draws(key)
+        )
 
     def project(trainable: dict) -> dict:
         return {**trainable, "model": optim.unit_norm(graphdef, trainable["model"])}
@@ -377,7 +369,7 @@ class _VSD:
         network = build_network(config, train_set.sample_shape, phase=fake_phase, seed=seed)
         load_state_dict(network, state_dict(teacher))
         weight = AdaptiveWeight(rngs=nnx.Rngs(seed))
-        settings = runs.vsd_settings(config, phase)
+        settings = objectives.vsd_settings(config, phase)
         return cls(*nnx.split(network, nnx.Param), *nnx.split(weight, nnx.Param), settings)
 
 
@@ -444,7 +436,7 @@ def sample_from(
 ) -> np.ndarray:
     """Samples from the start z (and the noises of later consistency steps) over `times`, with
     one-hot class labels or None: the teacher's PF-ODE with Heun, or consistency sampling
-    (`runs.draw`). With kind "cm", times [t] and no noises this is f_θ(z, t), the consistency
+    (`runs.draw`). With kind "consistency", times [t] and no noises this is f_θ(z, t), the consistency
     model at (x_t, t) = (z, t). The whole sampler is one jitted program; when the model's
     weights live on a mesh (as a run trains them), each device samples its share of the rows."""
     graphdef, state = nnx.split(model)
@@ -455,7 +447,7 @@ def sample_from(
         def F_fn(u: jax.Array, t: jax.Array) -> jax.Array:
             return F_of(state, u, t, one_hot)
 
-        if kind == "teacher":
+        if kind == "ode":
             return samplers.sample_ode(F_fn, z, times, sigma_d, method="heun")
         return samplers.sample_consistency(F_fn, z, times, sigma_d, noises)
 

@@ -21,9 +21,6 @@ from typing import Any
 import numpy as np
 
 from backends.configs import (
-    DiffusionConfig,
-    SCMConfig,
-    VSDConfig,
     clamping,
     read_diffusers_folder,
     schedule_from_config,
@@ -31,7 +28,7 @@ from backends.configs import (
 from trigcore import schedule
 
 from . import checkpoint, data, plots
-from .config import DISTILLED, PHASES, NetworkConfig, PhaseConfig, RunConfig
+from .config import PHASES, NetworkConfig, RunConfig
 from .metrics import (
     DigitsFeatures,
     frechet_distance,
@@ -40,6 +37,7 @@ from .metrics import (
     sliced_wasserstein,
     to_uint8_rgb,
 )
+from .objectives import OBJECTIVES, TEACHER, distilled, takes_guidance, trained
 
 MAX_SKIPPED = 10  # non-finite steps in a row before a phase gives up
 
@@ -67,15 +65,15 @@ def sampling_inputs(
 ) -> tuple[list[float], np.ndarray, np.ndarray, np.ndarray | None]:
     """What `draw` hands to either backend's `sample_from`: (times, z, noises, classes). All noise
     comes from numpy's generator seeded with `seed`, so the same seed gives the same samples in
-    both backends; classes are balanced (0, 1, …) or None. "teacher" solves the PF-ODE with Heun
-    over `num_steps` EDM levels (NFE 2·num_steps − 1); "cm" samples a consistency model in
-    `num_steps` steps (1: t_max; 2: t_max then 1.1, G.2)."""
-    if kind == "teacher":
+    both backends; classes are balanced (0, 1, …) or None. "ode" solves the PF-ODE with Heun
+    over `num_steps` EDM levels (NFE 2·num_steps − 1); "consistency" samples a consistency model
+    in `num_steps` steps (1: t_max; 2: t_max then 1.1, G.2)."""
+    if kind == "ode":
         times = schedule.trigflow_timesteps(num_steps, sigma_d, xp=np).tolist()
-    elif kind == "cm":
+    elif kind == "consistency":
         times = consistency_times(num_steps, sigma_d)
     else:
-        raise ValueError(f"kind must be 'teacher' or 'cm', got {kind!r}")
+        raise ValueError(f"kind must be 'ode' or 'consistency', got {kind!r}")
     rng = np.random.default_rng(seed)
     z = sigma_d * rng.standard_normal((num, *sample_shape)).astype(np.float32)
     noises = sigma_d * rng.standard_normal((max(num_steps - 1, 0), num, *sample_shape)).astype(np.float32)
@@ -84,41 +82,6 @@ def sampling_inputs(
 
 
 # --- what a phase trains and saves ----------------------------------------------------------
-
-
-def takes_guidance(config: RunConfig, name: str) -> bool:
-    """Whether the phase's network takes the CFG scale as an input (distillation with CFG, G.2)."""
-    return name in DISTILLED and getattr(config, name).guidance_max > 1
-
-
-def loss_settings(name: str, config: RunConfig) -> Any:
-    """The loss settings of a phase: Eq. 4's for the teacher, Algorithm 1's (2's) for the CMs."""
-    phase = getattr(config, name)
-    if name == "teacher":
-        return DiffusionConfig(
-            config.sigma_d, phase.P_mean, phase.P_std, phase.label_dropout, config.precision
-        )
-    return SCMConfig(
-        config.sigma_d,
-        phase.P_mean,
-        phase.P_std,
-        high_t_share=phase.high_t_share,
-        high_t_from=phase.high_t_from,
-        tangent=phase.tangent,
-        c=phase.tangent_c,
-        warmup_steps=phase.warmup_steps,
-        guidance_max=phase.guidance_max,
-        precision=config.precision,
-        passes=config.passes,
-    )
-
-
-def vsd_settings(config: RunConfig, phase: PhaseConfig) -> VSDConfig:
-    """aVSD's settings (App. C.2, Table 4) for an sCD + aVSD phase."""
-    return VSDConfig(
-        config.sigma_d, phase.vsd_P_mean, phase.vsd_P_std, phase.fake_P_mean, phase.fake_P_std,
-        phase.guidance_max, config.precision,
-    )  # fmt: skip
 
 
 def description(config: RunConfig, sample_shape: tuple[int, ...], name: str) -> dict:
@@ -573,7 +536,7 @@ def _start(
         }
         if args.checkpoint_every is not None:
             updates["checkpoint_every"] = args.checkpoint_every
-        if args.guidance_max is not None and phase in DISTILLED:
+        if args.guidance_max is not None and OBJECTIVES[phase].distilled:
             updates["guidance_max"] = args.guidance_max
         try:
             config = replace(config, **{phase: replace(getattr(config, phase), **updates)})
@@ -618,7 +581,7 @@ def checked(config: RunConfig, check: Callable[..., Any] | None = None) -> RunCo
     network, or what the backend's `check(config, train_set)` refuses."""
     train_set, _ = load_data(config)
     config = fit_to_data(config, train_set)
-    small = {n: b for n in trained_phases(config) if (b := getattr(config, n).batch) > len(train_set)}
+    small = {n: b for n in trained(config) if (b := getattr(config, n).batch) > len(train_set)}
     if small:
         raise ValueError(
             f"the training set has {len(train_set)} samples, fewer than one batch of "
@@ -634,13 +597,6 @@ def checked(config: RunConfig, check: Callable[..., Any] | None = None) -> RunCo
     if check is not None:
         check(config, train_set)
     return config
-
-
-def trained_phases(config: RunConfig) -> list[str]:
-    """The phases a run trains: those with steps, but for a teacher given as a checkpoint or a
-    pretrained model."""
-    given = config.teacher_checkpoint or config.teacher_pretrained
-    return [n for n in PHASES if getattr(config, n).steps and not (n == "teacher" and given)]
 
 
 def pretrained_teacher(config: RunConfig, source: str) -> RunConfig:
@@ -695,7 +651,7 @@ def pretrained_teacher(config: RunConfig, source: str) -> RunConfig:
             f"{classes}, or {classes - 1} and one embedding for no class)"
         )
     null_class = num if classes == num + 1 else None
-    guided = [n for n in DISTILLED if getattr(config, n).steps and getattr(config, n).guidance_max > 1]
+    guided = [n for n in distilled(config) if getattr(config, n).guidance_max > 1]
     if classes and guided and null_class is None:
         raise ValueError(
             f"{where}: {', '.join(guided)} distil with CFG (guidance_max > 1), which needs a class "
@@ -720,7 +676,7 @@ def fit_to_data(config: RunConfig, train_set: data.Dataset) -> RunConfig:
         built = f"takes their {num}" if num else "is unconditional"
         note(f"the data have {num or 'no'} classes, so the network {built} (preset: {network.label_dim})")
         config = replace(config, network=replace(network, label_dim=num))
-    guided = [n for n in DISTILLED if getattr(config, n).steps and getattr(config, n).guidance_max > 1]
+    guided = [n for n in distilled(config) if getattr(config, n).guidance_max > 1]
     if not config.network.label_dim and guided:
         note(f"an unconditional network has nothing to guide: {', '.join(guided)} distil without CFG")
         config = replace(config, **{n: replace(getattr(config, n), guidance_max=1.0) for n in guided})
@@ -792,7 +748,7 @@ def consistency_error(
         grid = schedule.trigflow_timesteps(128, config.sigma_d, sigma_max=config.sigma_d * np.tan(t), xp=np)
         f_star = samplers.sample_ode(exact, x_t, grid, config.sigma_d, method="heun")
         no_noises = np.zeros((0, *x_t.shape), np.float32)  # one step: f_θ(x_t, t) itself
-        f = sample_from(model, "cm", [t], x_t.astype(np.float32), no_noises, None, config.sigma_d)
+        f = sample_from(model, "consistency", [t], x_t.astype(np.float32), no_noises, None, config.sigma_d)
         errors.append(float(np.sqrt(np.mean(np.sum((f - f_star) ** 2, axis=1)))))
     return {"t": [round(t, 6) for t in times], "rms": errors}
 
@@ -831,21 +787,21 @@ def train_and_evaluate(config: RunConfig, run: Run, main: bool, backend: Backend
         train_set = train_set.without_labels()
     start = time.perf_counter() - run.elapsed()
     models = {}
-    # the teacher (Eq. 4 with adaptive weighting) or a trained one, then the consistency models:
-    # sCD from it, sCT (from scratch or from it), sCD + aVSD and dsCD
+    # the teacher (Eq. 4 with adaptive weighting), given or trained, then the phases that start
+    # from it or learn from it: sCD, sCT (from scratch or from it), sCD + aVSD and dsCD
     if config.teacher_pretrained:
         if backend.load_pretrained is None:
             raise ValueError(
                 f"the {backend.name} run script cannot load --teacher {config.teacher_pretrained}"
             )
-        models["teacher"] = backend.load_pretrained(train_set)
+        models[TEACHER] = backend.load_pretrained(train_set)
     elif config.teacher_checkpoint:  # its network was checked against the run's (`start`)
-        models["teacher"], _, _ = backend.load_network(Path(config.teacher_checkpoint))
+        models[TEACHER], _, _ = backend.load_network(Path(config.teacher_checkpoint))
     else:
-        models["teacher"] = backend.train_phase("teacher", train_set, None)
-    for name in PHASES[1:]:
-        if getattr(config, name).steps:
-            models[name] = backend.train_phase(name, train_set, models["teacher"])
+        models[TEACHER] = backend.train_phase(TEACHER, train_set, None)
+    for name in PHASES:
+        if not OBJECTIVES[name].teaches and getattr(config, name).steps:
+            models[name] = backend.train_phase(name, train_set, models[TEACHER])
     backend.release()
     if metric is None:
         return None
@@ -853,13 +809,12 @@ def train_and_evaluate(config: RunConfig, run: Run, main: bool, backend: Backend
     # held-out data; on toy2d also the consistency models' exact consistency error
     results = []
     for name, model in models.items():
-        kind, counts = (
-            ("teacher", config.eval.heun_steps) if name == "teacher" else ("cm", config.eval.cm_steps)
-        )
+        kind = OBJECTIVES[name].sampler
+        counts = config.eval.heun_steps if kind == "ode" else config.eval.cm_steps
         # (sampler, NFE, steps, how): trigcore's samplers, then a diffusers teacher's own
-        samplers = [(f"heun-{n}", 2 * n - 1, n, None) if kind == "teacher" else (f"{n}-step", n, n, None)
+        samplers = [(f"heun-{n}", 2 * n - 1, n, None) if kind == "ode" else (f"{n}-step", n, n, None)
                     for n in counts]  # fmt: skip
-        if name == "teacher" and config.eval.native_samplers:
+        if kind == "ode" and config.eval.native_samplers:
             if backend.sample_native is None:
                 raise ValueError(
                     f"the {backend.name} run script has no native samplers ({config.eval.native_samplers})"
@@ -908,7 +863,7 @@ def train_and_evaluate(config: RunConfig, run: Run, main: bool, backend: Backend
         errors = {
             name: consistency_error(backend.sample_from, model, config, held_out, config.eval.num)
             for name, model in models.items()
-            if name != "teacher"
+            if OBJECTIVES[name].sampler == "consistency"
         }
         for name, curve in errors.items():
             rows = ", ".join(f"t {t:.2f}: {e:.4f}" for t, e in zip(curve["t"], curve["rms"]))
@@ -934,7 +889,7 @@ def sample_command(
 ) -> int:
     """`sample`: draw from a checkpoint of either backend into an .npz (and a PNG of images)."""
     model, meta, config = load_network(args.checkpoint, args.ema)
-    kind = "teacher" if meta["phase"] == "teacher" else "cm"
+    kind = OBJECTIVES[meta["phase"]].sampler
     shape = tuple(meta["sample_shape"])
     samples, classes = draw(
         sample_from,

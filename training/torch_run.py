@@ -43,8 +43,9 @@ import torch  # noqa: E402
 
 from backends.torch import distributed, optim, steps  # noqa: E402
 from backends.torch.layers import AdaptiveWeight  # noqa: E402
-from training import data, loop, metrics, runs  # noqa: E402
+from training import data, loop, metrics, objectives, runs  # noqa: E402
 from training.config import PHASES, PRESETS, PhaseConfig, RunConfig  # noqa: E402
+from training.objectives import OBJECTIVES  # noqa: E402
 from trigcore import samplers  # noqa: E402
 
 # --- networks and their state as numpy -------------------------------------------------------
@@ -179,9 +180,9 @@ class TorchTrainer:
         self.train_set, self.main = train_set, context.main
         self.sharded = config.parallel == "fsdp" and context.world > 1
         torch.manual_seed(config.seed + PHASES.index(name))
-        guided = runs.takes_guidance(config, name)
+        guided = objectives.takes_guidance(config, name)
         self.network = build_network(config, train_set.sample_shape, guided, phase).to(device)
-        if name != "teacher" and phase.init == "teacher":  # G.2: CMs start from the teacher's EMA
+        if objectives.starts_from_teacher(name, phase):  # G.2: CMs start from the teacher's EMA
             self.network.load_state_dict(teacher.state_dict(), strict=False)
         if arrays is not None:  # resuming: the weights first
             load_arrays(self.network, arrays, "model")
@@ -198,14 +199,16 @@ class TorchTrainer:
         self.scaler = torch.amp.GradScaler(device.type) if config.precision == "float16" else None
         self.mine = range(context.rank * config.micro_batches, (context.rank + 1) * config.micro_batches)
         self.randomness = _shard_streams(self.mine, config.seed + PHASES.index(name), device)
+        self.objective = OBJECTIVES[name]
+        self.learns_from = self.teacher if self.objective.distilled else None  # the teacher's PF-ODE
         self.vsd = (
-            _VSD.build(config, phase, self.train_set, self.teacher, context) if name == "scd_avsd" else None
+            _VSD.build(config, phase, self.train_set, self.teacher, context) if self.objective.avsd else None
         )
         if self.vsd is not None:  # w_ψ trains with θ (App. C.2)
             self.optimizer.add_param_group({"params": list(self.vsd.weight.parameters())})
             self.names |= {f"vsd_weight/{n}": p for n, p in self.vsd.weight.named_parameters()}
-        self.settings = runs.loss_settings(name, config)
-        if name == "teacher" and config.network.kind == "diffusers":
+        self.settings = objectives.loss_settings(name, config)
+        if self.objective.teaches and config.network.kind == "diffusers":  # trained as diffusers trains it
             from backends.torch.pretrained import NativeLoss
 
             self.settings = NativeLoss(config.network.options["scheduler"], phase.label_dropout)
@@ -235,8 +238,8 @@ class TorchTrainer:
         metrics, samples = [], []
         for k, batch in enumerate(batches):
             with _shard(self.randomness, k, device), _accumulating(self.model, k + 1 < len(batches)):
-                loss, values = phase_loss(
-                    self.name, self.model, batch, self.settings, step, phase, self.teacher, vsd
+                loss, values = steps.LOSSES[self.objective.loss](
+                    self.model, batch, self.settings, step, phase, self.learns_from, vsd
                 )
                 _backward(loss / len(batches), self.scaler)
             samples.append(values.pop("samples", None))
@@ -326,33 +329,6 @@ def posthoc_network(folder: Path, name: str, sigma_rel: float, model: torch.nn.M
     return optim.posthoc_average(snapshots, sigma_rel, model)
 
 
-def phase_loss(
-    name: str,
-    model: torch.nn.Module,
-    batch: dict,
-    settings: Any,
-    step: int,
-    phase: PhaseConfig,
-    teacher: torch.nn.Module | None,
-    vsd: _VSD | None,
-) -> tuple[torch.Tensor, dict]:
-    """The loss of one shard: Eq. 4 (teacher), Alg. 1 (sCT, sCD), Alg. 2 (dsCD), or sCD plus
-    λ_VSD times the generator's aVSD loss (sCD + aVSD), whose samples it returns for F_φ."""
-    if name == "teacher":
-        if callable(settings):  # a diffusers teacher, trained as diffusers trains it
-            return settings(model, batch)
-        return steps.diffusion_loss(model, batch, settings)
-    if name == "dscd":
-        return steps.discrete_scm_loss(model, teacher, batch, settings, step, phase.discrete_steps)
-    loss, metrics = steps.scm_loss(model, batch, settings, step, None if name == "sct" else teacher)
-    if name != "scd_avsd":
-        return loss, metrics
-    vsd_loss, vsd_metrics = steps.avsd_loss(model, vsd.fake, teacher, vsd.weight, batch, vsd.settings)
-    total = loss + phase.vsd_weight * vsd_loss
-    return total, {**metrics, "loss": total.detach(), "scm": loss.detach(), "vsd": vsd_loss.detach(),
-                   "samples": vsd_metrics["samples"]}  # fmt: skip
-
-
 @dataclass
 class _VSD:
     """aVSD's other networks: the fake score F_φ (from the teacher, its own optimiser at the
@@ -373,7 +349,7 @@ class _VSD:
         optimizer = optim.make_optimizer(
             network.parameters(), phase.optimizer, phase.lr, phase.betas, phase.eps
         )
-        settings = runs.vsd_settings(config, phase)
+        settings = objectives.vsd_settings(config, phase)
         weight = AdaptiveWeight().to(context.device)
         scaler = torch.amp.GradScaler(context.device.type) if config.precision == "float16" else None
         return cls(distributed.wrap(network, context), network, weight, optimizer, settings, scaler)
@@ -490,7 +466,7 @@ def sample_from(
 ) -> np.ndarray:
     """Samples from the start z (and the noises of later consistency steps) over `times`, with
     one-hot class labels or None: the teacher's PF-ODE with Heun, or consistency sampling
-    (`runs.draw`). With kind "cm", times [t] and no noises this is f_θ(z, t), the consistency
+    (`runs.draw`). With kind "consistency", times [t] and no noises this is f_θ(z, t), the consistency
     model at (x_t, t) = (z, t)."""
     num = len(z)
     device = next(model.parameters()).device
@@ -503,7 +479,7 @@ def sample_from(
         part = slice(start, start + chunk)
         F_fn = _conditioned(model, None if labels is None else tensor(labels[part]), guidance, takes_guidance)
         with torch.no_grad():
-            if kind == "teacher":
+            if kind == "ode":
                 x = samplers.sample_ode(F_fn, tensor(z[part]), times, sigma_d, method="heun")
             else:
                 x = samplers.sample_consistency(
@@ -590,7 +566,7 @@ def _check_sharding(config: RunConfig) -> None:
     """What FSDP2 trains here (torch 2.13): the separate tangent pass (the fused one fails under
     it), float32 or bfloat16 (fp16's GradScaler fails on sharded and replicated gradients
     together), phases with an EMA (a sharded network is not copied), and not sCD + aVSD."""
-    trained = runs.trained_phases(config)
+    trained = objectives.trained(config)
     no_ema = [
         n for n in trained if not (getattr(config, n).ema_halflife or getattr(config, n).ema_sigma_rels)
     ]
@@ -598,7 +574,7 @@ def _check_sharding(config: RunConfig) -> None:
         *([f"--passes {config.passes} (needs separate)"] if config.passes != "separate" else []),
         *(["--precision float16 (use bfloat16)"] if config.precision == "float16" else []),
         *([f"phases without an EMA: {', '.join(no_ema)}"] if no_ema else []),
-        *(["the scd_avsd phase"] if "scd_avsd" in trained else []),
+        *(f"the {n} phase" for n in trained if OBJECTIVES[n].avsd),
     ]
     if problems:
         raise ValueError(f"--parallel fsdp cannot train with {'; '.join(problems)}")
@@ -665,7 +641,7 @@ def export_command(args: argparse.Namespace) -> int:
             f"{args.checkpoint}: a {config.network.kind} network; export writes students of a diffusers "
             "teacher (--teacher diffusers:FOLDER)"
         )
-    if meta["phase"] == "teacher":
+    if OBJECTIVES[meta["phase"]].teaches:
         raise ValueError(f"{args.checkpoint}: a teacher checkpoint; export writes consistency models")
     model = native_model(view, args.guidance)
     scheduler = config.network.options["scheduler"]

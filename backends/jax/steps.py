@@ -269,3 +269,41 @@ def fake_score_loss(
         config.sigma_d, config.fake_P_mean, config.fake_P_std, precision=config.precision
     )
     return diffusion_loss(fake, {"x0": samples, "labels": labels}, fake_config, rng)
+
+
+def scm_avsd_loss(
+    model: nnx.Module,
+    batch: dict,
+    config: SCMConfig,
+    step: Any,
+    teacher: nnx.Module,
+    vsd: Any,
+    vsd_weight: float,
+    rng: Draws,
+) -> tuple[jax.Array, dict]:
+    """sCD plus λ_VSD times the generator's aVSD loss (App. C.2); `vsd` holds the fake score
+    `fake`, the adaptive weight `weight` and the `settings`. The metrics hold the generator's
+    samples, which the fake score then learns."""
+    loss, metrics = scm_loss(model, batch, config, step, rng, teacher)
+    vsd_loss, vsd_metrics = avsd_loss(model, vsd.fake, teacher, vsd.weight, batch, vsd.settings, rng)
+    total = loss + vsd_weight * vsd_loss
+    return total, {**metrics, "loss": total, "scm": loss, "vsd": vsd_loss, "samples": vsd_metrics["samples"]}
+
+
+# Each objective's loss (`training.objectives`) with one signature: (model, batch, settings,
+# step, phase, teacher, extra, rng) → (loss, metrics), as `backends.torch.steps.LOSSES` with the
+# random draws from `rng`.
+LOSSES: dict[str, Callable[..., tuple[jax.Array, dict]]] = {
+    "diffusion": lambda model, batch, settings, step, phase, teacher, extra, rng: diffusion_loss(
+        model, batch, settings, rng
+    ),
+    "scm": lambda model, batch, settings, step, phase, teacher, extra, rng: scm_loss(
+        model, batch, settings, step, rng, teacher
+    ),
+    "discrete_scm": lambda model, batch, settings, step, phase, teacher, extra, rng: discrete_scm_loss(
+        model, teacher, batch, settings, step, phase.discrete_steps, rng
+    ),
+    "scm_avsd": lambda model, batch, settings, step, phase, teacher, extra, rng: scm_avsd_loss(
+        model, batch, settings, step, teacher, extra, phase.vsd_weight, rng
+    ),
+}

@@ -258,3 +258,43 @@ def fake_score_loss(
         config.sigma_d, config.fake_P_mean, config.fake_P_std, precision=config.precision
     )
     return diffusion_loss(fake, {"x0": samples, "labels": labels}, fake_config)
+
+
+def scm_avsd_loss(
+    model: torch.nn.Module,
+    batch: dict,
+    config: SCMConfig,
+    step: int,
+    teacher: torch.nn.Module,
+    vsd: Any,
+    vsd_weight: float,
+) -> tuple[torch.Tensor, dict]:
+    """sCD plus λ_VSD times the generator's aVSD loss (App. C.2); `vsd` holds the fake score
+    `fake`, the adaptive weight `weight` and the `settings`. The metrics hold the generator's
+    samples, which the fake score then learns."""
+    loss, metrics = scm_loss(model, batch, config, step, teacher)
+    vsd_loss, vsd_metrics = avsd_loss(model, vsd.fake, teacher, vsd.weight, batch, vsd.settings)
+    total = loss + vsd_weight * vsd_loss
+    return total, {**metrics, "loss": total.detach(), "scm": loss.detach(), "vsd": vsd_loss.detach(),
+                   "samples": vsd_metrics["samples"]}  # fmt: skip
+
+
+# Each objective's loss (`training.objectives`) with one signature: (model, batch, settings,
+# step, phase, teacher, extra) → (loss, metrics). `phase` is the phase's config (dsCD's grid,
+# λ_VSD); `teacher` is None unless the objective learns from the teacher's PF-ODE; `extra` is
+# the objective's extra state (aVSD's networks) or None. A diffusers teacher trained as
+# diffusers trains it has its own loss as `settings` (`pretrained.NativeLoss`).
+LOSSES: dict[str, Callable[..., tuple[torch.Tensor, dict]]] = {
+    "diffusion": lambda model, batch, settings, step, phase, teacher, extra: (
+        settings(model, batch) if callable(settings) else diffusion_loss(model, batch, settings)
+    ),
+    "scm": lambda model, batch, settings, step, phase, teacher, extra: scm_loss(
+        model, batch, settings, step, teacher
+    ),
+    "discrete_scm": lambda model, batch, settings, step, phase, teacher, extra: discrete_scm_loss(
+        model, teacher, batch, settings, step, phase.discrete_steps
+    ),
+    "scm_avsd": lambda model, batch, settings, step, phase, teacher, extra: scm_avsd_loss(
+        model, batch, settings, step, teacher, extra, phase.vsd_weight
+    ),
+}

@@ -301,11 +301,21 @@ def test_plots_write_files(tmp_path: Path) -> None:
     )
     assert image.size == ((2 * 9 + 1) * 3, (2 * 9 + 1) * 3)
     assert np.asarray(Image.open(tmp_path / "g.png")).max() == 255
-    results = [{"model": "teacher", "nfe": n, "value": 1.0 / n} for n in (5, 9)] + [
-        {"model": "scd", "nfe": 1, "value": 0.5}
+    # a teacher from 233 at 5 NFE down to 1.4 at 35, a native sampler, and a CM near the floor
+    results = [
+        {"model": "teacher", "sampler": f"heun-{n}", "nfe": 2 * n - 1, "value": v, "spread": 0.1 * v}
+        for n, v in ((3, 233.0), (9, 12.0), (18, 1.4))
+    ] + [{"model": "teacher", "sampler": "ddim-10", "nfe": 10, "value": 2.0, "spread": 0.05}]
+    results += [
+        {"model": "scd", "sampler": f"{k}-step", "nfe": k, "value": 1.6, "spread": 0.06} for k in (1, 2)
     ]
-    plots.metric_plot(results, "fd", tmp_path / "m.png")
+    axis = plots.metric_plot(results, "fd_digits", tmp_path / "m.png", {"mean": 1.33, "std": 0.07})
     assert (tmp_path / "m.png").stat().st_size > 1000
+    assert (axis.get_xscale(), axis.get_yscale()) == ("log", "log")  # 233 and 1.4 both readable
+    labels = axis.get_legend_handles_labels()[1]
+    assert sorted(labels) == ["real samples (floor)", "scd", "teacher (ddim)", "teacher (heun)"]
+    low, high = axis.get_ylim()
+    assert low < 1.26 and high > 233  # the floor band and every point in view
 
 
 def test_datasets_keep_samples_compact_until_a_batch_is_drawn(tmp_path: Path) -> None:

@@ -60,13 +60,38 @@ def points_plot(samples: np.ndarray, reference: np.ndarray, path: Path, title: s
     plt.close(figure)
 
 
-def metric_plot(results: list[dict], metric: str, path: Path) -> None:
-    """The metric against NFE (log scale), one line per model (summary.json's "results")."""
-    lines = {
-        model: sorted((r["nfe"], r["value"]) for r in results if r["model"] == model)
-        for model in dict.fromkeys(r["model"] for r in results)
-    }
-    _line_plot(lines, "network evaluations per sample (NFE)", metric, path, log_x=True)
+def metric_plot(
+    results: list[dict], metric: str, path: Path, floor: dict[str, float] | None = None
+) -> object:
+    """The metric against NFE, both on log scales (the values of one run span orders of
+    magnitude): a line per model and sampler family (Heun, diffusers' own samplers, K-step
+    consistency sampling) with the spread over sampling seeds as error bars, and the `floor`
+    ({"mean", "std"} of real training samples) as a band. `results` are summary.json's rows.
+    Returns the plot's axes."""
+    lines: dict[str, list[tuple[float, float, float]]] = {}
+    for r in results:
+        family = "" if r["sampler"].endswith("-step") else r["sampler"].rsplit("-", 1)[0]
+        label = f"{r['model']} ({family})" if family else r["model"]
+        lines.setdefault(label, []).append((r["nfe"], r["value"], r.get("spread", 0.0)))
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(5.5, 3.8))
+    for label, points in lines.items():
+        nfe, value, spread = zip(*sorted(points))
+        axis.errorbar(nfe, value, yerr=spread, marker="o", capsize=3, label=label)
+    if floor is not None:
+        low, high = floor["mean"] - floor["std"], floor["mean"] + floor["std"]
+        axis.axhspan(low, high, color="grey", alpha=0.25, label="real samples (floor)")
+        axis.axhline(floor["mean"], color="grey", linewidth=0.8)
+    axis.set_xscale("log")
+    if all(r["value"] > 0 for r in results):
+        axis.set_yscale("log", nonpositive="clip")
+    axis.set_xlabel("network evaluations per sample (NFE)")
+    axis.set_ylabel(metric)
+    axis.grid(alpha=0.3, which="both")
+    axis.legend(fontsize="small")
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    return axis
 
 
 def error_plot(errors: dict[str, dict[str, list[float]]], path: Path) -> None:
@@ -76,14 +101,12 @@ def error_plot(errors: dict[str, dict[str, list[float]]], path: Path) -> None:
     _line_plot(lines, "t", "rms ‖f_θ(x_t, t) − f*(x_t, t)‖", path)
 
 
-def _line_plot(lines: dict[str, list], x_label: str, y_label: str, path: Path, log_x: bool = False) -> None:
+def _line_plot(lines: dict[str, list], x_label: str, y_label: str, path: Path) -> None:
     """One marked line of (x, y) points per label."""
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(5, 3.5))
     for label, points in lines.items():
         axis.plot(*zip(*points), marker="o", label=label)
-    if log_x:
-        axis.set_xscale("log")
     axis.set_xlabel(x_label)
     axis.set_ylabel(y_label)
     axis.grid(alpha=0.3)

@@ -850,7 +850,7 @@ def train_and_evaluate(config: RunConfig, run: Run, main: bool, backend: Backend
             run.log({"phase": "eval", "model": name, "sampler": sampler, "nfe": nfe, **_means(measured)})
             save_samples(grid, run.folder / "samples" / f"{name}_{sampler}.png")
             print(f"  {name:<8} {sampler:<14} NFE {nfe:>3}  {_text(measured)}")
-    plots.metric_plot(results, metric.name, run.folder / "metric_vs_nfe.png")
+    plots.metric_plot(results, metric.name, run.folder / "metric_vs_nfe.png", floors[metric.name])
     summary = {
         "dataset": config.data,
         "backend": backend.name,

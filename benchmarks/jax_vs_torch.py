@@ -1,6 +1,6 @@
 """JAX against PyTorch: the time of one whole training step (loss, gradient, optimiser step) of
 the teacher, sCT and sCD on the same network and batch, as the run scripts make them
-(`jax_run._make_step`, jitted; torch_run's losses with `optim.apply_gradients`), and the sCD and
+(`jax_trainer.make_step`, jitted; torch_run's losses with `optim.apply_gradients`), and the sCD and
 sCT steps relative to the teacher step in each backend (goal for sCD: ≤ 1.8×).
 
 The backends take turns: every round times each (backend, kind) once (the median of --repeats
@@ -32,9 +32,10 @@ from flax import nnx  # noqa: E402
 
 from backends.jax import distributed  # noqa: E402
 from backends.jax import optim as jax_optim  # noqa: E402
+from backends.jax import trainer as jax_trainer  # noqa: E402
 from backends.torch import optim as torch_optim  # noqa: E402
 from backends.torch import steps as torch_steps  # noqa: E402
-from training import jax_run, torch_run  # noqa: E402
+from backends.torch import trainer as torch_trainer  # noqa: E402
 from training.config import PRESETS, NetworkConfig, PhaseConfig  # noqa: E402
 from training.objectives import OBJECTIVES, loss_settings, takes_guidance  # noqa: E402
 
@@ -67,8 +68,8 @@ def make_batch(shape: tuple[int, ...], batch: int) -> tuple[np.ndarray, np.ndarr
 def torch_step(network: str, kind: str, device: str):
     config, shape, batch = config_for(network)
     torch.manual_seed(0)
-    model = torch_run.build_network(config, shape, takes_guidance(config, kind)).to(device)
-    teacher = torch_run.build_network(config, shape).to(device).eval().requires_grad_(False)
+    model = torch_trainer.build_network(config, shape, takes_guidance(config, kind)).to(device)
+    teacher = torch_trainer.build_network(config, shape).to(device).eval().requires_grad_(False)
     phase = getattr(config, kind)
     optimizer = torch_optim.make_optimizer(
         model.parameters(), phase.optimizer, phase.lr, phase.betas, phase.eps
@@ -91,14 +92,14 @@ def jax_step(network: str, kind: str, device: str):
     config, shape, batch = config_for(network)
     context = distributed.setup(device)
     phase = getattr(config, kind)
-    model = jax_run.build_network(config, shape, takes_guidance(config, kind))
+    model = jax_trainer.build_network(config, shape, takes_guidance(config, kind))
     graphdef, params = nnx.split(model, nnx.Param)
-    teacher_graphdef, teacher_params = nnx.split(jax_run.build_network(config, shape, seed=1))
+    teacher_graphdef, teacher_params = nnx.split(jax_trainer.build_network(config, shape, seed=1))
     tx = jax_optim.make_optimizer(phase.optimizer, phase.lr, phase.betas, phase.eps)
     trainable = {"model": distributed.place_params(context, params)}
     state = {"trainable": trainable, "opt": distributed.place_params(context, tx.init(trainable))}
     holder = {"state": state}
-    step_fn = jax_run._make_step(kind, config, phase, graphdef, teacher_graphdef, tx, None)
+    step_fn = jax_trainer.make_step(kind, config, phase, graphdef, teacher_graphdef, tx, None)
     x0, labels = make_batch(shape, batch)
     rows = np.arange(batch)
     data = {

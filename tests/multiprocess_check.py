@@ -27,8 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sharding_check import config  # noqa: E402
 
 from backends.jax import distributed  # noqa: E402
+from backends.jax import trainer as jax_trainer  # noqa: E402
 from backends.jax.layers import state_dict  # noqa: E402
-from training import data, jax_run, runs  # noqa: E402
+from training import data, runs  # noqa: E402
 
 
 def main() -> None:
@@ -55,7 +56,7 @@ def main() -> None:
     if args.exit_at_step:  # a longer teacher, which process 1 leaves midway
         settings = replace(settings, teacher=replace(settings.teacher, steps=1000))
         if jax.process_index() == 1:
-            batch, calls = jax_run._batch, []
+            batch, calls = jax_trainer._batch, []
 
             def dying(*a, **k):
                 calls.append(1)
@@ -64,14 +65,14 @@ def main() -> None:
                     os._exit(3)
                 return batch(*a, **k)
 
-            jax_run._batch = dying
+            jax_trainer._batch = dying
     for mode, shard in (("ddp", False), ("fsdp", True)):
         context = distributed.setup("cpu", shard=shard)
         run = runs.Run(args.folder / mode)
-        teacher = jax_run.train_phase("teacher", settings, train_set, run, context)
+        teacher = jax_trainer.train_phase("teacher", settings, train_set, run, context)
         weights = {f"teacher/{k}": v for k, v in state_dict(teacher).items()}
         for name in ("scd", "sct", "dscd", "scd_avsd"):
-            model = jax_run.train_phase(name, settings, train_set, run, context, teacher)
+            model = jax_trainer.train_phase(name, settings, train_set, run, context, teacher)
             weights |= {f"{name}/{k}": v for k, v in state_dict(model).items()}
         if context.main:
             np.savez(args.folder / f"{mode}.npz", **{k: np.asarray(v) for k, v in weights.items()})

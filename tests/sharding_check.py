@@ -15,12 +15,14 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backends.jax import distributed  # noqa: E402
+from backends.jax import trainer as jax_trainer  # noqa: E402
 from backends.jax.layers import state_dict  # noqa: E402
-from training import data, jax_run, runs  # noqa: E402
+from training import data, runs  # noqa: E402
 from training.config import PRESETS, NetworkConfig, PhaseConfig  # noqa: E402
 
 
@@ -48,10 +50,10 @@ def train(context: distributed.Context, seed: int = 0) -> dict[str, dict[str, np
     with tempfile.TemporaryDirectory() as folder:
         run = runs.Run(Path(folder))
         settings = config(seed)
-        teacher = jax_run.train_phase("teacher", settings, train_set, run, context)
+        teacher = jax_trainer.train_phase("teacher", settings, train_set, run, context)
         out["teacher"] = state_dict(teacher)
         for name in ("scd", "sct", "dscd", "scd_avsd"):
-            out[name] = state_dict(jax_run.train_phase(name, settings, train_set, run, context, teacher))
+            out[name] = state_dict(jax_trainer.train_phase(name, settings, train_set, run, context, teacher))
     return {phase: {k: np.asarray(v) for k, v in weights.items()} for phase, weights in out.items()}
 
 
@@ -69,8 +71,8 @@ def main() -> None:
     for parallel, shard in (("ddp", False), ("fsdp", True)):
         context = distributed.setup("cpu", shard=shard)
         if shard:
-            network = jax_run.build_network(config(), (1, 8, 8), guidance=True)
-            _, params = jax_run.nnx.split(network, jax_run.nnx.Param)
+            network = jax_trainer.build_network(config(), (1, 8, 8), guidance=True)
+            _, params = nnx.split(network, nnx.Param)
             placed = distributed.place_params(context, params)
             report["sharded_parameters"] = sum(
                 not leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(placed)

@@ -29,6 +29,10 @@ sys.path.insert(0, str(ROOT / "training"))
 import jax_run  # noqa: E402
 import torch_run  # noqa: E402
 
+from backends.jax import distributed  # noqa: E402
+from backends.jax import trainer as jax_trainer  # noqa: E402
+from training import runs  # noqa: E402
+
 
 @pytest.fixture(autouse=True)
 def cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -372,9 +376,9 @@ def test_every_phase_kind_of_a_paper_preset_runs_and_resumes_exactly(tmp_path: P
         eval=replace(paper.eval, num=6, heun_steps=(2,), metric="auto", grid=6),
         log_every=1,
     )
-    context = jax_run.distributed.setup("cpu:0")
-    run = jax_run.runs.Run(tmp_path / "run")
-    summary = jax_run.run_training(config, run, context)
+    context = distributed.setup("cpu:0")
+    run = runs.Run(tmp_path / "run")
+    summary = jax_trainer.run_training(config, run, context)
     assert {r["model"] for r in summary["results"]} == set(PHASES)
     assert all(np.isfinite(r["value"]) for r in summary["results"])
     assert list((run.checkpoints).glob("teacher.ema-*.json"))  # its σ_rel 0.025 came post hoc
@@ -384,7 +388,7 @@ def test_every_phase_kind_of_a_paper_preset_runs_and_resumes_exactly(tmp_path: P
         if not path.name.startswith("teacher") and int(path.name.split("-")[-1].split(".")[0]) > 3:
             path.unlink()
     (cut / "metrics.jsonl").unlink()
-    jax_run.run_training(config, jax_run.runs.Run(cut), context)
+    jax_trainer.run_training(config, runs.Run(cut), context)
 
     def losses(folder: Path) -> dict:
         records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]

@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT / "training"))
 
 import torch_run  # noqa: E402
 
+from backends.torch import trainer  # noqa: E402
 from backends.torch.pretrained import TrigFlowView, load_diffusers, native_model  # noqa: E402
 from training import runs  # noqa: E402
 from training.config import PRESETS  # noqa: E402
@@ -233,7 +234,7 @@ def test_the_same_command_and_seed_give_the_same_run_fresh_or_restarted(
         raise RuntimeError("killed")
 
     with monkeypatch.context() as patch:
-        patch.setattr(torch_run.TorchTrainer, "step", killed)
+        patch.setattr(trainer.TorchTrainer, "step", killed)
         assert torch_run.main([*argv, "--runs", str(tmp_path / "runs3")]) == 1
     (third,) = (tmp_path / "runs3").iterdir()
     assert not list((third / "checkpoints").iterdir())
@@ -267,7 +268,7 @@ def test_an_unconditional_teacher_ignores_labels_and_distils_without_cfg(
     (run,) = (tmp_path / "runs").iterdir()
     config = json.loads((run / "config.json").read_text())
     assert (config["network"]["label_dim"], config["scd"]["guidance_max"]) == (0, 1.0)
-    _, meta, _ = torch_run.load_network(run / "checkpoints" / "scd-000002")
+    _, meta, _ = trainer.load_network(run / "checkpoints" / "scd-000002")
     assert meta["guidance"] is False
     results = json.loads((run / "summary.json").read_text())["results"]
     assert {(r["model"], r["sampler"]) for r in results} >= {("scd", "1-step"), ("scd", "2-step")}
@@ -293,10 +294,10 @@ def test_the_students_start_as_the_teacher_sct_included(tmp_path: Path) -> None:
 
     config = runs.pretrained_teacher(PRESETS["digits"], f"diffusers:{saved(tmp_path / 'unet')}")
     train_set, _ = runs.load_data(config)
-    teacher = torch_run.load_pretrained(config, train_set, torch.device("cpu"))
+    teacher = trainer.load_pretrained(config, train_set, torch.device("cpu"))
     for name in ("scd", "sct"):
         assert getattr(config, name).init == "teacher"
-        student = torch_run.TorchTrainer(name, config, train_set, distributed.SINGLE, teacher, None).network
+        student = trainer.TorchTrainer(name, config, train_set, distributed.SINGLE, teacher, None).network
         state = student.state_dict()
         assert all(torch.equal(value, state[key]) for key, value in teacher.state_dict().items())
         guidance = [value for key, value in state.items() if key.startswith("emb_guidance.1.")]
@@ -340,7 +341,7 @@ def test_latents_are_scaled_as_the_pipelines_vae_scales_them(tmp_path: Path) -> 
 
 def test_a_students_cfg_scale_is_folded_into_its_time_embedding(tmp_path: Path) -> None:
     teacher = load_diffusers(saved(tmp_path / "unet"), 0.5, dtype=torch.float64, null_class=10)
-    student = torch_run._diffusers_network(
+    student = trainer._diffusers_network(
         runs.pretrained_teacher(PRESETS["digits"], f"diffusers:{tmp_path / 'unet'}"), True, None
     ).double()
     student.load_state_dict(teacher.state_dict(), strict=False)
@@ -379,9 +380,9 @@ def test_a_diffusers_teacher_is_distilled_sampled_and_exported_for_scm_scheduler
     checkpoint = run / "checkpoints" / "scd-000003"
 
     # the students are the teacher's architecture; sCT started from the teacher's weights
-    sct, _, _ = torch_run.load_network(run / "checkpoints" / "sct-000002")
+    sct, _, _ = trainer.load_network(run / "checkpoints" / "sct-000002")
     assert type(sct.model) is UNet2DModel and sct.emb_guidance is None
-    scd, meta, config = torch_run.load_network(checkpoint)
+    scd, meta, config = trainer.load_network(checkpoint)
     assert meta["guidance"] and config.teacher_pretrained == f"diffusers:{folder.resolve()}"
 
     # export, then the README's loop with diffusers alone against `sample` from the same noise
@@ -411,7 +412,7 @@ def test_a_diffusers_teacher_is_distilled_sampled_and_exported_for_scm_scheduler
         if steps == 2:  # `sample` takes the second step's noise from numpy: give it the loop's instead
             noise = 0.5 * torch.randn(z.shape, generator=torch.Generator().manual_seed(5)).numpy()
             one_hot = np.eye(10, dtype=np.float32)[np.arange(12) % 10]
-            expected = torch_run.sample_from(
+            expected = trainer.sample_from(
                 scd, "consistency", [t_max, 1.1], z, noise[None], one_hot, 0.5, 1.4, True
             )
         scale = float(np.abs(expected).max())

@@ -23,8 +23,9 @@ sys.path.insert(0, str(ROOT / "training"))
 
 import torch_run  # noqa: E402
 
-from training import checkpoint  # noqa: E402
-from training.config import NetworkConfig, RunConfig  # noqa: E402
+from backends.torch import trainer  # noqa: E402
+from training import checkpoint, runs  # noqa: E402
+from training.config import PHASES, NetworkConfig, RunConfig  # noqa: E402
 from trigcore import ema  # noqa: E402
 
 
@@ -202,7 +203,7 @@ def test_non_finite_losses_are_skipped_then_abort_without_touching_the_weights(
         loss = model(batch["x0"], torch.ones(batch["x0"].shape[0]), batch["labels"]).sum() * float("nan")
         return loss, {"loss": loss.detach()}
 
-    monkeypatch.setattr(torch_run.steps, "diffusion_loss", nan_loss)
+    monkeypatch.setattr(trainer.steps, "diffusion_loss", nan_loss)
     assert torch_run.main(["--teacher-steps", "50", "--runs", str(tmp_path)]) == 1
     assert "10 non-finite steps in a row, the last at step 9" in capsys.readouterr().err
     lines = (only_run(tmp_path) / "metrics.jsonl").read_text().splitlines()
@@ -312,14 +313,14 @@ def tiny_paper_run(tmp_path_factory: pytest.TempPathFactory) -> tuple:
         paper,
         data=f"latents:{latents}",
         network=network,
-        **{name: replace(getattr(paper, name), steps=6, **shrink) for name in torch_run.PHASES},
+        **{name: replace(getattr(paper, name), steps=6, **shrink) for name in PHASES},
         eval=replace(paper.eval, num=6, heun_steps=(2,), metric="auto", grid=6),
         log_every=1,
     )
-    run = torch_run.runs.Run(tmp_path / "run")
+    run = runs.Run(tmp_path / "run")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TRIGCORE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-        return config, run, torch_run.run_training(config, run)
+        return config, run, trainer.run_training(config, run)
 
 
 @pytest.mark.slow
@@ -343,7 +344,7 @@ def test_a_paper_preset_runs_every_phase_kind_with_power_emas(tiny_paper_run: tu
     assert meta["scaler"]["scale"] > 0 and meta["guidance"]
     # the teacher's σ_rel = 0.025 (Table 4) is not tracked: it is reconstructed from the snapshots,
     # and sampling a checkpoint at another width does the same
-    teacher, _, _ = torch_run.load_network(run.checkpoints / "teacher-000006")
+    teacher, _, _ = trainer.load_network(run.checkpoints / "teacher-000006")
     snapshots = [checkpoint.load(p) for p in sorted(run.checkpoints.glob("teacher.ema-*.json"))]
     steps_, widths = [m["ema_step"] for _, m in snapshots], snapshots[0][1]["sigma_rels"]
     coefficients = ema.posthoc_coefficients(
@@ -386,7 +387,7 @@ def test_every_phase_kind_resumes_exactly_from_a_checkpoint(tiny_paper_run: tupl
         if not path.name.startswith("teacher") and int(path.name.split("-")[-1].split(".")[0]) > 3:
             path.unlink()
     (cut / "metrics.jsonl").unlink()
-    torch_run.run_training(config, torch_run.runs.Run(cut))
+    trainer.run_training(config, runs.Run(cut))
 
     def losses(folder: Path) -> dict:
         records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
@@ -428,7 +429,7 @@ def test_at_a_decaying_rate_scds_exact_error_stops_growing_with_training(tmp_pat
         network=replace(default.network, options={"hidden": 128}),
         scd=replace(default.scd, P_mean=-1.0, tangent="normalize"),
     )
-    _, held_out = torch_run.runs.load_data(preset)
+    _, held_out = runs.load_data(preset)
     errors, teacher = {}, ""
     for name, decay in (("constant", 0), ("decaying", preset.scd.lr_decay)):
         config = replace(
@@ -438,12 +439,12 @@ def test_at_a_decaying_rate_scds_exact_error_stops_growing_with_training(tmp_pat
             eval=replace(preset.eval, num=2000, seeds=1),
             teacher_checkpoint=teacher,  # both distil one teacher
         )
-        run = torch_run.runs.Run(tmp_path / name)
-        torch_run.run_training(config, run)
+        run = runs.Run(tmp_path / name)
+        trainer.run_training(config, run)
         teacher = teacher or str(sorted(run.checkpoints.glob("teacher-*.json"))[-1].with_suffix(""))
         for step in (1000, 3000):
-            model, _, _ = torch_run.load_network(run.checkpoints / f"scd-{step:06d}")
-            curve = torch_run.runs.consistency_error(torch_run.sample_from, model, config, held_out, 2000)
+            model, _, _ = trainer.load_network(run.checkpoints / f"scd-{step:06d}")
+            curve = runs.consistency_error(trainer.sample_from, model, config, held_out, 2000)
             errors[name, step] = curve
     mean = {key: np.mean(curve["rms"]) for key, curve in errors.items()}
     # measured: constant 0.076 → 0.100 (+31%), decaying 0.071 → 0.070
@@ -462,7 +463,7 @@ def test_toy2d_default_consistency_models_gain_from_a_second_step(tmp_path: Path
     within 1.2× the teacher's 35 evaluations. With the paper's P_mean = −1.0 (and width 128)
     sCD's error was nearly flat in t and a second step cost 6% on average; sCT trained from
     scratch, or with tangent normalisation, lost 9–13% to its second step."""
-    summary = torch_run.run_training(torch_run.PRESETS["toy2d"], torch_run.runs.Run(tmp_path))
+    summary = trainer.run_training(torch_run.PRESETS["toy2d"], runs.Run(tmp_path))
     score = {(r["model"], r["sampler"]): r["value"] for r in summary["results"]}
     # measured (seeds 0 and 1): sCD error at 1.1 / t_max 0.065 / 0.079 and 0.064 / 0.079, W2
     # 0.029 → 0.026 and 0.030 → 0.023; sCT 0.076 / 0.115 and 0.073 / 0.110, W2 0.051 → 0.031

@@ -4,7 +4,7 @@ power-EMA snapshots and the checkpoints, and the network a phase hands on.
 
 What differs between PyTorch and JAX sits behind a small per-backend `Trainer`: how a network is
 built and restored, one optimiser step on a global batch, and the conversions of its state to
-and from numpy. `torch_run.TorchTrainer` and `jax_run.JaxTrainer` are the two.
+and from numpy. `backends.torch.trainer.TorchTrainer` and `backends.jax.trainer.JaxTrainer` are the two.
 """
 
 from __future__ import annotations

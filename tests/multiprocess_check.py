@@ -29,7 +29,7 @@ from sharding_check import config  # noqa: E402
 from backends.jax import distributed  # noqa: E402
 from backends.jax import trainer as jax_trainer  # noqa: E402
 from backends.jax.layers import state_dict  # noqa: E402
-from training import data, runs  # noqa: E402
+from training import data, run_folder  # noqa: E402
 
 
 def main() -> None:
@@ -68,7 +68,7 @@ def main() -> None:
             jax_trainer._batch = dying
     for mode, shard in (("ddp", False), ("fsdp", True)):
         context = distributed.setup("cpu", shard=shard)
-        run = runs.Run(args.folder / mode)
+        run = run_folder.Run(args.folder / mode)
         teacher = jax_trainer.train_phase("teacher", settings, train_set, run, context)
         weights = {f"teacher/{k}": v for k, v in state_dict(teacher).items()}
         for name in ("scd", "sct", "dscd", "scd_avsd"):

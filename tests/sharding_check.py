@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backends.jax import distributed  # noqa: E402
 from backends.jax import trainer as jax_trainer  # noqa: E402
 from backends.jax.layers import state_dict  # noqa: E402
-from training import data, runs  # noqa: E402
+from training import data, run_folder  # noqa: E402
 from training.config import PRESETS, NetworkConfig, PhaseConfig  # noqa: E402
 
 
@@ -48,7 +48,7 @@ def train(context: distributed.Context, seed: int = 0) -> dict[str, dict[str, np
     train_set = data.from_arrays("random", images, rng.integers(0, 10, 16))
     out = {}
     with tempfile.TemporaryDirectory() as folder:
-        run = runs.Run(Path(folder))
+        run = run_folder.Run(Path(folder))
         settings = config(seed)
         teacher = jax_trainer.train_phase("teacher", settings, train_set, run, context)
         out["teacher"] = state_dict(teacher)

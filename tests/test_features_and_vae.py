@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT / "training"))
 
 import torch_run  # noqa: E402
 
-from training import data, metrics, runs  # noqa: E402
+from training import data, evaluation, metrics  # noqa: E402
 from training.vae import SDVAE  # noqa: E402
 
 
@@ -155,7 +155,7 @@ def test_encode_images_of_mixed_sizes_then_score_decoded_latents(
         ),
     )
     train, held_out = latents.split(4)
-    metric = runs.Metric(config, train, held_out)
+    metric = evaluation.Metric(config, train, held_out)
     assert metric.name == "fid"
     decoded = vae.decode(train.x, train)
     assert decoded.shape == (8, 3, 16, 16) and decoded.min() >= -1 and decoded.max() <= 1
@@ -173,7 +173,7 @@ def test_fid_of_latents_without_their_vae_is_refused(tmp_path: Path) -> None:
     latents = data.from_arrays("latents", np.zeros((8, 4, 2, 2), np.float32))
     config = replace(torch_run.PRESETS["imagenet512-s"], data="latents:x")
     with pytest.raises(ValueError, match="needs their VAE"):
-        runs.Metric(config, latents, latents)
+        evaluation.Metric(config, latents, latents)
     with pytest.raises(FileNotFoundError, match="not a diffusers AutoencoderKL folder"):
         SDVAE(tmp_path)
 

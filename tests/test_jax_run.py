@@ -31,7 +31,7 @@ import torch_run  # noqa: E402
 
 from backends.jax import distributed  # noqa: E402
 from backends.jax import trainer as jax_trainer  # noqa: E402
-from training import runs  # noqa: E402
+from training import run_folder  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -377,7 +377,7 @@ def test_every_phase_kind_of_a_paper_preset_runs_and_resumes_exactly(tmp_path: P
         log_every=1,
     )
     context = distributed.setup("cpu:0")
-    run = runs.Run(tmp_path / "run")
+    run = run_folder.Run(tmp_path / "run")
     summary = jax_trainer.run_training(config, run, context)
     assert {r["model"] for r in summary["results"]} == set(PHASES)
     assert all(np.isfinite(r["value"]) for r in summary["results"])
@@ -388,7 +388,7 @@ def test_every_phase_kind_of_a_paper_preset_runs_and_resumes_exactly(tmp_path: P
         if not path.name.startswith("teacher") and int(path.name.split("-")[-1].split(".")[0]) > 3:
             path.unlink()
     (cut / "metrics.jsonl").unlink()
-    jax_trainer.run_training(config, runs.Run(cut), context)
+    jax_trainer.run_training(config, run_folder.Run(cut), context)
 
     def losses(folder: Path) -> dict:
         records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]

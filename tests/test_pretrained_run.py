@@ -26,7 +26,7 @@ import torch_run  # noqa: E402
 
 from backends.torch import trainer  # noqa: E402
 from backends.torch.pretrained import TrigFlowView, load_diffusers, native_model  # noqa: E402
-from training import runs  # noqa: E402
+from training import cli, data, evaluation  # noqa: E402
 from training.config import PRESETS  # noqa: E402
 
 BLOCKS = dict(
@@ -173,7 +173,7 @@ def test_a_scheduler_that_clamps_samples_is_named_in_a_warning_at_the_start(
     if setting is not None:
         path = folder / "scheduler_config.json"
         path.write_text(json.dumps(json.loads(path.read_text()) | {setting: True}))
-    runs.pretrained_teacher(PRESETS["digits"], f"diffusers:{folder}")
+    cli.pretrained_teacher(PRESETS["digits"], f"diffusers:{folder}")
     err = capsys.readouterr().err
     if setting is None:
         assert "warning" not in err
@@ -282,7 +282,7 @@ def test_a_class_conditional_teacher_takes_the_datas_classes_with_or_without_a_n
     for embeds, null_class in ((11, 10), (10, None)):
         folder = saved(tmp_path / f"unet{embeds}", num_class_embeds=embeds)
         config = replace(digits, scd=replace(digits.scd, guidance_max=1.0))
-        config = runs.pretrained_teacher(config, f"diffusers:{folder}")
+        config = cli.pretrained_teacher(config, f"diffusers:{folder}")
         assert (config.network.label_dim, config.network.options["null_class"]) == (10, null_class)
         assert config.teacher_pretrained == f"diffusers:{folder.resolve()}"
 
@@ -292,8 +292,8 @@ def test_the_students_start_as_the_teacher_sct_included(tmp_path: Path) -> None:
     (sCT too, with init="teacher"); sCD's guidance embedding starts at zero."""
     from backends.torch import distributed
 
-    config = runs.pretrained_teacher(PRESETS["digits"], f"diffusers:{saved(tmp_path / 'unet')}")
-    train_set, _ = runs.load_data(config)
+    config = cli.pretrained_teacher(PRESETS["digits"], f"diffusers:{saved(tmp_path / 'unet')}")
+    train_set, _ = data.load(config)
     teacher = trainer.load_pretrained(config, train_set, torch.device("cpu"))
     for name in ("scd", "sct"):
         assert getattr(config, name).init == "teacher"
@@ -326,12 +326,12 @@ def test_latents_are_scaled_as_the_pipelines_vae_scales_them(tmp_path: Path) -> 
     base = replace(PRESETS["digits"], data=f"latents:{tmp_path / 'latents.npz'}")
     base = replace(base, scd=replace(base.scd, guidance_max=1.0))
     with pytest.raises(ValueError, match="latent data need the pipeline's VAE scaling factor"):
-        runs.pretrained_teacher(base, f"diffusers:{pipeline}")
+        cli.pretrained_teacher(base, f"diffusers:{pipeline}")
     (pipeline / "vae").mkdir()
     (pipeline / "vae" / "config.json").write_text(json.dumps({"scaling_factor": 0.25, "shift_factor": 1.5}))
-    config = runs.pretrained_teacher(base, f"diffusers:{pipeline}")
+    config = cli.pretrained_teacher(base, f"diffusers:{pipeline}")
     assert config.network.options["latent_scaling"] == [0.25, 1.5]
-    train, held_out = runs.load_data(config)
+    train, held_out = data.load(config)
     np.testing.assert_allclose(held_out.x, (raw[held_out.rows] - 1.5) * 0.25, rtol=1e-6)
     np.testing.assert_allclose(held_out.stored_values(held_out.x), raw[held_out.rows], rtol=1e-5, atol=1e-6)
     # the view gives 4 of the model's 8 output channels (its learned variance left out)
@@ -342,7 +342,7 @@ def test_latents_are_scaled_as_the_pipelines_vae_scales_them(tmp_path: Path) -> 
 def test_a_students_cfg_scale_is_folded_into_its_time_embedding(tmp_path: Path) -> None:
     teacher = load_diffusers(saved(tmp_path / "unet"), 0.5, dtype=torch.float64, null_class=10)
     student = trainer._diffusers_network(
-        runs.pretrained_teacher(PRESETS["digits"], f"diffusers:{tmp_path / 'unet'}"), True, None
+        cli.pretrained_teacher(PRESETS["digits"], f"diffusers:{tmp_path / 'unet'}"), True, None
     ).double()
     student.load_state_dict(teacher.state_dict(), strict=False)
     torch.manual_seed(1)
@@ -398,7 +398,7 @@ def test_a_diffusers_teacher_is_distilled_sampled_and_exported_for_scm_scheduler
                  if "def sample_exported" in b)  # fmt: skip
     scope: dict = {}
     exec(compile(block, "README.md", "exec"), scope)
-    t_max = runs.consistency_times(1, 0.5)[0]
+    t_max = evaluation.consistency_times(1, 0.5)[0]
     for steps in (1, 2):
         samples = tmp_path / f"samples-{steps}.npz"
         sample = ["sample", "--checkpoint", str(checkpoint), "--steps", str(steps), "--num", "12",

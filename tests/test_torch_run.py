@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "training"))
 import torch_run  # noqa: E402
 
 from backends.torch import trainer  # noqa: E402
-from training import checkpoint, runs  # noqa: E402
+from training import checkpoint, data, evaluation, run_folder  # noqa: E402
 from training.config import PHASES, NetworkConfig, RunConfig  # noqa: E402
 from trigcore import ema  # noqa: E402
 
@@ -317,7 +317,7 @@ def tiny_paper_run(tmp_path_factory: pytest.TempPathFactory) -> tuple:
         eval=replace(paper.eval, num=6, heun_steps=(2,), metric="auto", grid=6),
         log_every=1,
     )
-    run = runs.Run(tmp_path / "run")
+    run = run_folder.Run(tmp_path / "run")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TRIGCORE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
         return config, run, trainer.run_training(config, run)
@@ -387,7 +387,7 @@ def test_every_phase_kind_resumes_exactly_from_a_checkpoint(tiny_paper_run: tupl
         if not path.name.startswith("teacher") and int(path.name.split("-")[-1].split(".")[0]) > 3:
             path.unlink()
     (cut / "metrics.jsonl").unlink()
-    trainer.run_training(config, runs.Run(cut))
+    trainer.run_training(config, run_folder.Run(cut))
 
     def losses(folder: Path) -> dict:
         records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
@@ -429,7 +429,7 @@ def test_at_a_decaying_rate_scds_exact_error_stops_growing_with_training(tmp_pat
         network=replace(default.network, options={"hidden": 128}),
         scd=replace(default.scd, P_mean=-1.0, tangent="normalize"),
     )
-    _, held_out = runs.load_data(preset)
+    _, held_out = data.load(preset)
     errors, teacher = {}, ""
     for name, decay in (("constant", 0), ("decaying", preset.scd.lr_decay)):
         config = replace(
@@ -439,12 +439,12 @@ def test_at_a_decaying_rate_scds_exact_error_stops_growing_with_training(tmp_pat
             eval=replace(preset.eval, num=2000, seeds=1),
             teacher_checkpoint=teacher,  # both distil one teacher
         )
-        run = runs.Run(tmp_path / name)
+        run = run_folder.Run(tmp_path / name)
         trainer.run_training(config, run)
         teacher = teacher or str(sorted(run.checkpoints.glob("teacher-*.json"))[-1].with_suffix(""))
         for step in (1000, 3000):
             model, _, _ = trainer.load_network(run.checkpoints / f"scd-{step:06d}")
-            curve = runs.consistency_error(trainer.sample_from, model, config, held_out, 2000)
+            curve = evaluation.consistency_error(trainer.sample_from, model, config, held_out, 2000)
             errors[name, step] = curve
     mean = {key: np.mean(curve["rms"]) for key, curve in errors.items()}
     # measured: constant 0.076 → 0.100 (+31%), decaying 0.071 → 0.070
@@ -463,7 +463,7 @@ def test_toy2d_default_consistency_models_gain_from_a_second_step(tmp_path: Path
     within 1.2× the teacher's 35 evaluations. With the paper's P_mean = −1.0 (and width 128)
     sCD's error was nearly flat in t and a second step cost 6% on average; sCT trained from
     scratch, or with tangent normalisation, lost 9–13% to its second step."""
-    summary = trainer.run_training(torch_run.PRESETS["toy2d"], runs.Run(tmp_path))
+    summary = trainer.run_training(torch_run.PRESETS["toy2d"], run_folder.Run(tmp_path))
     score = {(r["model"], r["sampler"]): r["value"] for r in summary["results"]}
     # measured (seeds 0 and 1): sCD error at 1.1 / t_max 0.065 / 0.079 and 0.064 / 0.079, W2
     # 0.029 → 0.026 and 0.030 → 0.023; sCT 0.076 / 0.115 and 0.073 / 0.110, W2 0.051 → 0.031

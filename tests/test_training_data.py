@@ -16,7 +16,7 @@ pytest.importorskip("PIL")
 
 from PIL import Image  # noqa: E402
 
-from training import checkpoint, data, plots  # noqa: E402
+from training import checkpoint, data, evaluation, plots  # noqa: E402
 from training.metrics import DigitsFeatures, frechet_distance, gaussian_statistics  # noqa: E402
 
 # --- data ------------------------------------------------------------------------------------
@@ -68,13 +68,12 @@ def test_arrays_in_any_layout_become_channels_first_in_unit_range() -> None:
 def test_runs_of_every_seed_hold_out_the_same_samples(source: str, tmp_path: Path) -> None:
     # a teacher or the digits classifier trained in a run of one seed never sees the held-out
     # samples of a run of another (the split once followed the seed)
-    from training import runs
     from training.config import PRESETS
 
     if source == "npz":
         np.savez(tmp_path / "d.npz", x=np.arange(50 * 16, dtype=np.uint8).reshape(50, 4, 4))
         source = f"npz:{tmp_path / 'd.npz'}"
-    splits = [runs.load_data(replace(PRESETS["digits"], data=source, seed=seed)) for seed in (0, 1, 7)]
+    splits = [data.load(replace(PRESETS["digits"], data=source, seed=seed)) for seed in (0, 1, 7)]
     for train, held_out in splits[1:]:
         np.testing.assert_array_equal(held_out.x, splits[0][1].x)
         np.testing.assert_array_equal(train.x, splits[0][0].x)
@@ -202,12 +201,11 @@ def test_digits_classifier_is_accurate_and_cached(tmp_path: Path, monkeypatch: p
 def test_digits_scores_their_pixels_and_range_with_floors_and_spread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from training import runs
     from training.config import PRESETS
 
     monkeypatch.setenv("TRIGCORE_CACHE", str(tmp_path))
     train, held_out = data.digits()
-    metric = runs.Metric(PRESETS["digits"], train, held_out)
+    metric = evaluation.Metric(PRESETS["digits"], train, held_out)
     assert metric.name == "fd_digits"
     floors = metric.floor(train, 300, seeds=3)
     assert set(floors) == {"fd_digits", "fd_pixels", "out_of_range"}
@@ -228,7 +226,8 @@ def test_digits_scores_their_pixels_and_range_with_floors_and_spread(
     )
     assert scores["out_of_range"] == pytest.approx(0.5)
     assert metric(real)["fd_pixels"] < scores["fd_pixels"]
-    assert runs.spread([{"a": 1.0}, {"a": 3.0}]) == {"a": {"mean": 2.0, "std": pytest.approx(np.sqrt(2))}}
+    spread = evaluation.spread([{"a": 1.0}, {"a": 3.0}])
+    assert spread == {"a": {"mean": 2.0, "std": pytest.approx(np.sqrt(2))}}
 
 
 def test_exact_consistency_error_is_zero_for_the_exact_flow_map_only() -> None:
@@ -237,7 +236,7 @@ def test_exact_consistency_error_is_zero_for_the_exact_flow_map_only() -> None:
     is f* only at t = 0, scores more the larger t."""
     from dataclasses import replace
 
-    from training import runs, toy
+    from training import toy
     from training.config import PRESETS
     from trigcore import flow, samplers, schedule
 
@@ -246,7 +245,7 @@ def test_exact_consistency_error_is_zero_for_the_exact_flow_map_only() -> None:
     ring = replace(toy.ring(), sigma_d=config.sigma_d)
     exact = toy.F_fn_from_denoiser(ring.denoise, config.sigma_d)
 
-    def flow_map(model, kind, times, z, noises, labels, sigma_d, *rest):  # runs.consistency_error's call
+    def flow_map(model, kind, times, z, noises, labels, sigma_d, *rest):  # consistency_error's call
         assert (kind, len(times), len(noises), labels) == ("consistency", 1, 0, None)
         (t,) = times
         x_t = z.astype(np.float64)
@@ -255,10 +254,10 @@ def test_exact_consistency_error_is_zero_for_the_exact_flow_map_only() -> None:
         grid = schedule.trigflow_timesteps(512, sigma_d, sigma_max=sigma_d * np.tan(t), xp=np)
         return samplers.sample_ode(exact, x_t, grid, sigma_d, method="heun")
 
-    perfect = runs.consistency_error(flow_map, "flow map", config, held_out, num=300)
-    assert perfect["t"] == [*runs.ERROR_TIMES, pytest.approx(schedule.t_max(config.sigma_d))]
+    perfect = evaluation.consistency_error(flow_map, "flow map", config, held_out, num=300)
+    assert perfect["t"] == [*evaluation.ERROR_TIMES, pytest.approx(schedule.t_max(config.sigma_d))]
     assert max(perfect["rms"]) < 2e-3
-    denoiser = runs.consistency_error(flow_map, "denoiser", config, held_out, num=300)["rms"]
+    denoiser = evaluation.consistency_error(flow_map, "denoiser", config, held_out, num=300)["rms"]
     assert denoiser[0] < 0.05 < denoiser[-1] and denoiser[-1] > 10 * max(perfect["rms"])
 
 
@@ -381,3 +380,20 @@ def test_a_high_t_share_reaches_the_loss_settings_and_bad_values_are_refused() -
         replace(digits, scd=replace(digits.scd, high_t_share=0.1, high_t_from=1.565))
     with pytest.raises(ValueError, match=r"sigma_d = 0, expected > 0"):
         replace(digits, sigma_d=0)
+
+
+def test_a_named_data_source_is_one_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    from training.config import PRESETS
+
+    points = np.random.default_rng(0).normal(size=(300, 2)).astype(np.float32)
+
+    def gauss(path: Path, seed: int, sigma_d: float, scaling: tuple | None) -> tuple:
+        return data.Dataset("gauss", points[:200], None, 0), data.Dataset(
+            "gauss (held out)", points[200:], None, 0
+        )
+
+    monkeypatch.setitem(data.SOURCES, "gauss", data.Source(gauss, "sliced_w2", takes_path=False))
+    train, held_out = data.load(replace(PRESETS["toy2d"], data="gauss"))
+    assert (len(train), len(held_out)) == (200, 100)
+    with pytest.raises(ValueError, match=r"one of digits, toy2d, npz:PATH, .*, gauss; got 'gauss:x'"):
+        data.source_of("gauss:x")

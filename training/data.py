@@ -18,16 +18,21 @@ two integers, so a resumed run draws exactly the batches the killed one would ha
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .toy import ring
+
+if TYPE_CHECKING:
+    from .config import RunConfig
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 # App. G.1: SD-VAE latents (images in [−1, 1]) have channel means μ_c and stds σ_c; each latent is
@@ -332,3 +337,68 @@ class BatchStream:
     def restore(self, state: dict) -> None:
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
         self._order = self._permutation()
+
+
+# --- the data of a run's config --------------------------------------------------------------
+
+
+def load(config: RunConfig) -> tuple[Dataset, Dataset]:
+    """The training and held-out sets of `config.data`. The digits (297 images) and file sources
+    (10%) hold out the same samples whatever the run's seed, so that no run evaluates on samples
+    another run trained on (its teacher, from `--teacher-checkpoint`, or the cached digits
+    classifier); toy2d draws both sets afresh from the mixture. The last two sets read are kept:
+    a run reads its data to check its config before the run folder is made, then to train, and
+    decoding a folder of images twice would double its start."""
+    path = config.data.partition(":")[2]
+    stat = Path(path).stat() if path and Path(path).exists() else None
+    scaling = config.network.options.get("latent_scaling")
+    return _load(
+        config.data, config.seed, config.sigma_d, None if scaling is None else tuple(scaling),
+        None if stat is None else (stat.st_mtime_ns, stat.st_size),
+    )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=2)
+def _load(
+    source: str, seed: int, sigma_d: float, scaling: tuple[float, float] | None, stat: tuple | None
+) -> tuple[Dataset, Dataset]:
+    kind, path = source_of(source), source.partition(":")[2]
+    if path and stat is None:
+        raise FileNotFoundError(f"--data {source}: {path} does not exist")
+    return kind.load(Path(path), seed, sigma_d, scaling)
+
+
+@dataclass(frozen=True)
+class Source:
+    """A named data source: how to read it, and what scores its samples."""
+
+    # (path, seed, σ_d, a pretrained teacher's VAE scaling or None) → (training set, held-out set)
+    load: Callable[[Path, int, float, tuple[float, float] | None], tuple[Dataset, Dataset]]
+    metric: str = "fd_pixels"  # the headline metric by default (`evaluation.Metric`)
+    takes_path: bool = True  # given as NAME:PATH
+    exact: bool = False  # its PF-ODE is known exactly: the consistency error is measured
+
+
+def _held_out(full: Dataset) -> tuple[Dataset, Dataset]:
+    """A file's samples split once, a tenth held out whatever the run's seed."""
+    return full.split(max(1, len(full) // 10))
+
+
+SOURCES: dict[str, Source] = {
+    "digits": Source(lambda path, seed, sigma_d, scaling: digits(), "fd_digits", takes_path=False),
+    "toy2d": Source(lambda path, seed, sigma_d, scaling: toy2d(seed=seed), "sliced_w2", False, exact=True),
+    "npz": Source(lambda path, seed, sigma_d, scaling: _held_out(load_npz(path))),
+    "folder": Source(lambda path, seed, sigma_d, scaling: _held_out(load_image_folder(path))),
+    "zip": Source(lambda path, seed, sigma_d, scaling: _held_out(load_zip(path))),
+    "latents": Source(lambda path, seed, sigma_d, scaling: _held_out(load_latents(path, sigma_d, scaling))),
+}
+
+
+def source_of(name: str) -> Source:
+    """The source of a run's `data` setting ("digits", or "npz:PATH" and the like)."""
+    kind, _, path = name.partition(":")
+    source = SOURCES.get(kind)
+    if source is None or source.takes_path != bool(path):
+        named = ", ".join(f"{n}:PATH" if s.takes_path else n for n, s in SOURCES.items())
+        raise ValueError(f"--data must be one of {named}; got {name!r}")
+    return source

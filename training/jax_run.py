@@ -34,12 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import jax  # noqa: E402
 
 from backends.jax import distributed, trainer  # noqa: E402
-from training import runs  # noqa: E402
+from training import cli  # noqa: E402
 from training.config import PRESETS  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = runs.argument_parser(__doc__, PRESETS)
+    parser = cli.argument_parser(__doc__, PRESETS)
     several = parser.add_argument_group(
         "several processes (jax.distributed; without these flags, joined where a SLURM job step, "
         "a multi-host TPU slice or mpirun launched several)"
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "sample":
-            return runs.sample_command(args, trainer.load_network, trainer.sample_from)
+            return cli.sample_command(args, trainer.load_network, trainer.sample_from)
         if args.command == "encode":  # the SD-VAE is a PyTorch network: the same latents folder
             from backends.torch.trainer import encode_command
 
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             what = "--teacher reads" if args.teacher is not None else f"--preset {args.preset} trains"
             raise ValueError(f"{what} diffusers models, which are torch modules: use torch_run.py")
         distributed.initialize(args.coordinator, args.num_processes, args.process_id, args.heartbeat_timeout)
-        config, run = runs.start(args, PRESETS, jax.process_index() == 0, distributed.share)
+        config, run = cli.start(args, PRESETS, jax.process_index() == 0, distributed.share)
         context = distributed.setup(
             "auto" if args.device == "auto" else args.device, config.parallel == "fsdp"
         )

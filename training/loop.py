@@ -14,8 +14,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import checkpoint, data, runs
+from . import checkpoint, data, run_folder
 from .config import PHASES, PhaseConfig, RunConfig
+
+MAX_SKIPPED = 10  # non-finite steps in a row before a phase gives up
 
 
 class Trainer(Protocol):
@@ -120,7 +122,12 @@ class Averages:
 
 
 def train_phase(
-    name: str, config: RunConfig, train_set: data.Dataset, run: runs.Run, backend: str, make_trainer: Any
+    name: str,
+    config: RunConfig,
+    train_set: data.Dataset,
+    run: run_folder.Run,
+    backend: str,
+    make_trainer: Any,
 ) -> Any:
     """Train one phase with checkpoints, resuming from the phase's latest checkpoint in the run
     folder; returns the network it hands on (`Averages.handed`). `make_trainer(arrays)` builds
@@ -129,7 +136,7 @@ def train_phase(
     found = checkpoint.latest(run.checkpoints, prefix=f"{name}-")
     arrays, meta = checkpoint.load(found) if found is not None else ({}, {})
     if found is not None:
-        runs.check_resumable(found, meta, backend)
+        run_folder.check_resumable(found, meta, backend)
     trainer = make_trainer(arrays if found is not None else None)
     averages = Averages(trainer, phase)  # whole copies, also when the network is sharded
     trainer.start()
@@ -151,7 +158,7 @@ def train_phase(
     log = run.log if trainer.main else lambda record: None
     save = checkpoint.save if trainer.main else lambda path, arrays, meta: None
     skipped_in_a_row = 0
-    progress = runs.progress(
+    progress = run_folder.progress(
         range(start, phase.steps), name, initial=start, total=phase.steps, disable=not trainer.main
     )
     for step in progress:
@@ -163,7 +170,7 @@ def train_phase(
         else:
             skipped_in_a_row += 1
             log({"phase": name, "step": step, "skipped": "non-finite loss or gradient"})
-            if skipped_in_a_row >= runs.MAX_SKIPPED:
+            if skipped_in_a_row >= MAX_SKIPPED:
                 raise RuntimeError(
                     f"{name}: {skipped_in_a_row} non-finite steps in a row, the last at step {step}"
                 )
@@ -172,7 +179,7 @@ def train_phase(
             values = trainer.reduce(metrics)
             log({"phase": name, "step": step, **values})
             progress.set_postfix(loss=f"{values['loss']:.4f}")
-        described = runs.description(config, train_set.sample_shape, name)
+        described = run_folder.description(config, train_set.sample_shape, name)
         # every process gathers what a file holds (sharded arrays whole); the main one writes
         if averages.power is not None and (
             (step + 1) % (phase.snapshot_every or phase.checkpoint_every) == 0 or done

@@ -30,23 +30,23 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from backends.torch import distributed, trainer  # noqa: E402
-from training import runs  # noqa: E402
+from training import cli  # noqa: E402
 from training.config import PRESETS  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = runs.argument_parser(__doc__, PRESETS)
+    parser = cli.argument_parser(__doc__, PRESETS)
     args = parser.parse_args(argv)
     context = distributed.SINGLE
     try:
         if args.command == "sample":
-            return runs.sample_command(args, trainer.load_network, trainer.sample_from)
+            return cli.sample_command(args, trainer.load_network, trainer.sample_from)
         if args.command == "encode":
             return trainer.encode_command(args)
         if args.command == "export":
             return trainer.export_command(args)
         context = distributed.setup(args.device)
-        config, run = runs.start(
+        config, run = cli.start(
             args, PRESETS, context.main, lambda value: distributed.gather(value, context)[0],
             check=lambda config, train_set: trainer.check_run(config, train_set, context.device),
         )  # fmt: skip

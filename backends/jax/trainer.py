@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from training import data, loop, objectives, runs
+from training import data, loop, objectives, run_folder, runs
 from training.config import PHASES, PhaseConfig, RunConfig
 from training.objectives import OBJECTIVES
 from trigcore import lr, samplers
@@ -212,7 +212,7 @@ def train_phase(
     name: str,
     config: RunConfig,
     train_set: data.Dataset,
-    run: runs.Run,
+    run: run_folder.Run,
     context: distributed.Context,
     teacher: nnx.Module | None = None,
 ) -> nnx.Module:
@@ -228,7 +228,7 @@ def train_phase(
 def posthoc_params(folder: Path, name: str, sigma_rel: float, params: nnx.State) -> nnx.State:
     """EDM2's post-hoc EMA: the average of width σ_rel at the last snapshot, by least squares
     over the power-EMA snapshots `<name>.ema-*` in `folder`."""
-    combined = optim.posthoc_average(runs.read_snapshots(folder, name, sigma_rel), sigma_rel)
+    combined = optim.posthoc_average(run_folder.read_snapshots(folder, name, sigma_rel), sigma_rel)
     return load_arrays(params, {f"model/{k}": v for k, v in combined.items()}, "model")
 
 
@@ -413,7 +413,7 @@ def sample_from(
 ) -> np.ndarray:
     """Samples from the start z (and the noises of later consistency steps) over `times`, with
     one-hot class labels or None: the teacher's PF-ODE with Heun, or consistency sampling
-    (`runs.draw`). With kind "consistency", times [t] and no noises this is f_θ(z, t), the consistency
+    (`evaluation.draw`). With kind "consistency", times [t] and no noises this is f_θ(z, t), the consistency
     model at (x_t, t) = (z, t). The whole sampler is one jitted program; when the model's
     weights live on a mesh (as a run trains them), each device samples its share of the rows."""
     graphdef, state = nnx.split(model)
@@ -456,7 +456,7 @@ def _conditioned(graphdef: nnx.GraphDef, guidance: float, takes_guidance: bool) 
 # --- the run ---------------------------------------------------------------------------------
 
 
-def run_training(config: RunConfig, run: runs.Run, context: distributed.Context) -> dict | None:
+def run_training(config: RunConfig, run: run_folder.Run, context: distributed.Context) -> dict | None:
     """Train the configured phases, then evaluate every model and write the summary
     (`runs.train_and_evaluate`)."""
 
@@ -471,7 +471,7 @@ def load_network(path: Path, sigma_rel: float | None = None) -> tuple[nnx.Module
     """A checkpoint's network (written by either backend): the average its phase hands on, or
     the power EMA of width `sigma_rel` (reconstructed post hoc from the snapshots beside it when
     not stored)."""
-    arrays, meta, config, source = runs.read_network_checkpoint(path, sigma_rel)
+    arrays, meta, config, source = run_folder.read_network_checkpoint(path, sigma_rel)
     model = build_network(config, tuple(meta["sample_shape"]), guidance=meta.get("guidance", False))
     graphdef, params = nnx.split(model, nnx.Param)
     if isinstance(source, float):

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from training import data, loop, metrics, objectives, runs
+from training import data, loop, metrics, objectives, run_folder, runs
 from training.config import PHASES, PhaseConfig, RunConfig
 from training.objectives import OBJECTIVES
 from trigcore import samplers
@@ -285,7 +285,7 @@ def train_phase(
     name: str,
     config: RunConfig,
     train_set: data.Dataset,
-    run: runs.Run,
+    run: run_folder.Run,
     context: distributed.Context = distributed.SINGLE,
     teacher: torch.nn.Module | None = None,
 ) -> torch.nn.Module:
@@ -304,7 +304,7 @@ def posthoc_network(folder: Path, name: str, sigma_rel: float, model: torch.nn.M
     snapshots = [
         snapshot
         | {"states": [{k: torch.from_numpy(v) for k, v in state.items()} for state in snapshot["states"]]}
-        for snapshot in runs.read_snapshots(folder, name, sigma_rel)
+        for snapshot in run_folder.read_snapshots(folder, name, sigma_rel)
     ]
     return optim.posthoc_average(snapshots, sigma_rel, model)
 
@@ -446,7 +446,7 @@ def sample_from(
 ) -> np.ndarray:
     """Samples from the start z (and the noises of later consistency steps) over `times`, with
     one-hot class labels or None: the teacher's PF-ODE with Heun, or consistency sampling
-    (`runs.draw`). With kind "consistency", times [t] and no noises this is f_θ(z, t), the consistency
+    (`evaluation.draw`). With kind "consistency", times [t] and no noises this is f_θ(z, t), the consistency
     model at (x_t, t) = (z, t)."""
     num = len(z)
     device = next(model.parameters()).device
@@ -514,7 +514,7 @@ def _conditioned(model: torch.nn.Module, labels, guidance: float, takes_guidance
 
 
 def run_training(
-    config: RunConfig, run: runs.Run, context: distributed.Context = distributed.SINGLE
+    config: RunConfig, run: run_folder.Run, context: distributed.Context = distributed.SINGLE
 ) -> dict | None:
     """Train the configured phases, then (on the main process) evaluate every model and write
     the summary (`runs.train_and_evaluate`); other processes return None."""
@@ -534,7 +534,7 @@ def run_training(
 
 
 def check_run(config: RunConfig, train_set: data.Dataset, device: torch.device) -> None:
-    """What `runs.start` asks before it makes the run folder: that FSDP2 can train the run
+    """What `cli.start` asks before it makes the run folder: that FSDP2 can train the run
     (`_check_sharding`), and that a pretrained teacher loads and takes the data."""
     if config.parallel == "fsdp":
         _check_sharding(config)
@@ -565,7 +565,7 @@ def load_network(
 ) -> tuple[torch.nn.Module, dict, RunConfig]:
     """A checkpoint's network, in eval mode: the average its phase hands on, or the power EMA of
     width `sigma_rel` (reconstructed post hoc from the snapshots beside it when not stored)."""
-    arrays, meta, config, source = runs.read_network_checkpoint(path, sigma_rel)
+    arrays, meta, config, source = run_folder.read_network_checkpoint(path, sigma_rel)
     model = build_network(config, tuple(meta["sample_shape"]), guidance=meta.get("guidance", False))
     if isinstance(source, float):
         model = posthoc_network(Path(path).parent, meta["phase"], source, model)
@@ -592,7 +592,7 @@ def encode_command(args: argparse.Namespace) -> int:
     temporary.mkdir(parents=True, exist_ok=True)
     size = args.resolution // 8
     x = np.lib.format.open_memmap(temporary / "x.npy", "w+", np.float32, (len(images), 4, size, size))
-    for i in runs.progress(range(0, len(images), vae.batch), "encode"):
+    for i in run_folder.progress(range(0, len(images), vae.batch), "encode"):
         x[i : i + vae.batch] = vae.encode(metrics.to_uint8_rgb(images.get(slice(i, i + vae.batch))))
     x.flush()
     if images.labels is not None:

@@ -24,7 +24,7 @@ def tests(session: nox.Session) -> None:
     """The fast tier: every test not marked slow (pytest + hypothesis, doctests included) on
     every installed array namespace: array_api_strict, numpy, torch (CPU build) and JAX, also
     under jit. A test over the time budget (conftest.py) fails."""
-    install(session, "torch,jax,train,metrics,dev")
+    install(session, "torch,jax,train,metrics,log,dev")
     session.run(*PYTEST, "-m", "not slow", *session.posargs, env={"HYPOTHESIS_PROFILE": "ci"})
 
 
@@ -33,7 +33,7 @@ def slow(session: nox.Session) -> None:
     """The slow tier: the tests marked slow (end-to-end runs, resumption of every phase kind,
     DDP/FSDP2 and 4-device sharding, compiled passes, benchmark smoke runs, the mutation test of
     verify), and every hypothesis test again with ten times the examples."""
-    install(session, "torch,jax,train,metrics,dev")
+    install(session, "torch,jax,train,metrics,log,dev")
     args = ("-m", "slow or hypothesis", "--time-budget", "0")
     session.run(*PYTEST, *args, *session.posargs, env={"HYPOTHESIS_PROFILE": "slow"})
 
@@ -70,7 +70,7 @@ def bench(session: nox.Session) -> None:
     PyTorch's, and a diffusers U-Net's tangent pass against its forward pass (results go in
     BENCHMARKS.md); pass `-- --quick` for a short run (without the compiled steps, which spend
     minutes compiling)."""
-    install(session, "torch,jax,train,metrics,dev")
+    install(session, "torch,jax,train,metrics,log,dev")
     session.run("python", "benchmarks/overhead.py", *session.posargs)
     quick = "--quick" in session.posargs
     kinds = ["--repeats", "3", "--kinds", "teacher", "sct", "scd", "sct-fused", "scd-fused"]

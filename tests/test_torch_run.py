@@ -3,6 +3,7 @@ schema, sampling from a checkpoint, exact resumption after a kill, and refusals 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -474,3 +475,35 @@ def test_toy2d_default_consistency_models_gain_from_a_second_step(tmp_path: Path
         assert at[1.1] < 0.9 * curve["rms"][-1], (name, curve)
         assert score[name, "2-step"] <= score[name, "1-step"], score
     assert score["scd", "2-step"] <= 1.2 * score["teacher", "heun-18"], score
+
+
+def test_log_tensorboard_mirrors_the_metrics_jsonl_records(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`--log tensorboard`: every training and evaluation number of metrics.jsonl, read back from
+    the event files with TensorBoard's own reader; unknown or missing mirrors are refused."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    argv = ["--preset", "toy2d", "--teacher-steps", "4", "--scd-steps", "2", "--sct-steps", "0",
+            "--log-every", "1", "--eval-num", "20", "--eval-seeds", "1", "--log", "tensorboard",
+            "--runs", str(tmp_path)]  # fmt: skip
+    assert torch_run.main(argv) == 0
+    folder = only_run(tmp_path)
+    assert json.loads((folder / "config.json").read_text())["log"] == ["tensorboard"]
+    events = EventAccumulator(str(folder / "tensorboard"))
+    events.Reload()
+    logged = {(tag, e.step): e.value for tag in events.Tags()["scalars"] for e in events.Scalars(tag)}
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    losses = {(f"{r['phase']}/loss", r["step"]): r["loss"] for r in records if "loss" in r}
+    scores = {(f"eval/{r['model']}/sliced_w2", r["nfe"]): r["sliced_w2"] for r in records if "nfe" in r}
+    assert len(losses) == 6 and len(scores) == 6
+    for key, value in {**losses, **scores}.items():
+        assert logged[key] == pytest.approx(value, rel=1e-6)  # float32 in the event file
+    with pytest.raises(SystemExit):  # argparse: not one of the mirrors
+        torch_run.main(["--log", "bogus", "--runs", str(tmp_path)])
+    assert "argument --log: invalid choice: 'bogus'" in capsys.readouterr().err
+    if importlib.util.find_spec("wandb") is None:
+        assert torch_run.main(["--log", "wandb", "--runs", str(tmp_path / "other")]) == 2
+        assert "--log wandb needs the wandb package" in capsys.readouterr().err
+        assert not (tmp_path / "other").exists()

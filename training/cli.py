@@ -17,9 +17,10 @@ import numpy as np
 
 from backends.configs import clamping, read_diffusers_folder, schedule_from_config
 
-from . import checkpoint, data
+from . import checkpoint, data, mirrors
 from .config import PHASES, NetworkConfig, RunConfig
 from .evaluation import draw, save_samples
+from .mirrors import MIRRORS
 from .objectives import OBJECTIVES, distilled, trained
 from .run_folder import Run, read_network_checkpoint
 
@@ -57,6 +58,13 @@ def argument_parser(doc: str, presets: dict) -> argparse.ArgumentParser:
     parser.add_argument("--eval-num", type=int, metavar="N", help="samples per model and sampler")
     parser.add_argument(
         "--eval-seeds", type=int, metavar="K", help="sampling seeds per model and sampler (mean and spread)"
+    )
+    parser.add_argument(
+        "--log",
+        action="append",
+        choices=tuple(MIRRORS),
+        help="also mirror metrics.jsonl to tensorboard (the run folder's tensorboard/) or wandb "
+        "(offline, in its wandb/); repeat for both",
     )
     parser.add_argument("--precision", choices=("float32", "bfloat16", "float16"))
     parser.add_argument(
@@ -161,7 +169,8 @@ def start(
     outcome = share(outcome)
     if isinstance(outcome, Exception):
         raise outcome
-    return RunConfig.from_dict(outcome[0]), Run(Path(outcome[1]))
+    config = RunConfig.from_dict(outcome[0])
+    return config, Run(Path(outcome[1]), config.log, outcome[0])
 
 
 def _start(
@@ -228,6 +237,9 @@ def _start(
     ):
         if getattr(args, key) is not None:
             config = replace(config, **{key: getattr(args, key)})
+    if args.log:
+        mirrors.check(tuple(args.log))
+        config = replace(config, log=tuple(dict.fromkeys(args.log)))
     if args.teacher is not None:
         if args.network is not None or config.teacher_checkpoint:
             raise ValueError(

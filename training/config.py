@@ -158,6 +158,7 @@ class RunConfig:
     # into processes × micro_batches shards, each with its own random stream
     seed: int = 0
     log_every: int = 25  # steps between lines of metrics.jsonl
+    log: tuple[str, ...] = ()  # mirrors of metrics.jsonl: "tensorboard", "wandb" (`mirrors`)
     teacher_checkpoint: str = ""  # a trained teacher's checkpoint (its phase is then skipped)
     teacher_pretrained: str = ""  # "diffusers:FOLDER": a pretrained teacher (its phase is skipped)
 

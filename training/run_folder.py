@@ -17,17 +17,31 @@ from .objectives import takes_guidance
 
 
 class Run:
-    """A run's folder. `log` appends one JSON line to metrics.jsonl."""
+    """A run's folder. `log` appends one JSON line to metrics.jsonl, and hands the record to the
+    `mirrors` named (`training.mirrors`: opened at the first record, with the run's `config`)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, mirrors: tuple[str, ...] = (), config: dict | None = None) -> None:
         self.folder = Path(folder)
         self.checkpoints = self.folder / "checkpoints"
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         self._clock = self.folder / ".elapsed"
+        self._mirrors, self._config, self._open = mirrors, config or {}, None
 
     def log(self, record: dict) -> None:
         with open(self.folder / "metrics.jsonl", "a") as f:
             f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+        if self._open is None:
+            from .mirrors import MIRRORS
+
+            self._open = [MIRRORS[name](self.folder, self._config) for name in self._mirrors]
+        for mirror in self._open:
+            mirror.log(record)
+
+    def close(self) -> None:
+        """Close the mirrors (metrics.jsonl is closed after each line)."""
+        for mirror in self._open or []:
+            mirror.close()
+        self._open = None
 
     def elapsed(self) -> float:
         """Seconds spent by earlier attempts of this run (for the summary's wall time)."""

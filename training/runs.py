@@ -148,4 +148,5 @@ def train_and_evaluate(config: RunConfig, run: Run, main: bool, backend: Backend
         plots.error_plot(errors, run.folder / "consistency_error.png")
         summary["consistency_error"] = errors
     run.write_summary(summary)
+    run.close()
     return summary

@@ -424,3 +424,27 @@ def test_the_wandb_mirror_logs_offline_the_records_scalars(
         ("log", {"sct/loss": 0.25, "sct/tangent_norm": 3.0}),
         ("finish",),
     ]
+
+
+def test_the_training_package_and_the_jax_run_script_import_without_torch() -> None:
+    """Torch-only pieces (the SD-VAE, the FID and FD-DINOv2 networks, the diffusers teachers)
+    are imported where they are used, so a JAX-only install runs `training`."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    code = """
+import importlib.abc, sys
+class NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] == "torch":
+            raise ImportError("no torch here")
+sys.meta_path.insert(0, NoTorch())
+import training.cli, training.data, training.evaluation, training.loop, training.metrics
+import training.mirrors, training.objectives, training.run_folder, training.runs, training.vae
+sys.path.insert(0, "training")
+import jax_run
+assert "torch" not in sys.modules
+"""
+    pytest.importorskip("jax")
+    subprocess.run([sys.executable, "-c", code], cwd=root, check=True, timeout=120)

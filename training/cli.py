@@ -306,7 +306,11 @@ def pretrained_teacher(config: RunConfig, source: str) -> RunConfig:
             "distillation and the students run without it (diffusers' own samplers keep it)",
             file=sys.stderr, flush=True,
         )  # fmt: skip
-    options = {"model": found.model, "scheduler": found.scheduler}
+    options = {
+        "model": found.model,
+        "scheduler": found.scheduler,
+        "weights": str(found.model_folder.resolve()),
+    }
     if config.data.startswith("latents:"):
         options["latent_scaling"] = list(found.latent_scaling())
     config = replace(config, network=NetworkConfig("diffusers", found.class_name, options=options))

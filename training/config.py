@@ -24,8 +24,9 @@ from trigcore import schedule
 @dataclass(frozen=True)
 class NetworkConfig:
     # "edm2" (EDM2 U-Net), "ddpmpp" (DDPM++), "mlp" (2-D data), or "diffusers" (a pretrained
-    # teacher's architecture: options "model" and "scheduler" are its configs, "null_class" its
-    # class for "no class" or None, "latent_scaling" its VAE's (scaling, shift) for latent data)
+    # teacher's architecture: options "model" and "scheduler" are its configs, "weights" the model
+    # folder of a pretrained one, "null_class" its class for "no class" or None, "latent_scaling"
+    # its VAE's (scaling, shift) for latent data)
     kind: str = "edm2"
     preset: str = "tiny"  # EDM2 size: tiny, S, M, L, XL, XXL; diffusers: the model's class
     label_dim: int = 0  # classes (0: unconditional)

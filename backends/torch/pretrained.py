@@ -325,10 +325,31 @@ def load_diffusers(
             f"{folder}: {found.class_name} is text-conditioned, and no call= was given to hand it "
             "its text states (encoder_hidden_states, …) beside the noisy sample"
         )
+    return pretrained_view(
+        found.class_name, found.model_folder, found.scheduler, sigma_d, device=device, dtype=dtype,
+        guidance=guidance, null_class=null_class, call=call or diffusers_call, seed=seed,
+    )  # fmt: skip
+
+
+def pretrained_view(
+    class_name: str,
+    weights: str | Path,
+    scheduler_config: dict,
+    sigma_d: float,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    guidance: bool = False,
+    null_class: int | None = None,
+    call: Callable[..., torch.Tensor] = diffusers_call,
+    seed: int = 0,
+) -> TrigFlowView:
+    """`load_diffusers` from what its folder says, already read (`configs.read_diffusers_folder`):
+    the model's class, the model folder holding its weights and the scheduler's config."""
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
-        model = load_model(found.class_name, found.model_folder, dtype)
-        view = _view(model, found.scheduler, sigma_d, call or diffusers_call, guidance, null_class)
+        model = load_model(class_name, weights, dtype)
+        view = _view(model, scheduler_config, sigma_d, call, guidance, null_class)
     return view.to(device, dtype)
 
 

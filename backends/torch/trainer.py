@@ -87,11 +87,18 @@ def _diffusers_network(config: RunConfig, guidance: bool, phase: PhaseConfig | N
 def load_pretrained(config: RunConfig, train_set: data.Dataset, device: torch.device) -> torch.nn.Module:
     """The pretrained teacher `config.teacher_pretrained` ("diffusers:FOLDER") as a TrigFlow
     view, tried on two training samples so that a model that cannot take them says so now."""
-    from backends.torch.pretrained import load_diffusers
+    from backends.configs import read_diffusers_folder
 
-    folder = config.teacher_pretrained.partition(":")[2]
-    null_class = config.network.options.get("null_class")
-    teacher = load_diffusers(folder, config.sigma_d, device=device, null_class=null_class, seed=config.seed)
+    from .pretrained import pretrained_view
+
+    folder, options = config.teacher_pretrained.partition(":")[2], config.network.options
+    # the folder was read when the run was configured (a run configured before "weights" was
+    # kept reads it again)
+    weights = options.get("weights") or read_diffusers_folder(folder).model_folder
+    teacher = pretrained_view(
+        config.network.preset, weights, options["scheduler"], config.sigma_d, device=device,
+        null_class=options.get("null_class"), seed=config.seed,
+    )  # fmt: skip
     x = torch.from_numpy(train_set.get(np.arange(2))).to(device)
     labels = train_set.one_hot(np.arange(2)) if config.network.label_dim else None
     try:

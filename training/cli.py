@@ -20,7 +20,6 @@ from backends.configs import clamping, read_diffusers_folder, schedule_from_conf
 from . import checkpoint, data, mirrors
 from .config import PHASES, NetworkConfig, RunConfig
 from .evaluation import draw, save_samples
-from .mirrors import MIRRORS
 from .objectives import OBJECTIVES, distilled, trained
 from .run_folder import Run, read_network_checkpoint
 
@@ -62,7 +61,7 @@ def argument_parser(doc: str, presets: dict) -> argparse.ArgumentParser:
     parser.add_argument(
         "--log",
         action="append",
-        choices=tuple(MIRRORS),
+        choices=tuple(mirrors.MIRRORS),
         help="also mirror metrics.jsonl to tensorboard (the run folder's tensorboard/) or wandb "
         "(offline, in its wandb/); repeat for both",
     )

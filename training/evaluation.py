@@ -246,9 +246,11 @@ def consistency_error(
     return {"t": [round(t, 6) for t in times], "rms": errors}
 
 
-def _means(scores: dict[str, dict[str, float]]) -> dict[str, float]:
+def means(scores: dict[str, dict[str, float]]) -> dict[str, float]:
+    """{name: mean} of `spread`'s scores."""
     return {name: value["mean"] for name, value in scores.items()}
 
 
-def _text(scores: dict[str, dict[str, float]]) -> str:
+def in_words(scores: dict[str, dict[str, float]]) -> str:
+    """`spread`'s scores as a line: "name mean ± std" each."""
     return "  ".join(f"{name} {v['mean']:.4f} ± {v['std']:.4f}" for name, v in scores.items())

@@ -17,10 +17,10 @@ from . import data, plots
 from .config import PHASES, RunConfig
 from .evaluation import (
     Metric,
-    _means,
-    _text,
     consistency_error,
     draw,
+    in_words,
+    means,
     one_hot,
     sampling_inputs,
     save_samples,
@@ -58,8 +58,8 @@ def train_and_evaluate(config: RunConfig, run: Run, main: bool, backend: Backend
     metric = Metric(config, train_set, held_out) if main else None
     if metric is not None:
         floors = metric.floor(train_set, config.eval.num, config.eval.seeds)
-        run.log({"phase": "eval", "model": "data", "num": config.eval.num, **_means(floors)})
-        print(f"{config.eval.num} training samples (the floor at this size): {_text(floors)}")
+        run.log({"phase": "eval", "model": "data", "num": config.eval.num, **means(floors)})
+        print(f"{config.eval.num} training samples (the floor at this size): {in_words(floors)}")
     if not config.network.label_dim:  # an unconditional network trains and samples without them
         train_set = train_set.without_labels()
     start = time.perf_counter() - run.elapsed()
@@ -124,9 +124,9 @@ def train_and_evaluate(config: RunConfig, run: Run, main: bool, backend: Backend
                 {"model": name, "sampler": sampler, "nfe": nfe, "value": head["mean"], "spread": head["std"],
                  "metrics": measured}
             )  # fmt: skip
-            run.log({"phase": "eval", "model": name, "sampler": sampler, "nfe": nfe, **_means(measured)})
+            run.log({"phase": "eval", "model": name, "sampler": sampler, "nfe": nfe, **means(measured)})
             save_samples(grid, run.folder / "samples" / f"{name}_{sampler}.png")
-            print(f"  {name:<8} {sampler:<14} NFE {nfe:>3}  {_text(measured)}")
+            print(f"  {name:<8} {sampler:<14} NFE {nfe:>3}  {in_words(measured)}")
     plots.metric_plot(results, metric.name, run.folder / "metric_vs_nfe.png", floors[metric.name])
     summary = {
         "dataset": config.data,

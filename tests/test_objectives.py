@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from training.config import PHASES, PRESETS
-from training.objectives import OBJECTIVES, TEACHER, distilled, starts_from_teacher, takes_guidance, trained
+from training.objectives import OBJECTIVES, TEACHER, guided, starts_from_teacher, takes_guidance, trained
 
 
 def test_every_phase_has_one_objective_and_each_backend_its_loss() -> None:
@@ -26,8 +26,9 @@ def test_what_the_rows_decide() -> None:
     digits = PRESETS["digits"]  # sCD with CFG up to 1.5, sCT, both from the teacher
     assert trained(digits) == ["teacher", "scd", "sct"]
     assert trained(replace(digits, teacher_checkpoint="t.json")) == ["scd", "sct"]
-    assert distilled(digits) == ["scd"]
-    assert distilled(PRESETS["imagenet512-s"]) == ["scd", "scd_avsd", "dscd"]
+    assert guided(digits) == ["scd"]  # sCD with CFG; sCT learns from no teacher
+    assert guided(PRESETS["imagenet512-s"]) == ["scd", "scd_avsd", "dscd"]
+    assert guided(PRESETS["digits-ddpm"]) == []  # guidance_max 1
     assert [takes_guidance(digits, n) for n in ("teacher", "scd", "sct")] == [False, True, False]
     assert [starts_from_teacher(n, getattr(digits, n)) for n in ("teacher", "scd", "sct")] == [
         False,

@@ -20,7 +20,7 @@ from backends.configs import clamping, read_diffusers_folder, schedule_from_conf
 from . import checkpoint, data, mirrors
 from .config import PHASES, NetworkConfig, RunConfig
 from .evaluation import draw, save_samples
-from .objectives import OBJECTIVES, distilled, trained
+from .objectives import OBJECTIVES, guided, trained
 from .run_folder import Run, read_network_checkpoint
 
 
@@ -336,10 +336,10 @@ def pretrained_teacher(config: RunConfig, source: str) -> RunConfig:
             f"{classes}, or {classes - 1} and one embedding for no class)"
         )
     null_class = num if classes == num + 1 else None
-    guided = [n for n in distilled(config) if getattr(config, n).guidance_max > 1]
-    if classes and guided and null_class is None:
+    with_cfg = guided(config)
+    if classes and with_cfg and null_class is None:
         raise ValueError(
-            f"{where}: {', '.join(guided)} distil with CFG (guidance_max > 1), which needs a class "
+            f"{where}: {', '.join(with_cfg)} distil with CFG (guidance_max > 1), which needs a class "
             "embedding for no class, and the model has none; distil without CFG: --guidance-max 1"
         )
     options["null_class"] = null_class
@@ -361,10 +361,10 @@ def fit_to_data(config: RunConfig, train_set: data.Dataset) -> RunConfig:
         built = f"takes their {num}" if num else "is unconditional"
         note(f"the data have {num or 'no'} classes, so the network {built} (preset: {network.label_dim})")
         config = replace(config, network=replace(network, label_dim=num))
-    guided = [n for n in distilled(config) if getattr(config, n).guidance_max > 1]
-    if not config.network.label_dim and guided:
-        note(f"an unconditional network has nothing to guide: {', '.join(guided)} distil without CFG")
-        config = replace(config, **{n: replace(getattr(config, n), guidance_max=1.0) for n in guided})
+    with_cfg = guided(config)
+    if not config.network.label_dim and with_cfg:
+        note(f"an unconditional network has nothing to guide: {', '.join(with_cfg)} distil without CFG")
+        config = replace(config, **{n: replace(getattr(config, n), guidance_max=1.0) for n in with_cfg})
     return config
 
 

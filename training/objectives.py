@@ -87,9 +87,10 @@ def starts_from_teacher(name: str, phase: PhaseConfig) -> bool:
     return not OBJECTIVES[name].teaches and phase.init == "teacher"
 
 
-def distilled(config: RunConfig) -> list[str]:
-    """The phases of `config` that train and learn from the teacher's PF-ODE."""
-    return [n for n in PHASES if OBJECTIVES[n].distilled and getattr(config, n).steps]
+def guided(config: RunConfig) -> list[str]:
+    """The phases of `config` that train with CFG: they learn from the teacher's PF-ODE at scales
+    s ~ U[1, guidance_max] with guidance_max > 1 (G.2)."""
+    return [n for n in PHASES if getattr(config, n).steps and takes_guidance(config, n)]
 
 
 def trained(config: RunConfig) -> list[str]:

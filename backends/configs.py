@@ -16,8 +16,6 @@ import numpy as np
 
 from trigcore import native, schedule
 
-PRECISIONS = ("float32", "bfloat16", "float16")
-
 # The EDM2 U-Net's architecture presets (`backends.torch.edm2`, `backends.jax.edm2`). S–XXL are
 # EDM2's sizes (Tables 3–4: 280.2M, 497.8M, 777.6M, 1119.4M and 1523.4M parameters at the
 # 64×64×4 latent shape with 1000 classes); `tiny` runs on a laptop CPU.
@@ -31,26 +29,54 @@ EDM2_PRESETS: dict[str, dict] = {
 }
 
 
-def _check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+SIGMA_D = 0.5  # the data's standard deviation σ_d (§2), as EDM and the paper's runs take it
+PRECISIONS = ("float32", "bfloat16", "float16")  # network calls (§5.1: fp16 with loss scaling)
+TANGENTS = ("normalize", "clip", "none")  # the tangent's normalisation (§4.2)
+PASSES = ("separate", "fused", "compiled")  # how an sCM step runs its tangent pass
+
+
+def _refuse(**checks: tuple[Any, bool, str]) -> None:
+    """Raise one ValueError naming every setting whose check fails: name=(value, ok, expected)."""
+    bad = [
+        f"{name} must be {expected}, got {value!r}"
+        for name, (value, ok, expected) in checks.items()
+        if not ok
+    ]
+    if bad:
+        raise ValueError("; ".join(bad))
+
+
+def _one_of(names: tuple[str, ...]) -> str:
+    quoted = [repr(name) for name in names]
+    return ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+
+def _shared(sigma_d: float, precision: str) -> dict[str, tuple[Any, bool, str]]:
+    return {
+        "sigma_d": (sigma_d, sigma_d > 0, "> 0"),
+        "precision": (precision, precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+    }
 
 
 @dataclass(frozen=True)
 class DiffusionConfig:
-    sigma_d: float = 0.5  # data standard deviation (σ_d)
+    sigma_d: float = SIGMA_D  # data standard deviation (σ_d)
     P_mean: float = -0.8  # log-normal proposal of σ = σ_d tan t: ln σ ~ N(P_mean, P_std²)
     P_std: float = 1.6
     label_dropout: float = 0.0  # probability of dropping the class (CFG training, G.1: 0.1)
     precision: str = "float32"  # network calls in "float32", "bfloat16" or "float16"
 
     def __post_init__(self) -> None:
-        _check_precision(self.precision)
+        _refuse(
+            **_shared(self.sigma_d, self.precision),
+            P_std=(self.P_std, self.P_std > 0, "> 0"),
+            label_dropout=(self.label_dropout, 0 <= self.label_dropout < 1, "in [0, 1)"),
+        )
 
 
 @dataclass(frozen=True)
 class SCMConfig:
-    sigma_d: float = 0.5  # data standard deviation (σ_d)
+    sigma_d: float = SIGMA_D  # data standard deviation (σ_d)
     P_mean: float = -1.0  # log-normal proposal (Alg. 1)
     P_std: float = 1.4
     # a share of each batch at t ~ U[high_t_from, t_max) instead (`schedule.t_with_high_share`)
@@ -68,22 +94,28 @@ class SCMConfig:
     passes: str = "separate"
 
     def __post_init__(self) -> None:
-        _check_precision(self.precision)
-        if self.passes not in ("separate", "fused", "compiled"):
-            raise ValueError(f"passes must be 'separate', 'fused' or 'compiled', got {self.passes!r}")
-        if self.tangent not in ("normalize", "clip", "none"):
-            raise ValueError(f"tangent must be 'normalize', 'clip' or 'none', got {self.tangent!r}")
-        if not self.guidance_max >= 1:
-            raise ValueError(f"guidance_max must be >= 1, got {self.guidance_max}")
-        if not 0 <= self.high_t_share <= 1:
-            raise ValueError(f"high_t_share must be in [0, 1], got {self.high_t_share}")
-        if not 0 <= self.high_t_from < schedule.t_max(self.sigma_d):
-            raise ValueError(f"high_t_from must be in [0, t_max), got {self.high_t_from}")
+        _refuse(**_shared(self.sigma_d, self.precision))  # t_max needs a valid σ_d
+        top = schedule.t_max(self.sigma_d)
+        _refuse(
+            P_std=(self.P_std, self.P_std > 0, "> 0"),
+            high_t_share=(self.high_t_share, 0 <= self.high_t_share <= 1, "in [0, 1]"),
+            # only read when a share of the batch is drawn there
+            high_t_from=(
+                self.high_t_from,
+                not self.high_t_share or 0 <= self.high_t_from < top,
+                f"in [0, t_max) = [0, {top:.4f})",
+            ),
+            tangent=(self.tangent, self.tangent in TANGENTS, _one_of(TANGENTS)),
+            c=(self.c, self.c > 0, "> 0"),
+            warmup_steps=(self.warmup_steps, self.warmup_steps >= 0, ">= 0"),
+            guidance_max=(self.guidance_max, self.guidance_max >= 1, ">= 1"),
+            passes=(self.passes, self.passes in PASSES, _one_of(PASSES)),
+        )
 
 
 @dataclass(frozen=True)
 class VSDConfig:
-    sigma_d: float = 0.5  # data standard deviation (σ_d)
+    sigma_d: float = SIGMA_D  # data standard deviation (σ_d)
     P_mean: float = 0.4  # proposal of t for the generator's L_VSD (Table 4)
     P_std: float = 2.0
     fake_P_mean: float = -0.8  # proposal of t for the fake score's L_Diff(φ) (Table 4)
@@ -92,7 +124,12 @@ class VSDConfig:
     precision: str = "float32"
 
     def __post_init__(self) -> None:
-        _check_precision(self.precision)
+        _refuse(
+            **_shared(self.sigma_d, self.precision),
+            P_std=(self.P_std, self.P_std > 0, "> 0"),
+            fake_P_std=(self.fake_P_std, self.fake_P_std > 0, "> 0"),
+            guidance_max=(self.guidance_max, self.guidance_max >= 1, ">= 1"),
+        )
 
 
 def multistep_times(segments: int, sigma_d: float) -> list[float]:

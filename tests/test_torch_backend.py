@@ -438,7 +438,7 @@ def test_scd_with_guidance_needs_labels() -> None:
         steps.SCMConfig(passes="both")
     with pytest.raises(ValueError, match=r"high_t_share must be in \[0, 1\], got 2"):
         steps.SCMConfig(high_t_share=2)
-    with pytest.raises(ValueError, match=r"high_t_from must be in \[0, t_max\), got 1.57"):
+    with pytest.raises(ValueError, match=r"high_t_from must be in \[0, t_max\) = \[0, 1.5645\), got 1.57"):
         steps.SCMConfig(high_t_share=0.1, high_t_from=1.57)
 
 

@@ -172,18 +172,7 @@ def test_a_class_conditional_preset_follows_the_datas_classes(
     pixels = rng.integers(0, 256, (150, 8, 8), dtype=np.uint8)
     np.savez(tmp_path / "three.npz", x=pixels, labels=np.arange(150) % 3)
     np.savez(tmp_path / "none.npz", x=pixels)
-    few = [
-        "--teacher-steps",
-        "2",
-        "--scd-steps",
-        "2",
-        "--sct-steps",
-        "0",
-        "--eval-num",
-        "8",
-        "--eval-seeds",
-        "1",
-    ]
+    few = "--teacher-steps 2 --scd-steps 2 --sct-steps 0 --eval-num 8 --eval-seeds 1".split()
     for name, classes, notes in (
         ("three", 3, ["note: the data have 3 classes, so the network takes their 3 (preset: 10)"]),
         ("none", 0, ["note: the data have no classes, so the network is unconditional (preset: 10)",
@@ -214,6 +203,8 @@ def test_non_finite_losses_are_skipped_then_abort_without_touching_the_weights(
 
 def test_presets_hold_the_papers_settings() -> None:
     """Tables 3–4 and G.1–G.2, typed from the paper."""
+    from training import objectives
+
     presets = torch_run.PRESETS
     img64 = {
         "s": (1.0e-2, 1.0e-4, 0.075, 0.0),
@@ -250,14 +241,10 @@ def test_presets_hold_the_papers_settings() -> None:
         20_000,
         0.35,
     )
-    assert (xxl.scd.P_mean, xxl.scd.P_std, xxl.scd.guidance_max, xxl.scd.warmup_steps) == (
-        -0.8,
-        1.6,
-        2.0,
-        10_000,
-    )
-    avsd = xxl.scd_avsd
-    assert (avsd.vsd_P_mean, avsd.vsd_P_std, avsd.fake_P_mean, avsd.fake_P_std, avsd.vsd_weight) == (
+    scd = objectives.loss_settings("scd", xxl)  # what the loss is given, defaults included
+    assert (scd.P_mean, scd.P_std, scd.guidance_max, scd.warmup_steps) == (-0.8, 1.6, 2.0, 10_000)
+    avsd, vsd = xxl.scd_avsd, objectives.vsd_settings(xxl, xxl.scd_avsd)
+    assert (vsd.P_mean, vsd.P_std, vsd.fake_P_mean, vsd.fake_P_std, avsd.vsd_weight) == (
         0.4,
         2.0,
         -0.8,

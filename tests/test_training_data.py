@@ -356,11 +356,12 @@ def test_each_consistency_phase_sets_its_own_tangent_normalisation() -> None:
     # configs written before the setting existed (checkpoints, config.json) read as normalised
     old = clipped.to_dict()
     del old["sct"]["tangent"], old["sct"]["tangent_c"]
-    assert RunConfig.from_dict(old).sct.tangent == "normalize"
-    with pytest.raises(ValueError, match=r"tangent = 'unit', expected 'normalize', 'clip' or 'none'"):
-        PhaseConfig(steps=1, tangent="unit")
-    with pytest.raises(ValueError, match=r"tangent_c = 0, expected > 0"):
-        PhaseConfig(steps=1, tangent_c=0)
+    assert objectives.loss_settings("sct", RunConfig.from_dict(old)).tangent == "normalize"
+    # the loss settings refuse bad values when the run's config is made, naming the phase
+    with pytest.raises(ValueError, match=r"^sct: tangent must be 'normalize', 'clip' or 'none', got 'unit'$"):
+        replace(digits, sct=replace(digits.sct, tangent="unit"))
+    with pytest.raises(ValueError, match=r"^scd: c must be > 0, got 0$"):
+        replace(digits, scd=PhaseConfig(steps=1, tangent_c=0))
 
 
 def test_a_high_t_share_reaches_the_loss_settings_and_bad_values_are_refused() -> None:
@@ -372,13 +373,15 @@ def test_a_high_t_share_reaches_the_loss_settings_and_bad_values_are_refused() -
     settings = objectives.loss_settings("scd", shared)
     assert (settings.high_t_share, settings.high_t_from) == (0.25, 1.3)
     assert objectives.loss_settings("sct", shared).high_t_share == 0.0
-    with pytest.raises(ValueError, match=r"high_t_share = 1.5, expected in \[0, 1\]"):
-        PhaseConfig(steps=1, high_t_share=1.5)
-    with pytest.raises(ValueError, match=r"high_t_from = 1.6, expected in \[0, π/2\)"):
-        PhaseConfig(steps=1, high_t_from=1.6)
-    with pytest.raises(ValueError, match=r"scd.high_t_from = 1.565, expected < t_max = 1.5645"):
+    with pytest.raises(ValueError, match=r"^sct: high_t_share must be in \[0, 1\], got 1.5$"):
+        replace(digits, sct=PhaseConfig(steps=1, high_t_share=1.5))
+    with pytest.raises(
+        ValueError, match=r"^scd: high_t_from must be in \[0, t_max\) = \[0, 1.5645\), got 1.565$"
+    ):
         replace(digits, scd=replace(digits.scd, high_t_share=0.1, high_t_from=1.565))
-    with pytest.raises(ValueError, match=r"sigma_d = 0, expected > 0"):
+    # read only where a share of the batch is drawn there
+    assert replace(digits, scd=replace(digits.scd, high_t_from=1.565)).scd.high_t_from == 1.565
+    with pytest.raises(ValueError, match=r"^teacher: sigma_d must be > 0, got 0$"):
         replace(digits, sigma_d=0)
 
 

@@ -15,7 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from backends.configs import clamping, read_diffusers_folder, schedule_from_config
+from backends.configs import (
+    EDM2_PRESETS,
+    PASSES,
+    PRECISIONS,
+    clamping,
+    read_diffusers_folder,
+    schedule_from_config,
+)  # fmt: skip
 
 from . import checkpoint, data, mirrors
 from .config import PHASES, NetworkConfig, RunConfig
@@ -65,10 +72,8 @@ def argument_parser(doc: str, presets: dict) -> argparse.ArgumentParser:
         help="also mirror metrics.jsonl to tensorboard (the run folder's tensorboard/) or wandb "
         "(offline, in its wandb/); repeat for both",
     )
-    parser.add_argument("--precision", choices=("float32", "bfloat16", "float16"))
-    parser.add_argument(
-        "--passes", choices=("separate", "fused", "compiled"), help="how sCM steps run the tangent"
-    )
+    parser.add_argument("--precision", choices=PRECISIONS)
+    parser.add_argument("--passes", choices=PASSES, help="how sCM steps run the tangent")
     parser.add_argument("--seed", type=int)
     parser.add_argument(
         "--parallel",
@@ -175,9 +180,6 @@ def start(
 def _start(
     args: argparse.Namespace, presets: dict, check: Callable[..., Any] | None
 ) -> tuple[RunConfig, Run]:
-    for flag, value in (("--log-every", args.log_every), ("--micro-batches", args.micro_batches)):
-        if value is not None and value < 1:
-            raise ValueError(f"{flag} must be at least 1, got {value}")
     if args.resume is not None:
         config_path = args.resume / "config.json"
         if not config_path.exists():
@@ -196,7 +198,7 @@ def _start(
         config = replace(config, data=args.data)
     if args.network is not None:
         kind, _, size = args.network.partition(":")
-        sizes = ("tiny", "S", "M", "L", "XL", "XXL")
+        sizes = tuple(EDM2_PRESETS)
         if (
             kind not in ("mlp", "ddpmpp", "edm2")
             or (kind == "edm2") != (size in sizes)
@@ -217,9 +219,10 @@ def _start(
         if args.guidance_max is not None and OBJECTIVES[phase].distilled:
             updates["guidance_max"] = args.guidance_max
         try:
-            config = replace(config, **{phase: replace(getattr(config, phase), **updates)})
+            updated = replace(getattr(config, phase), **updates)
         except ValueError as error:
             raise ValueError(f"{phase}: {error}") from None
+        config = replace(config, **{phase: updated})  # RunConfig names the phase of a bad setting
     evaluation = {"num": args.eval_num, "seeds": args.eval_seeds, "metric": args.metric}
     evaluation["feature_weights"] = args.feature_weights
     evaluation["vae"] = args.vae

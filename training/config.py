@@ -13,12 +13,22 @@ the teacher with Heun's sampler and the consistency models with 1 and 2 steps.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from trigcore import schedule
+from backends.configs import SIGMA_D
+
+
+def _refuse(config: Any, checks: dict[str, tuple[bool, str]]) -> None:
+    """Raise one ValueError naming each field of `config` whose check (ok, expected) fails."""
+    bad = [
+        f"{name} = {getattr(config, name)!r}, expected {expected}"
+        for name, (ok, expected) in checks.items()
+        if not ok
+    ]
+    if bad:
+        raise ValueError("; ".join(bad))
 
 
 @dataclass(frozen=True)
@@ -53,26 +63,29 @@ class PhaseConfig:
     ema_use: float = 0.0  # σ_rel that is evaluated and passed on, reconstructed post hoc from the
     # snapshots when not tracked; 0: the half-life EMA (or the weights themselves without one)
     snapshot_every: int = 0  # steps between power-EMA snapshots (0: at checkpoints only)
-    label_dropout: float = 0.0  # teacher: drop the class so it also learns p(x) (CFG)
-    P_mean: float = -0.8  # log-normal proposal of σ = σ_d tan t
-    P_std: float = 1.6
+    # The loss's settings: None takes the loss's own default (`backends.configs`: DiffusionConfig
+    # for the teacher, SCMConfig for the consistency phases, VSDConfig for aVSD), which also
+    # checks them when the run's config is made
+    label_dropout: float | None = None  # teacher: drop the class so it also learns p(x) (CFG)
+    P_mean: float | None = None  # log-normal proposal of σ = σ_d tan t
+    P_std: float | None = None
     # sCT and sCD: a share of each batch at t ~ U[high_t_from, t_max) instead, where one-step
     # sampling starts (`schedule.t_with_high_share`; README: the digits-ddpm run)
-    high_t_share: float = 0.0
-    high_t_from: float = 1.4
-    warmup_steps: int = 10000  # sCM: tangent warmup H (§4.2)
+    high_t_share: float | None = None
+    high_t_from: float | None = None
+    warmup_steps: int | None = None  # sCM: tangent warmup H (§4.2)
     # sCM: the tangent's normalisation (§4.2): "normalize" (g/(‖g‖ + c)), "clip" or "none"
-    tangent: str = "normalize"
-    tangent_c: float = 0.1  # c
-    guidance_max: float = 1.0  # distillation: CFG scales s ~ U[1, guidance_max] (G.2)
+    tangent: str | None = None
+    tangent_c: float | None = None  # c
+    guidance_max: float | None = None  # distillation: CFG scales s ~ U[1, guidance_max] (G.2)
     discrete_steps: int = 1024  # dsCD: N intervals of the discrete grid (Alg. 2, Fig. 5c)
     # sCD + aVSD (App. C.2, Table 4): λ_VSD and the proposals of L_VSD(θ) and L_Diff(φ); F_φ
     # starts from the teacher, trains at the phase's rate and keeps no EMA
     vsd_weight: float = 1.0
-    vsd_P_mean: float = 0.4
-    vsd_P_std: float = 2.0
-    fake_P_mean: float = -0.8
-    fake_P_std: float = 1.6
+    vsd_P_mean: float | None = None
+    vsd_P_std: float | None = None
+    fake_P_mean: float | None = None
+    fake_P_std: float | None = None
     fake_dropout: float = 0.0
     checkpoint_every: int = 500  # steps between checkpoints (and at the end)
 
@@ -80,24 +93,15 @@ class PhaseConfig:
         checks = {
             "init": (self.init in ("teacher", "scratch"), "'teacher' or 'scratch'"),
             "optimizer": (self.optimizer in ("adam", "radam"), "'adam' or 'radam'"),
-            "tangent": (self.tangent in ("normalize", "clip", "none"), "'normalize', 'clip' or 'none'"),
-            "tangent_c": (self.tangent_c > 0, "> 0"),
             "steps": (self.steps >= 0, "≥ 0"),
             "batch": (self.batch >= 1, "≥ 1"),
             "checkpoint_every": (self.checkpoint_every >= 1, "≥ 1"),
             "ema_use": (self.ema_use == 0 or 0 < self.ema_use < 0.2, "0 or in (0, 0.2)"),
             "dropout": (0 <= self.dropout < 1, "in [0, 1)"),
-            "guidance_max": (self.guidance_max >= 1, "≥ 1"),
-            "high_t_share": (0 <= self.high_t_share <= 1, "in [0, 1]"),
-            "high_t_from": (0 <= self.high_t_from < math.pi / 2, "in [0, π/2)"),
+            "fake_dropout": (0 <= self.fake_dropout < 1, "in [0, 1)"),
+            "discrete_steps": (self.discrete_steps >= 1, "≥ 1"),
         }
-        bad = [
-            f"{name} = {getattr(self, name)!r}, expected {expected}"
-            for name, (ok, expected) in checks.items()
-            if not ok
-        ]
-        if bad:
-            raise ValueError("; ".join(bad))
+        _refuse(self, checks)
 
 
 @dataclass(frozen=True)
@@ -151,7 +155,7 @@ class RunConfig:
     scd_avsd: PhaseConfig = PhaseConfig(steps=0)  # sCD + λ_VSD·aVSD (App. C.2)
     dscd: PhaseConfig = PhaseConfig(steps=0)  # discrete-time sCD (Alg. 2)
     eval: EvalConfig = EvalConfig()
-    sigma_d: float = 0.5  # data standard deviation
+    sigma_d: float = SIGMA_D  # data standard deviation
     precision: str = "float32"  # network calls: float32, bfloat16 or float16 (with loss scaling)
     passes: str = "separate"  # sCM passes: "separate", "fused" or "compiled" (steps.SCMConfig)
     parallel: str = "ddp"  # several processes: "ddp" (replicated) or "fsdp" (FSDP2, sharded)
@@ -164,16 +168,15 @@ class RunConfig:
     teacher_pretrained: str = ""  # "diffusers:FOLDER": a pretrained teacher (its phase is skipped)
 
     def __post_init__(self) -> None:
-        if not self.sigma_d > 0:
-            raise ValueError(f"sigma_d = {self.sigma_d!r}, expected > 0")
-        top = schedule.t_max(self.sigma_d)
-        bad = [
-            f"{name}.high_t_from = {phase.high_t_from}, expected < t_max = {top:.4f}"
-            for name in PHASES
-            if (phase := getattr(self, name)).high_t_share and phase.high_t_from >= top
-        ]
-        if bad:
-            raise ValueError("; ".join(bad))
+        from .objectives import check  # the table of objectives reads this module
+
+        checks = {
+            "parallel": (self.parallel in ("ddp", "fsdp"), "'ddp' or 'fsdp'"),
+            "micro_batches": (self.micro_batches >= 1, "≥ 1"),
+            "log_every": (self.log_every >= 1, "≥ 1"),
+        }
+        _refuse(self, checks)
+        check(self)  # the phases' loss settings, the run's σ_d, precision and passes among them
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from backends.configs import SIGMA_D
+
 from .toy import ring
 
 if TYPE_CHECKING:
@@ -266,7 +268,7 @@ def load_zip(path: Path, resolution: int | None = None) -> Dataset:
     return from_arrays(str(path), x, np.array([pairs[n] for n in names]))
 
 
-def load_latents(path: Path, sigma_d: float = 0.5, scaling: tuple[float, float] | None = None) -> Dataset:
+def load_latents(path: Path, sigma_d: float = SIGMA_D, scaling: tuple[float, float] | None = None) -> Dataset:
     """SD-VAE latents (N, 4, h, w), raw, normalised per batch as in App. G.1:
     (latent − μ_c)·σ_d/σ_c per channel; or, with a pretrained model's VAE `scaling` = (scaling
     factor, shift factor), as that model saw them in training, (latent − shift)·scaling, with

@@ -25,12 +25,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from backends.configs import SIGMA_D
 from training.toy import F_fn_from_denoiser, GaussianMixture, ring
 from trigcore.flow import F_from_denoiser, pf_ode
 from trigcore.samplers import METHODS, ddim_step, sample_consistency, sample_ode
 from trigcore.schedule import t_max, trigflow_timesteps
 
-SIGMA_D = 0.5  # data standard deviation, as in EDM and the paper
 TARGET_NFE = (5, 10, 20, 40)  # model evaluations per sample to compare the methods at
 REFERENCE_STEP = 0.01  # RK4 step of the reference solve: 157 steps from t_max, error < 1e-6
 T_EPS = 1e-4  # the reference stops here, then takes one DDIM step to 0 (F is undefined at t = 0)

@@ -22,33 +22,41 @@ from backends.configs import DiffusionConfig, SCMConfig, VSDConfig
 from .config import PHASES, PhaseConfig, RunConfig
 
 
+def _given(**settings: Any) -> dict[str, Any]:
+    """The settings a phase gives; the others keep the loss's own defaults."""
+    return {name: value for name, value in settings.items() if value is not None}
+
+
 def diffusion_settings(config: RunConfig, phase: PhaseConfig) -> DiffusionConfig:
     """Eq. 4's settings (the teacher's diffusion loss with adaptive weighting)."""
-    return DiffusionConfig(config.sigma_d, phase.P_mean, phase.P_std, phase.label_dropout, config.precision)
+    return DiffusionConfig(
+        **_given(
+            sigma_d=config.sigma_d, P_mean=phase.P_mean, P_std=phase.P_std, label_dropout=phase.label_dropout,
+            precision=config.precision,
+        )
+    )  # fmt: skip
 
 
 def scm_settings(config: RunConfig, phase: PhaseConfig) -> SCMConfig:
     """Algorithm 1's settings (and Algorithm 2's: dsCD takes the same)."""
     return SCMConfig(
-        config.sigma_d,
-        phase.P_mean,
-        phase.P_std,
-        high_t_share=phase.high_t_share,
-        high_t_from=phase.high_t_from,
-        tangent=phase.tangent,
-        c=phase.tangent_c,
-        warmup_steps=phase.warmup_steps,
-        guidance_max=phase.guidance_max,
-        precision=config.precision,
-        passes=config.passes,
-    )
+        **_given(
+            sigma_d=config.sigma_d, P_mean=phase.P_mean, P_std=phase.P_std, high_t_share=phase.high_t_share,
+            high_t_from=phase.high_t_from, tangent=phase.tangent, c=phase.tangent_c,
+            warmup_steps=phase.warmup_steps, guidance_max=phase.guidance_max, precision=config.precision,
+            passes=config.passes,
+        )
+    )  # fmt: skip
 
 
 def vsd_settings(config: RunConfig, phase: PhaseConfig) -> VSDConfig:
     """aVSD's settings (App. C.2, Table 4) for an sCD + aVSD phase."""
     return VSDConfig(
-        config.sigma_d, phase.vsd_P_mean, phase.vsd_P_std, phase.fake_P_mean, phase.fake_P_std,
-        phase.guidance_max, config.precision,
+        **_given(
+            sigma_d=config.sigma_d, P_mean=phase.vsd_P_mean, P_std=phase.vsd_P_std,
+            fake_P_mean=phase.fake_P_mean, fake_P_std=phase.fake_P_std, guidance_max=phase.guidance_max,
+            precision=config.precision,
+        )
     )  # fmt: skip
 
 
@@ -77,9 +85,22 @@ def loss_settings(name: str, config: RunConfig) -> Any:
     return OBJECTIVES[name].settings(config, getattr(config, name))
 
 
+def check(config: RunConfig) -> None:
+    """Build every phase's loss settings, so that each refuses its bad values, named with the
+    phase: the settings' dataclasses hold the checks."""
+    for name, objective in OBJECTIVES.items():
+        phase = getattr(config, name)
+        try:
+            objective.settings(config, phase)
+            if objective.avsd:
+                vsd_settings(config, phase)
+        except ValueError as error:
+            raise ValueError(f"{name}: {error}") from None
+
+
 def takes_guidance(config: RunConfig, name: str) -> bool:
     """Whether the phase's network takes the CFG scale as an input (distillation with CFG, G.2)."""
-    return OBJECTIVES[name].distilled and getattr(config, name).guidance_max > 1
+    return OBJECTIVES[name].distilled and loss_settings(name, config).guidance_max > 1
 
 
 def starts_from_teacher(name: str, phase: PhaseConfig) -> bool:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from array_api_compat import array_namespace, device
 
+from backends.configs import SIGMA_D
 from trigcore.flow import F_from_denoiser
 
 Array = Any
@@ -127,7 +128,7 @@ def _softmax(logits: Array, xp: Any) -> Array:
     return weights / xp.sum(weights, axis=-1, keepdims=True)
 
 
-def ring(num_modes: int = 8, sigma_d: float = 0.5, std: float = 0.08) -> GaussianMixture:
+def ring(num_modes: int = 8, sigma_d: float = SIGMA_D, std: float = 0.08) -> GaussianMixture:
     """`num_modes` equal Gaussians on a circle, its radius chosen so the data std is σ_d."""
     radius = np.sqrt(2 * (sigma_d**2 - std**2))  # per-coordinate variance: radius²/2 + std²
     angle = 2 * np.pi * np.arange(num_modes) / num_modes

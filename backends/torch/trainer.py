@@ -198,7 +198,7 @@ class TorchTrainer:
         if self.objective.teaches and config.network.kind == "diffusers":  # trained as diffusers trains it
             from backends.torch.pretrained import NativeLoss
 
-            self.settings = NativeLoss(config.network.options["scheduler"], phase.label_dropout)
+            self.settings = NativeLoss(config.network.options["scheduler"], self.settings.label_dropout)
 
     def weights(self) -> torch.nn.Module:
         return self.network

@@ -73,7 +73,18 @@ def bench(session: nox.Session) -> None:
     install(session, "torch,jax,train,metrics,log,dev")
     session.run("python", "benchmarks/overhead.py", *session.posargs)
     quick = "--quick" in session.posargs
-    kinds = ["--repeats", "3", "--kinds", "teacher", "sct", "scd", "sct-fused", "scd-fused"]
+    kinds = [
+        "--repeats",
+        "3",
+        "--kinds",
+        "teacher",
+        "sct",
+        "scd",
+        "sct-fused",
+        "scd-fused",
+        "scd-semi",
+        "scd-fd",
+    ]
     session.run("python", "benchmarks/steps.py", *(kinds if quick else []))
     session.run(
         "python", "benchmarks/jax_vs_torch.py", *(["--rounds", "1", "--repeats", "5"] if quick else [])

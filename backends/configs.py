@@ -33,6 +33,8 @@ SIGMA_D = 0.5  # the data's standard deviation σ_d (§2), as EDM and the paper'
 PRECISIONS = ("float32", "bfloat16", "float16")  # network calls (§5.1: fp16 with loss scaling)
 TANGENTS = ("normalize", "clip", "none")  # the tangent's normalisation (§4.2)
 PASSES = ("separate", "fused", "compiled")  # how an sCM step runs its tangent pass
+DERIVATIVES = ("jvp", "semi", "fd")  # how an sCM step takes dF/dt (`autodiff.tangent_pass`)
+DERIVATIVE_H = 0.01  # the step in t of the "semi" and "fd" derivatives' central differences
 
 
 def _refuse(**checks: tuple[Any, bool, str]) -> None:
@@ -92,6 +94,11 @@ class SCMConfig:
     # separate, the tangent pass through torch.compile (autodiff.tangent_pass, BENCHMARKS.md).
     # JAX runs all three as one jitted program, in which XLA shares what the passes have in common
     passes: str = "separate"
+    # dF⁻/dt: "jvp" (forward-mode AD, exact), "semi" (forward mode along dx_t/dt, a central
+    # difference in t) or "fd" (a central difference along (dx_t/dt, 1): no forward mode), the
+    # differences with step `derivative_h` in t (error O(h²), `tangent.difference_jvp`)
+    derivative: str = "jvp"
+    derivative_h: float = DERIVATIVE_H
 
     def __post_init__(self) -> None:
         _refuse(**_shared(self.sigma_d, self.precision))  # t_max needs a valid σ_d
@@ -110,6 +117,8 @@ class SCMConfig:
             warmup_steps=(self.warmup_steps, self.warmup_steps >= 0, ">= 0"),
             guidance_max=(self.guidance_max, self.guidance_max >= 1, ">= 1"),
             passes=(self.passes, self.passes in PASSES, _one_of(PASSES)),
+            derivative=(self.derivative, self.derivative in DERIVATIVES, _one_of(DERIVATIVES)),
+            derivative_h=(self.derivative_h, 0 < self.derivative_h <= 0.1, "in (0, 0.1]"),
         )
 
 
@@ -130,6 +139,17 @@ class VSDConfig:
             fake_P_std=(self.fake_P_std, self.fake_P_std > 0, "> 0"),
             guidance_max=(self.guidance_max, self.guidance_max >= 1, ">= 1"),
         )
+
+
+def no_forward_rule(derivative: str, error: Exception) -> ValueError:
+    """The refusal of a network that forward-mode AD cannot go through (an operation without a
+    forward-mode rule), naming the derivative that needs none."""
+    first = str(error).strip().splitlines()[0]
+    return ValueError(
+        f"derivative {derivative!r} needs forward-mode AD through the network, and an operation in it "
+        f"has no forward-mode rule ({first}); train with derivative 'fd' (--derivative fd), which takes "
+        "dF/dt by finite differences"
+    )
 
 
 def multistep_times(segments: int, sigma_d: float) -> list[float]:

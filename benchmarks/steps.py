@@ -3,8 +3,10 @@ same network and batch (the paper reports about 2× for sCD; goals: sCD ≤ 1.8�
 with each of the backend's ways of making the passes (`SCMConfig.passes`): "separate" (a
 forward-AD dual-tensor pass without a graph, then F_θ with one), "fused" (one dual-tensor pass with
 autograd on, F_θ its primal) and "compiled" (separate, the tangent pass through torch.compile,
-whose compile time is left out of the timing: the warmup steps absorb it); and the separate
-tangent pass with dual tensors against torch.func.jvp.
+whose compile time is left out of the timing: the warmup steps absorb it); the separate passes
+with the other derivatives (`SCMConfig.derivative`): "semi" (forward mode in x, a central
+difference in t) and "fd" (central differences only); and the separate tangent pass with dual
+tensors against torch.func.jvp.
 
 Each measurement runs in a fresh process, so the peak memory of one kind of step is not hidden
 by another's; with --rounds N every kind is measured N times, the kinds taking turns, and the
@@ -32,7 +34,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = ("teacher", "sct", "scd", "sct-fused", "scd-fused", "sct-compiled", "scd-compiled")
+KINDS = (
+    "teacher", "sct", "scd", "sct-fused", "scd-fused", "sct-compiled", "scd-compiled", "sct-semi", "scd-semi",
+    "sct-fd", "scd-fd",
+)  # fmt: skip
 
 
 def _rss_bytes() -> int:
@@ -104,7 +109,7 @@ def measure_step(args: argparse.Namespace) -> dict:
     torch, device, net, batch = _setup(args)
     from backends.torch import optim, steps
 
-    kind, _, fused = args.measure.partition("-")
+    kind, _, way = args.measure.partition("-")
     teacher = copy.deepcopy(net).eval() if kind == "scd" else None
     optimizer = optim.make_optimizer(net.parameters(), lr=1e-4)
     if args.measure == "teacher":
@@ -113,7 +118,9 @@ def measure_step(args: argparse.Namespace) -> dict:
         def loss_fn(step: int):
             return steps.diffusion_loss(net, batch, config)[0]
     else:
-        config = steps.SCMConfig(precision=args.precision, passes=fused or "separate")
+        passes = way if way in ("fused", "compiled") else "separate"
+        derivative = way if way in ("semi", "fd") else "jvp"
+        config = steps.SCMConfig(precision=args.precision, passes=passes, derivative=derivative)
 
         def loss_fn(step: int):
             return steps.scm_loss(net, batch, config, step, teacher)[0]

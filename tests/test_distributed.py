@@ -189,7 +189,8 @@ def test_when_a_node_dies_the_other_stops_at_once_and_the_run_resumes_on_one(tmp
 @pytest.mark.slow
 def test_fsdp2_shards_the_separate_passes_but_not_the_fused_ones(tmp_path: Path) -> None:
     """What README.md says of FSDP2 in this torch version: every process sees the same batch,
-    so the sharded step must give the unsharded loss and gradients exactly."""
+    so the sharded step must give the unsharded loss and gradients exactly (also an sCD step
+    with the "fd" derivative)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
@@ -200,10 +201,15 @@ def test_fsdp2_shards_the_separate_passes_but_not_the_fused_ones(tmp_path: Path)
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    results = {r["passes"]: r for r in map(json.loads, done.stdout.splitlines())}
-    separate, fused = results["separate"], results["fused"]
-    assert separate["loss"] == pytest.approx(separate["expected"], rel=1e-6) and separate["grad_error"] < 1e-5
-    assert "custom Function's forward is returning a view" in fused["error"]
+    results = {r["way"]: r for r in map(json.loads, done.stdout.splitlines())}
+    separate, fused, fd = results["separate"], results["fused"], results["scd fd"]
+    for result in (separate, fd):  # the "fd" derivative's sCD step too: no forward mode at all
+        assert result["loss"] == pytest.approx(result["expected"], rel=1e-6) and result["grad_error"] < 1e-5
+    assert fd["loss"] != separate["loss"]
+    assert (
+        "custom Function's forward is returning a view" in fused["error"]
+        and "--derivative fd" in fused["error"]
+    )
 
 
 @pytest.mark.slow

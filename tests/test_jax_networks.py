@@ -155,6 +155,46 @@ def test_float64_agrees_with_torch(nets: tuple) -> None:
     assert max(errors.values()) < 1e-10, max(errors.items(), key=lambda item: item[1])
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["mlp", pytest.param("edm2", marks=pytest.mark.slow), pytest.param("ddpmpp", marks=pytest.mark.slow)],
+)
+def test_semi_and_fd_tend_to_the_jvp_with_error_of_order_h_squared(name: str) -> None:
+    """In float64, each network's tangent-pass output by "semi" and by "fd" (central differences
+    of step h in t) differs from the exact JVP's by O(h²): the error falls about 4× when h halves,
+    in both backends (the U-Nets' seven compiles put them in the slow tier)."""
+    from backends.jax import autodiff as jax_autodiff
+    from backends.torch import autodiff as torch_autodiff
+
+    torch_net = _torch_net(name)
+    jax_net = _jax_net(name, torch_net.state_dict())
+    a = _inputs(name, batch=3)
+    a["t"] = np.array([0.05, 0.8, 1.5])  # one near each end of [0, t_max) and one inside
+    A = {k: torch.from_numpy(v) for k, v in a.items()}
+    graphdef, params = nnx.split(jax_net)
+
+    @functools.partial(jit, static_argnames=("derivative", "h"))
+    def jax_pass(params: nnx.State, derivative: str, h: float) -> jax.Array:
+        net = nnx.merge(graphdef, params)
+        F = lambda u, t: net(u, t, a["labels"], a["guidance"])  # noqa: E731
+        x, t, v = (jnp.asarray(a[k]) for k in ("x", "t", "tx"))
+        return jax_autodiff.tangent_pass(F, x, t, v, 0.5, derivative=derivative, h=h)[1]
+
+    def torch_pass(derivative: str, h: float) -> torch.Tensor:
+        F = lambda u, t: torch_net(u, t, A["labels"], A["guidance"])  # noqa: E731
+        return torch_autodiff.tangent_pass(F, A["x"], A["t"], A["tx"], 0.5, derivative=derivative, h=h)[1]
+
+    for tangent_pass in (torch_pass, functools.partial(jax_pass, params)):
+        exact = np.asarray(tangent_pass("jvp", 0.01))
+        for derivative in ("semi", "fd"):
+            errors = [
+                np.abs(np.asarray(tangent_pass(derivative, h)) - exact).max() for h in (0.04, 0.02, 0.01)
+            ]
+            ratios = [coarse / fine for coarse, fine in zip(errors, errors[1:])]
+            assert errors[-1] < 1e-3 * np.abs(exact).max(), (derivative, errors)
+            assert all(3.5 < ratio < 4.5 for ratio in ratios), (name, derivative, errors, ratios)
+
+
 def test_float32_dropout_and_jit(nets: tuple) -> None:
     """float32 F under jax.jit agrees with torch's (eval mode) to ~1e-5, so no key means no
     dropout; a key switches it on, the same key giving the same masks."""

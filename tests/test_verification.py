@@ -24,6 +24,7 @@ MUTANTS = [
     ("tangent", "tangent_target", None),
     ("tangent", "jvp_tangents", 0),
     ("tangent", "jvp_tangents", 1),
+    ("tangent", "difference_jvp", None),
     ("flow", "denoise", None),
     ("convert", "edm_preconditioning", 0),
     ("convert", "edm_preconditioning", 1),

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from backends.configs import (
+    DERIVATIVES,
     EDM2_PRESETS,
     PASSES,
     PRECISIONS,
@@ -94,6 +95,15 @@ def argument_parser(doc: str, presets: dict) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--guidance-max", type=float, metavar="S", help="distilled phases: CFG scales U[1, S] (1: no CFG)"
+    )
+    parser.add_argument(
+        "--derivative",
+        choices=DERIVATIVES,
+        help="sCT, sCD (+ aVSD): dF/dt by forward-mode AD (jvp), forward mode in x and a central "
+        "difference in t (semi), or central differences only (fd: networks without forward-mode rules)",
+    )
+    parser.add_argument(
+        "--derivative-h", type=float, metavar="H", help="semi, fd: the central differences' step in t"
     )
     parser.add_argument(
         "--metric", choices=("auto", "fid", "fd_dinov2"), help="sample-quality metric (auto: by the data)"
@@ -218,6 +228,9 @@ def _start(
             updates["checkpoint_every"] = args.checkpoint_every
         if args.guidance_max is not None and OBJECTIVES[phase].distilled:
             updates["guidance_max"] = args.guidance_max
+        for key in ("derivative", "derivative_h"):
+            if getattr(args, key) is not None and OBJECTIVES[phase].derivative:
+                updates[key] = getattr(args, key)
         try:
             updated = replace(getattr(config, phase), **updates)
         except ValueError as error:

@@ -78,6 +78,10 @@ class PhaseConfig:
     tangent: str | None = None
     tangent_c: float | None = None  # c
     guidance_max: float | None = None  # distillation: CFG scales s ~ U[1, guidance_max] (G.2)
+    # sCT, sCD (+ aVSD): how dF⁻/dt is taken: "jvp" (forward-mode AD), "semi" (forward mode in x,
+    # a central difference in t) or "fd" (central differences only), the differences' step in t
+    derivative: str | None = None
+    derivative_h: float | None = None
     discrete_steps: int = 1024  # dsCD: N intervals of the discrete grid (Alg. 2, Fig. 5c)
     # sCD + aVSD (App. C.2, Table 4): λ_VSD and the proposals of L_VSD(θ) and L_Diff(φ); F_φ
     # starts from the teacher, trains at the phase's rate and keeps no EMA

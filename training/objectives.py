@@ -44,7 +44,7 @@ def scm_settings(config: RunConfig, phase: PhaseConfig) -> SCMConfig:
             sigma_d=config.sigma_d, P_mean=phase.P_mean, P_std=phase.P_std, high_t_share=phase.high_t_share,
             high_t_from=phase.high_t_from, tangent=phase.tangent, c=phase.tangent_c,
             warmup_steps=phase.warmup_steps, guidance_max=phase.guidance_max, precision=config.precision,
-            passes=config.passes,
+            passes=config.passes, derivative=phase.derivative, derivative_h=phase.derivative_h,
         )
     )  # fmt: skip
 
@@ -68,14 +68,20 @@ class Objective:
     distilled: bool  # learns from the teacher's PF-ODE: a CFG scale can guide it (G.2)
     sampler: str  # "ode" (its PF-ODE, Heun's method) or "consistency" (K-step CM sampling)
     avsd: bool = False  # extra state: aVSD's fake score F_φ and adaptive weight w_ψ (App. C.2)
+    # its target takes the time derivative dF⁻/dt, by the phase's `derivative` (jvp, semi, fd)
+    derivative: bool = True
 
 
 OBJECTIVES: dict[str, Objective] = {
-    "teacher": Objective("diffusion", diffusion_settings, teaches=True, distilled=False, sampler="ode"),
+    "teacher": Objective(
+        "diffusion", diffusion_settings, teaches=True, distilled=False, sampler="ode", derivative=False
+    ),
     "scd": Objective("scm", scm_settings, teaches=False, distilled=True, sampler="consistency"),
     "sct": Objective("scm", scm_settings, teaches=False, distilled=False, sampler="consistency"),
     "scd_avsd": Objective("scm_avsd", scm_settings, False, distilled=True, sampler="consistency", avsd=True),
-    "dscd": Objective("discrete_scm", scm_settings, teaches=False, distilled=True, sampler="consistency"),
+    "dscd": Objective(
+        "discrete_scm", scm_settings, teaches=False, distilled=True, sampler="consistency", derivative=False
+    ),
 }
 TEACHER = next(name for name, objective in OBJECTIVES.items() if objective.teaches)
 
@@ -94,6 +100,9 @@ def check(config: RunConfig) -> None:
             objective.settings(config, phase)
             if objective.avsd:
                 vsd_settings(config, phase)
+            given = [k for k in ("derivative", "derivative_h") if getattr(phase, k) is not None]
+            if given and not objective.derivative:
+                raise ValueError(f"{' and '.join(given)} given, but this phase's target takes no dF/dt")
         except ValueError as error:
             raise ValueError(f"{name}: {error}") from None
 

@@ -46,6 +46,46 @@ def jvp_tangents(x_t: Array, t: Any, dxdt: Array, sigma_d: Any, *, xp: Any = Non
     return per_sample("t", cos_sin_t, x_t, xp) * dxdt, cos_sin_t * sigma_d
 
 
+def difference_points(
+    x_t: Array, t: Any, dxdt: Array, h: float, t_range: tuple = (0.0, math.pi / 2), *, xp: Any = None
+) -> tuple:
+    """The two points of a central difference of F along the path (x_t + τ·dx_t/dt, t + τ):
+    t± = t ± h clipped into `t_range` (but never past t itself), x± = x_t + (t± − t)·dx_t/dt.
+    Returns (x₊, t₊, x₋, t₋).
+
+    With dx_t/dt = 0 the points differ in t alone (the "semi" derivative). Within h of an end of
+    `t_range` (or beyond it) the difference is one-sided, of error O(h); there cos t·sin t, which
+    multiplies it in the target (`difference_jvp`), is itself O(h) when the range is [0, π/2].
+    """
+    xp, _ = prepare({"x_t": x_t, "dxdt": dxdt}, t=t, xp=xp)
+    require_positive("h", h, xp)
+    lo, hi = t_range
+    if not lo < hi:
+        raise ValueError(f"t_range must be (low, high) with low < high, got {t_range}")
+    t = like(t, x_t, xp)
+    t_plus = xp.maximum(xp.clip(t + h, min=lo, max=hi), t)
+    t_minus = xp.minimum(xp.clip(t - h, min=lo, max=hi), t)
+    step = lambda t_end: per_sample("t", t_end - t, x_t, xp) * dxdt  # noqa: E731
+    return x_t + step(t_plus), t_plus, x_t + step(t_minus), t_minus
+
+
+def difference_jvp(
+    F_plus: Array, F_minus: Array, t_plus: Any, t_minus: Any, t: Any, sigma_d: Any, *, xp: Any = None
+) -> Array:
+    """σ_d·cos t·sin t·(F₊ − F₋)/(t₊ − t₋): the stand-in for the JVP along `jvp_tangents` from F
+    at the two `difference_points` (F₊ = F(x₊/σ_d, t₊), F₋ = F(x₋/σ_d, t₋)).
+
+    Along (dx_t/dt, 1) it tends to σ_d cos t sin t·dF/dt with error O(h²) (the "fd" derivative);
+    along (0, 1) to σ_d cos t sin t·∂F/∂t, to which the JVP along (cos t sin t·dx_t/dt, 0) adds the
+    rest (the "semi" derivative). `t` is the time of the cos/sin factors (t − s for a multistep
+    CM's segment starting at s), t± the network's.
+    """
+    xp, t_b = prepare({"F_plus": F_plus, "F_minus": F_minus}, t=t, sigma_d=sigma_d, xp=xp)
+    cos, sin = cos_sin(t_b, xp)
+    width = per_sample("t_plus", t_plus, F_plus, xp) - per_sample("t_minus", t_minus, F_plus, xp)
+    return sigma_d * cos * sin * (F_plus - F_minus) / width
+
+
 def tangent_target(
     x_t: Array,
     t: Any,

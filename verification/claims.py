@@ -936,3 +936,66 @@ def native_parameterisations() -> None:
         PATH_INPUTS,
         lambda b, a: native.F_from_prediction(a["x"], a["t"], a["v"], a["sigma_d"], "vp", "v_prediction"),
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# 15. The time derivative without forward-mode AD: central differences along the JVP's direction
+
+
+def _along(F, dxdt: Any) -> Any:
+    """G(ε) = F((x + ε·dxdt)/σ_d, t + ε), the network along the path the difference steps on."""
+    return F((x + eps * dxdt) / sigma_d, t + eps)
+
+
+def _by_difference(F, dxdt: Any, t_range: tuple, xp: Any, x_, t_, sd, step) -> Any:
+    """tangent.difference_jvp at tangent.difference_points along (dxdt, 1), step h."""
+    x_p, t_p, x_m, t_m = tangent.difference_points(x_, t_, dxdt, step, t_range, xp=xp)
+    return tangent.difference_jvp(F(x_p / sd, t_p), F(x_m / sd, t_m), t_p, t_m, t_, sd, xp=xp)
+
+
+eps = sp.Symbol("epsilon", real=True)
+
+
+@claim(
+    "fd: tangent.difference_jvp along (dx/dt, 1) = the JVP + σ_d cos t sin t·h²/6·d³F/dt³ + O(h⁴); "
+    "semi (the JVP in x, the difference in t) likewise with ∂³F/∂t³",
+    "§5.1, Alg. 1",
+)
+def difference_derivatives() -> None:
+    # a quartic: its 3-jet is free, and along a line its central difference has no h⁴ term, so
+    # the identities below are every smooth network's expansion to O(h⁴)
+    F = generic_network("F", 2, degree=4)
+    exact, _ = _jvp_sides(F)  # σ_d cos t sin t·dF/dt, the JVP along tangent.jvp_tangents
+    factor = sigma_d * sp.cos(t) * sp.sin(t) * h**2 / 6
+    third = lambda G: elementwise(lambda e: sp.diff(e, eps, 3).subs(eps, 0), G)  # noqa: E731
+    unbounded = (-sp.oo, sp.oo)  # t ± h inside the range: a symmetric difference
+    fd = _by_difference(F, v, unbounded, X, x, t, sigma_d, h)
+    require_equal(
+        "fd − JVP − σ_d cos t sin t·h²/6·G'''(0) along (dx/dt, 1)", fd - exact, factor * third(_along(F, v))
+    )
+    require_different("fd against the JVP (the h² term is there: the order is exactly 2)", fd, exact)
+    zero = np.zeros_like(v)
+    tx, tt = tangent.jvp_tangents(x, t, v, sigma_d, xp=X)
+    in_x = directional(F, (x / sigma_d, t), (tx, 0 * tt))
+    semi = in_x + _by_difference(F, zero, unbounded, X, x, t, sigma_d, h)
+    require_equal("semi − JVP − σ_d cos t sin t·h²/6·∂³F/∂t³", semi - exact, factor * third(_along(F, zero)))
+
+    # numerically: trigcore on torch and JAX arrays, the default range [0, π/2], h ≤ 0.01
+    exact, _ = _jvp_sides(concrete)
+    inputs = {**PATH_INPUTS, "h": (h, (1e-3, 1e-2))}
+    for name, dxdt, expansion in (
+        ("fd", v, exact + factor * third(_along(concrete, v))),
+        ("semi", zero, exact + factor * third(_along(concrete, zero))),
+    ):
+
+        def computed(b: Autodiff, a: Arrays, dxdt=dxdt, name=name) -> Any:
+            net, range_ = network_in(b.xp), (0.0, math.pi / 2)
+            step = float(a["h"])
+            if name == "fd":
+                return _by_difference(net, a["v"], range_, b.xp, a["x"], a["t"], a["sigma_d"], step)
+            tx, tt = tangent.jvp_tangents(a["x"], a["t"], a["v"], a["sigma_d"])
+            _, jvp_x = b.jvp(net, (a["x"] / a["sigma_d"], a["t"]), (tx, 0 * tt))
+            return jvp_x + _by_difference(net, 0 * a["v"], range_, b.xp, a["x"], a["t"], a["sigma_d"], step)
+
+        agree(f"{name}: the JVP + its h² term, against trigcore's difference", expansion, inputs, computed,
+              rtol=1e-6, atol=1e-7)  # fmt: skip

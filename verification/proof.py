@@ -81,17 +81,18 @@ def require(what: str, condition: Any) -> None:
         raise ProofError(f"{what}: {condition}")
 
 
-def generic_network(name: str, dim: int) -> Callable[[Any, Any], Any]:
-    """F(u, τ) for u of shape (B, dim): a quadratic in (u, τ) with independent symbolic
-    coefficients per output. Its value and first derivatives at any point are free symbols, so
-    an identity in F's 1-jet that holds for it holds for every differentiable network."""
+def generic_network(name: str, dim: int, degree: int = 2) -> Callable[[Any, Any], Any]:
+    """F(u, τ) for u of shape (B, dim): a polynomial of `degree` in (u, τ) with independent
+    symbolic coefficients per output. Its value and derivatives up to that order at any point are
+    free symbols, so an identity in F's (degree − 1)-jet that holds for it holds for every
+    differentiable network, and an expansion to that order holds for every smooth one."""
     u = sp.symbols(f"u:{dim}")
     tau = sp.Symbol("tau")
     variables = [*u, tau]
     monomials = [
-        sp.Integer(1),
-        *variables,
-        *(a * b for a, b in itertools.combinations_with_replacement(variables, 2)),
+        sp.Mul(*combination)
+        for k in range(degree + 1)
+        for combination in itertools.combinations_with_replacement(variables, k)
     ]
     polys = [
         sum(c * m for c, m in zip(sp.symbols(f"{name}{i}_:{len(monomials)}", real=True), monomials))

@@ -68,6 +68,10 @@ def maximum(a: Any, b: Any) -> Any:
     return _max2(a, b) if isinstance(a, np.ndarray) or isinstance(b, np.ndarray) else sp.Max(a, b)
 
 
+def minimum(a: Any, b: Any) -> Any:
+    return _min2(a, b) if isinstance(a, np.ndarray) or isinstance(b, np.ndarray) else sp.Min(a, b)
+
+
 def max(x: Any, axis: Any = None, keepdims: bool = False) -> Any:
     return _max2.reduce(x, axis=axis, keepdims=keepdims)
 

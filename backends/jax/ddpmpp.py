@@ -228,13 +228,13 @@ class DDPMpp(LogvarHead, nnx.Module):
         """F; `key` draws the dropout masks (training), none without it."""
         shape = (self.img_channels, self.img_resolution, self.img_resolution)
         t = check_inputs(x, shape, t, class_labels, self.label_dim, guidance, self.map_guidance is not None)
-        emb = self.map_noise(t)  # c_noise(t) = t
+        emb = self.map_noise(t)  # c_noise(t) = t, in t's dtype (`check_inputs`)
         if self.map_label is not None:
-            emb = emb + self.map_label(class_labels.astype(x.dtype))
+            emb = emb + self.map_label(class_labels.astype(t.dtype))
         if self.map_guidance is not None:
-            scale = jnp.broadcast_to(guidance.astype(x.dtype), (x.shape[0],))
+            scale = jnp.broadcast_to(guidance.astype(t.dtype), (x.shape[0],))
             emb = emb + self.map_guidance(self.map_noise(scale))
-        emb = jax.nn.silu(self.map_layer1(jax.nn.silu(self.map_layer0(emb))))
+        emb = jax.nn.silu(self.map_layer1(jax.nn.silu(self.map_layer0(emb)))).astype(x.dtype)
         skips = []
         for i, name in enumerate(self.enc_order):
             layer = self.enc[name]

@@ -221,17 +221,17 @@ class EDM2UNet(LogvarHead, nnx.Module):
         """F; `key` draws the dropout masks (training), none without it."""
         shape = (self.img_channels, self.img_resolution, self.img_resolution)
         t = check_inputs(x, shape, t, class_labels, self.label_dim, guidance, self.emb_guidance is not None)
-        emb = self.emb_noise(self.emb_time(t))  # c_noise(t) = t
+        emb = self.emb_noise(self.emb_time(t))  # c_noise(t) = t, in t's dtype (`check_inputs`)
         if self.emb_label is not None:
             emb = mp_sum(
                 emb,
-                self.emb_label(class_labels.astype(x.dtype) * math.sqrt(self.label_dim)),
+                self.emb_label(class_labels.astype(t.dtype) * math.sqrt(self.label_dim)),
                 t=self.label_balance,
             )
         if self.emb_guidance is not None:
-            scale = jnp.broadcast_to(guidance.astype(x.dtype), (x.shape[0],))
+            scale = jnp.broadcast_to(guidance.astype(t.dtype), (x.shape[0],))
             emb = mp_sum(emb, self.emb_guidance(self.emb_time(scale)), t=0.5)
-        emb = mp_silu(emb)
+        emb = mp_silu(emb).astype(x.dtype)
         x = jnp.concatenate([x, jnp.ones_like(x[:, :1])], axis=1)
         skips = []
         for i, name in enumerate(self.enc_order):

@@ -199,7 +199,11 @@ def check_inputs(
     guidance: jax.Array | None,
     takes_guidance: bool,
 ) -> jax.Array:
-    """Check a network's inputs before any work; returns t as one time per sample in x's dtype."""
+    """Check a network's inputs before any work; returns t as one time per sample in x's dtype,
+    or float32 for bf16/fp16 x: the time path (t, its embedding, the class and guidance
+    embeddings) stays in float32, so that times a small step apart stay apart (a central
+    difference in t, `autodiff.tangent_pass`), and the networks cast the embedding to x's dtype
+    at its end."""
     t = jnp.asarray(t)
     labels_shape = None if class_labels is None else tuple(class_labels.shape)
     check_network_inputs(
@@ -212,7 +216,7 @@ def check_inputs(
         takes_guidance,
     )
     batch = x.shape[0]
-    return jnp.broadcast_to(t.astype(x.dtype), (batch,))
+    return jnp.broadcast_to(t.astype(jnp.promote_types(x.dtype, jnp.float32)), (batch,))
 
 
 def named(state: nnx.State) -> dict[str, jax.Array]:

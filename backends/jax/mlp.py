@@ -62,12 +62,13 @@ class MLP(LogvarHead, nnx.Module):
         t = check_inputs(
             x, (self.dim,), t, class_labels, self.label_dim, guidance, self.emb_guidance is not None
         )
-        emb = self.emb_noise(self.emb_time(t))
+        emb = self.emb_noise(self.emb_time(t))  # in t's dtype: float32 at least (`check_inputs`)
         if self.emb_label is not None:
-            emb = emb + self.emb_label(class_labels.astype(x.dtype))
+            emb = emb + self.emb_label(class_labels.astype(t.dtype))
         if self.emb_guidance is not None:
-            scale = jax.numpy.broadcast_to(guidance.astype(x.dtype), (x.shape[0],))
+            scale = jax.numpy.broadcast_to(guidance.astype(t.dtype), (x.shape[0],))
             emb = emb + self.emb_guidance(self.emb_time(scale))
+        emb = emb.astype(x.dtype)
         h = self.inp(x)
         for i, layer in enumerate(self.hidden):
             h = h + layer(

@@ -166,9 +166,14 @@ def scm_loss(
     start = segment_start(t, boundaries) if boundaries is not None else None
     local = t if start is None else t - start  # the time the CM's coefficients see
     r = tangent.warmup_ratio(step, config.warmup_steps)
-    # one forward-mode pass in the rearranged form of §5.1, finite in fp16 near t = 0, π/2
+    # one forward-mode pass in the rearranged form of §5.1, finite in fp16 near t = 0, π/2 (or
+    # central differences: config.derivative)
+    F_fn = _conditioned(frozen(model), labels, scale, config.precision, key)
+    F_wide = (  # the central differences' evaluations in float32: bf16 rounding / 2h is noise
+        _conditioned(frozen(model), labels, scale, "float32", key) if config.precision != "float32" else None
+    )
     F_minus, jvp_out = tangent_pass(
-        _conditioned(frozen(model), labels, scale, config.precision, key), x_t, t, dxdt, config.sigma_d, start
+        F_fn, x_t, t, dxdt, config.sigma_d, start, config.derivative, config.derivative_h, F_wide
     )
     target = tangent.tangent_target(x_t, local, F_minus, dxdt, jvp_out, config.sigma_d, r)
     g, g_norm = _finish_tangent(target, config)

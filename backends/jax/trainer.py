@@ -24,7 +24,7 @@ from training.config import PHASES, PhaseConfig, RunConfig
 from training.objectives import OBJECTIVES
 from trigcore import lr, samplers
 
-from . import distributed, optim, steps
+from . import autodiff, distributed, optim, steps
 from .layers import AdaptiveWeight, load_state_dict, named, state_dict, with_arrays
 
 # --- networks and their state as numpy -------------------------------------------------------
@@ -143,6 +143,8 @@ class JaxTrainer:
         teacher_graphdef, teacher_params = nnx.split(teacher) if teacher is not None else (None, None)
         self.teacher_params = None if teacher is None else distributed.replicated(context, teacher_params)
         self.step_fn = make_step(self.name, config, phase, self.graphdef, teacher_graphdef, self.tx, vsd)
+        takes = OBJECTIVES[self.name].derivative  # how its loss takes dF/dt, if it does
+        self.derivative = objectives.loss_settings(self.name, config).derivative if takes else "none"
 
     def restore(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
         state = self.state
@@ -164,9 +166,10 @@ class JaxTrainer:
         rate = jnp.float32(lr.edm2_lr(step, phase.lr, phase.lr_decay, phase.lr_rampup))
         batch = _batch(self.train_set, index, self.context)
         self.key, step_key = jax.random.split(self.key)
-        self.state, metrics, finite = self.step_fn(
-            self.state, self.teacher_params, batch, step_key, step, rate
-        )
+        with autodiff.forward_mode(self.derivative):  # JAX refuses forward mode at the first call
+            self.state, metrics, finite = self.step_fn(
+                self.state, self.teacher_params, batch, step_key, step, rate
+            )
         self.params = self.state["trainable"]["model"]
         return bool(finite), metrics
 

@@ -28,7 +28,8 @@ from contextlib import contextmanager
 import torch
 import torch.autograd.forward_ad as fwAD
 
-from trigcore import tangent
+from backends.configs import DERIVATIVE_H, no_forward_rule
+from trigcore import schedule, tangent
 
 
 def tangent_pass(
@@ -41,23 +42,79 @@ def tangent_pass(
     graph: bool = False,
     compiled: bool = False,
     low_precision: bool = False,
+    derivative: str = "jvp",
+    h: float = DERIVATIVE_H,
+    F_wide: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(F_θ⁻(x_t/σ_d, t), σ_d cos t sin t·dF_θ⁻/dt) for F_fn(x/σ_d, t) along dx_t/dt = dxdt.
 
     With `segment_start` s (multistep CMs, which map x_t to x_s) the factors are cos(t−s)·sin(t−s)
     while the network still sees t. With `graph` the first output keeps its autograd graph (it is
-    F_θ); the tangent never does. `compiled` runs the pass through torch.compile."""
+    F_θ); the tangent never does. `compiled` runs the passes through torch.compile.
+
+    `derivative` says how dF/dt is taken: "jvp", one forward-mode pass; "semi", forward mode
+    along dx_t/dt alone plus a central difference in t (two more evaluations); "fd", a central
+    difference along (dx_t/dt, 1), no forward mode at all (`tangent.difference_points`, step h in
+    t). Every evaluation sees the same random draws (dropout masks). The difference's two
+    evaluations use `F_wide` when given: F_fn in float32 where F_fn runs under bf16/fp16
+    autocast, whose rounding of F (about 4e-3 in bf16) divided by 2h would be noise."""
     if graph and compiled:
         raise ValueError("tangent_pass: graph=True and compiled=True cannot be combined")
-    tx, tt = tangent.jvp_tangents(x_t, t if segment_start is None else t - segment_start, dxdt, sigma_d)
-    if compiled:
-        with torch.no_grad():
-            return _compiled(_jvp, _vectorise(x_t, low_precision))(F_fn, (x_t / sigma_d, t), (tx, tt))
-    with torch.set_grad_enabled(graph and torch.is_grad_enabled()), fwAD.dual_level():
-        out = fwAD.unpack_dual(F_fn(fwAD.make_dual(x_t / sigma_d, tx), fwAD.make_dual(t, tt)))
-        if out.tangent is None:  # F does not depend on its inputs at all
-            return out.primal, torch.zeros_like(out.primal)
-        return out.primal, out.tangent.detach()
+    local = t if segment_start is None else t - segment_start
+    tx, tt = tangent.jvp_tangents(x_t, local, dxdt, sigma_d)
+    u = x_t / sigma_d
+    with same_randomness(x_t.device) as replay:
+        if derivative == "fd":
+            F = F_fn(u, t) if graph else no_graph(F_fn, u, t, compiled, low_precision)
+            jvp_out = torch.zeros_like(F)
+        else:
+            F, jvp_out = _forward_mode(
+                F_fn, (u, t), (tx, tt if derivative == "jvp" else torch.zeros_like(tt)), graph, compiled,
+                low_precision, derivative,
+            )  # fmt: skip
+        if derivative != "jvp":
+            along = dxdt if derivative == "fd" else torch.zeros_like(dxdt)
+            points = tangent.difference_points(x_t, t, along, h, (0.0, schedule.t_max(sigma_d)))
+            F_ends, wide_fn = [], F_wide or F_fn
+            for x_end, t_end in (points[:2], points[2:]):
+                replay()
+                F_ends.append(
+                    no_graph(wide_fn, x_end / sigma_d, t_end, compiled, low_precision and F_wide is None)
+                )
+            wide = torch.promote_types(F.dtype, torch.float32)
+            difference = tangent.difference_jvp(
+                *(f.to(wide) for f in F_ends), points[1], points[3], local, sigma_d
+            )
+            jvp_out = jvp_out + difference.to(jvp_out.dtype)
+    return F, jvp_out
+
+
+def _forward_mode(
+    F_fn: Callable,
+    primals: tuple,
+    tangents: tuple,
+    graph: bool,
+    compiled: bool,
+    low_precision: bool,
+    derivative: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """F and its JVP along `tangents` in one forward-mode pass (torch.func.jvp compiled, or dual
+    tensors); an operation without a forward-mode rule is refused with the mode that needs none."""
+    try:
+        if compiled:
+            with torch.no_grad():
+                return _compiled(_jvp, _vectorise(primals[0], low_precision))(F_fn, primals, tangents)
+        with torch.set_grad_enabled(graph and torch.is_grad_enabled()), fwAD.dual_level():
+            duals = (fwAD.make_dual(p, tp) for p, tp in zip(primals, tangents))
+            out = fwAD.unpack_dual(F_fn(*duals))
+            if out.tangent is None:  # F does not depend on its inputs at all
+                return out.primal, torch.zeros_like(out.primal)
+            return out.primal, out.tangent.detach()
+    except (NotImplementedError, RuntimeError) as error:
+        text = str(error).lower()  # torch's refusals of forward mode, not some other failure
+        if not any(k in text for k in ("forward ad", "forward-mode", "forward mode", "jvp")):
+            raise
+        raise no_forward_rule(derivative, error) from None
 
 
 def no_graph(

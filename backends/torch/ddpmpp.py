@@ -25,7 +25,7 @@ import torch
 from torch.nn import functional as F
 
 from .attention import attention
-from .layers import LogvarHead, PositionalEmbedding, check_inputs, pixel_norm, resample
+from .layers import LogvarHead, PositionalEmbedding, check_inputs, pixel_norm, resample, time_path
 
 
 def _conv(cin: int, cout: int, kernel: int, scale: float = 1.0) -> torch.nn.Conv2d:
@@ -181,12 +181,13 @@ class DDPMpp(LogvarHead, torch.nn.Module):
     ) -> torch.Tensor:
         shape = (self.img_channels, self.img_resolution, self.img_resolution)
         t = check_inputs(x, shape, t, class_labels, self.label_dim, guidance, self.map_guidance is not None)
-        emb = self.map_noise(t)  # c_noise(t) = t
-        if self.map_label is not None:
-            emb = emb + self.map_label(class_labels.to(x.dtype))
-        if self.map_guidance is not None:
-            emb = emb + self.map_guidance(self.map_noise(guidance.to(x.dtype).expand(x.shape[0])))
-        emb = F.silu(self.map_layer1(F.silu(self.map_layer0(emb))))
+        with time_path(x):  # float32 under bf16/fp16 autocast
+            emb = self.map_noise(t)  # c_noise(t) = t
+            if self.map_label is not None:
+                emb = emb + self.map_label(class_labels.to(x.dtype))
+            if self.map_guidance is not None:
+                emb = emb + self.map_guidance(self.map_noise(guidance.to(x.dtype).expand(x.shape[0])))
+            emb = F.silu(self.map_layer1(F.silu(self.map_layer0(emb))))
         skips = []
         for name, layer in self.enc.items():
             x = layer(x) if name.endswith("_conv") else layer(x, emb)

@@ -44,6 +44,7 @@ from .layers import (
     normalize,
     pixel_norm,
     resample,
+    time_path,
 )
 
 __all__ = ["PRESETS", "EDM2UNet", "Block", "count_parameters"]
@@ -201,18 +202,19 @@ class EDM2UNet(LogvarHead, torch.nn.Module):
     ) -> torch.Tensor:
         shape = (self.img_channels, self.img_resolution, self.img_resolution)
         t = check_inputs(x, shape, t, class_labels, self.label_dim, guidance, self.emb_guidance is not None)
-        emb = self.emb_noise(self.emb_time(t))  # c_noise(t) = t
-        if self.emb_label is not None:
-            emb = mp_sum(
-                emb,
-                self.emb_label(class_labels.to(x.dtype) * math.sqrt(self.label_dim)),
-                t=self.label_balance,
-            )
-        if self.emb_guidance is not None:
-            emb = mp_sum(
-                emb, self.emb_guidance(self.emb_time(guidance.to(x.dtype).expand(x.shape[0]))), t=0.5
-            )
-        emb = mp_silu(emb)
+        with time_path(x):  # float32 under bf16/fp16 autocast
+            emb = self.emb_noise(self.emb_time(t))  # c_noise(t) = t
+            if self.emb_label is not None:
+                emb = mp_sum(
+                    emb,
+                    self.emb_label(class_labels.to(x.dtype) * math.sqrt(self.label_dim)),
+                    t=self.label_balance,
+                )
+            if self.emb_guidance is not None:
+                emb = mp_sum(
+                    emb, self.emb_guidance(self.emb_time(guidance.to(x.dtype).expand(x.shape[0]))), t=0.5
+                )
+            emb = mp_silu(emb)
         x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
         skips = []
         for name, layer in self.enc.items():

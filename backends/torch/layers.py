@@ -8,6 +8,7 @@ All of it supports forward-mode autodiff, so `torch.func.jvp` runs through whole
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -132,6 +133,14 @@ def resample(x: torch.Tensor, mode: str) -> torch.Tensor:
 
 def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def time_path(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Where a network embeds its time (and class and guidance) inputs: outside bf16/fp16
+    autocast, in float32 (float64 for float64 inputs), so that times a small step apart stay
+    apart (a central difference in t, `autodiff.tangent_pass`) and the embedding does not round
+    them; the blocks that take the embedding run in the autocast dtype as before."""
+    return torch.autocast(x.device.type, enabled=False)
 
 
 def check_inputs(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from .layers import LogvarHead, PositionalEmbedding, check_inputs, normalize
+from .layers import LogvarHead, PositionalEmbedding, check_inputs, normalize, time_path
 
 
 class MLP(LogvarHead, torch.nn.Module):
@@ -61,11 +61,12 @@ class MLP(LogvarHead, torch.nn.Module):
         t = check_inputs(
             x, (self.dim,), t, class_labels, self.label_dim, guidance, self.emb_guidance is not None
         )
-        emb = self.emb_noise(self.emb_time(t))
-        if self.emb_label is not None:
-            emb = emb + self.emb_label(class_labels.to(x.dtype))
-        if self.emb_guidance is not None:
-            emb = emb + self.emb_guidance(self.emb_time(guidance.to(x.dtype).expand(x.shape[0])))
+        with time_path(x):  # float32 under bf16/fp16 autocast
+            emb = self.emb_noise(self.emb_time(t))
+            if self.emb_label is not None:
+                emb = emb + self.emb_label(class_labels.to(x.dtype))
+            if self.emb_guidance is not None:
+                emb = emb + self.emb_guidance(self.emb_time(guidance.to(x.dtype).expand(x.shape[0])))
         h = self.inp(x)
         for layer in self.hidden:
             h = h + layer(F.silu(normalize(h, dim=1) + emb))  # bounded branches: linear growth off the data

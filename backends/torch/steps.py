@@ -154,9 +154,11 @@ def scm_loss(
     fused = config.passes == "fused"
     with same_randomness(x0.device) as replay:
         # one forward-mode pass in the rearranged form of §5.1, finite in fp16 near t = 0, π/2
+        # (or central differences: config.derivative)
         F, jvp_out = (a.to(x0.dtype) for a in tangent_pass(
             F_fn, x_t, t, dxdt, config.sigma_d, start, graph=fused, compiled=config.passes == "compiled",
-            low_precision=config.precision != "float32",
+            low_precision=config.precision != "float32", derivative=config.derivative, h=config.derivative_h,
+            F_wide=_conditioned(model, labels, scale, "float32") if config.precision != "float32" else None,
         ))  # fmt: skip
         F_minus = F.detach()
         target = tangent.tangent_target(x_t, local, F_minus, dxdt, jvp_out, config.sigma_d, r)

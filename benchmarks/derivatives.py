@@ -2,7 +2,8 @@
 each preset and training seed, the preset's run with the default derivative (it trains the
 teacher), then the consistency phases again from that run's teacher (`--teacher-checkpoint`)
 with each other derivative; prints the README's table of fd_digits and pixel FD at 1 and 2
-steps beside the teacher's best.
+steps beside the teacher's best (the step times of the three: `benchmarks/steps.py`, measured
+side by side).
 
     python benchmarks/derivatives.py --presets digits digits-ddpm --seeds 0 1 2 --runs runs/derivatives
 
@@ -58,20 +59,10 @@ def figures(run_folder: Path) -> dict[str, tuple[float, float]]:
     }
 
 
-def step_seconds(run_folder: Path, phase: str) -> float:
-    """Mean seconds per step of a phase, from metrics.jsonl's clock (first logged step on)."""
-    lines = [json.loads(line) for line in (run_folder / "metrics.jsonl").read_text().splitlines()]
-    logged = [
-        (r["step"], r["time"]) for r in lines if r.get("phase") == phase and "loss" in r and "time" in r
-    ]
-    (s0, t0), (s1, t1) = logged[0], logged[-1]
-    return (t1 - t0) / (s1 - s0)
-
-
 def table(runs: Path, presets: list[str], seeds: list[int]) -> str:
     columns = [
         "preset", "seed", "derivative", "teacher's best fd_digits", "sCD fd_digits 1 / 2 steps",
-        "sCD pixel FD 1 / 2 steps", "2-step sCD / teacher's best", "sCT fd_digits 1 / 2 steps", "sCD s/step",
+        "sCD pixel FD 1 / 2 steps", "2-step sCD / teacher's best", "sCT fd_digits 1 / 2 steps",
     ]  # fmt: skip
     rows = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for preset in presets:
@@ -90,7 +81,7 @@ def table(runs: Path, presets: list[str], seeds: list[int]) -> str:
                 cells = [
                     preset, seed, derivative, f"{teacher:.3f}", f"{d1:.3f} / {d2:.3f}",
                     f"{p1:.3f} / {p2:.3f}",
-                    f"{d2 / teacher:.3f}", sct, f"{step_seconds(done, 'scd'):.3f}",
+                    f"{d2 / teacher:.3f}", sct,
                 ]  # fmt: skip
                 rows.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(rows)

@@ -127,3 +127,48 @@ def test_pretrained_tangent_benchmark_times_a_diffusers_unet(capsys: pytest.Capt
     from backends.torch import pretrained
 
     assert pretrained.group_norm.__name__ == "group_norm"  # the fused one, back in place
+
+
+def test_the_derivative_table_reads_each_runs_summary(tmp_path: Path) -> None:
+    """benchmarks/derivatives.py's table from run folders laid out as it makes them: the teacher's
+    best from the default run, each derivative's sCD and sCT figures from its own run, and a
+    run without summary.json (unfinished) left out."""
+    import json
+
+    import derivatives
+
+    def summary(folder: Path, results: dict[str, tuple[float, float]]) -> None:
+        (folder / "run").mkdir(parents=True)
+        rows = [
+            {
+                "model": k.split()[0],
+                "sampler": k.split()[1],
+                "metrics": {"fd_digits": {"mean": d}, "fd_pixels": {"mean": p}},
+            }
+            for k, (d, p) in results.items()
+        ]
+        (folder / "run" / "summary.json").write_text(json.dumps({"results": rows}))
+
+    scd = {
+        "scd 1-step": (1.6, 0.9),
+        "scd 2-step": (1.5, 0.8),
+        "sct 1-step": (1.7, 1.0),
+        "sct 2-step": (1.4, 0.7),
+    }
+    summary(
+        derivatives.folder(tmp_path, "digits", 0, "jvp"),
+        {"teacher heun-9": (1.5, 0.6), "teacher heun-18": (1.25, 0.6), **scd},
+    )
+    summary(derivatives.folder(tmp_path, "digits", 0, "fd"), {**scd, "scd 2-step": (1.375, 0.75)})
+    (derivatives.folder(tmp_path, "digits", 0, "semi") / "run").mkdir(parents=True)  # not finished
+    lines = derivatives.table(tmp_path, ["digits"], [0, 1]).splitlines()
+    assert len(lines) == 4  # the header, its rule, jvp and fd of seed 0
+    assert lines[2].split(" | ")[2:7] == ["jvp", "1.250", "1.600 / 1.500", "0.900 / 0.800", "1.200"]
+    assert lines[3].split(" | ")[2:8] == [
+        "fd",
+        "1.250",
+        "1.600 / 1.375",
+        "0.900 / 0.750",
+        "1.100",
+        "1.700 / 1.400 |",
+    ]

@@ -957,8 +957,7 @@ eps = sp.Symbol("epsilon", real=True)
 
 
 @claim(
-    "fd: tangent.difference_jvp along (dx/dt, 1) = the JVP + σ_d cos t sin t·h²/6·d³F/dt³ + O(h⁴); "
-    "semi (the JVP in x, the difference in t) likewise with ∂³F/∂t³",
+    "fd, semi: tangent.difference_jvp = the JVP + σ_d cos t sin t·h²/6·F‴ + O(h⁴), of order exactly 2",
     "§5.1, Alg. 1",
 )
 def difference_derivatives() -> None:

@@ -6,6 +6,7 @@ steps beside the teacher's best (the step times of the three: `benchmarks/steps.
 side by side).
 
     python benchmarks/derivatives.py --presets digits digits-ddpm --seeds 0 1 2 --runs runs/derivatives
+    python benchmarks/derivatives.py --presets digits-ddpm --variants semi fd fd:0.0002   # a step h too
 
 A run already finished in `--runs` (its summary.json written) is not run again, so the command
 resumes where it stopped; `--table-only` prints the table from what is there.
@@ -20,11 +21,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DERIVATIVES = ("jvp", "semi", "fd")
+VARIANTS = ("semi", "fd")  # beside the default run's "jvp"; "MODE:H" also sets --derivative-h H
 
 
-def folder(runs: Path, preset: str, seed: int, derivative: str) -> Path:
-    return runs / f"{preset}-seed{seed}-{derivative}"
+def folder(runs: Path, preset: str, seed: int, variant: str) -> Path:
+    return runs / f"{preset}-seed{seed}-{variant.replace(':', '-h')}"
 
 
 def finished(path: Path) -> Path | None:
@@ -59,7 +60,7 @@ def figures(run_folder: Path) -> dict[str, tuple[float, float]]:
     }
 
 
-def table(runs: Path, presets: list[str], seeds: list[int]) -> str:
+def table(runs: Path, presets: list[str], seeds: list[int], variants: tuple[str, ...] = VARIANTS) -> str:
     columns = [
         "preset", "seed", "derivative", "teacher's best fd_digits", "sCD fd_digits 1 / 2 steps",
         "sCD pixel FD 1 / 2 steps", "2-step sCD / teacher's best", "sCT fd_digits 1 / 2 steps",
@@ -71,7 +72,7 @@ def table(runs: Path, presets: list[str], seeds: list[int]) -> str:
             if base is None:
                 continue
             teacher = min(v[0] for k, v in figures(base).items() if k.startswith("teacher "))
-            for derivative in DERIVATIVES:
+            for derivative in ("jvp", *variants):
                 done = finished(folder(runs, preset, seed, derivative))
                 if done is None:
                     continue
@@ -79,7 +80,7 @@ def table(runs: Path, presets: list[str], seeds: list[int]) -> str:
                 (d1, p1), (d2, p2) = f["scd 1-step"], f["scd 2-step"]
                 sct = f"{f['sct 1-step'][0]:.3f} / {f['sct 2-step'][0]:.3f}" if "sct 1-step" in f else "–"
                 cells = [
-                    preset, seed, derivative, f"{teacher:.3f}", f"{d1:.3f} / {d2:.3f}",
+                    preset, seed, derivative.replace(":", ", h = "), f"{teacher:.3f}", f"{d1:.3f} / {d2:.3f}",
                     f"{p1:.3f} / {p2:.3f}",
                     f"{d2 / teacher:.3f}", sct,
                 ]  # fmt: skip
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--presets", nargs="+", default=["digits"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--runs", type=Path, default=Path("runs/derivatives"))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), metavar="MODE[:H]")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args(argv)
     if not args.table_only:
@@ -99,18 +101,19 @@ def main(argv: list[str] | None = None) -> int:
             for seed in args.seeds:
                 common = ["--preset", preset, "--seed", str(seed)]
                 base = run(folder(args.runs, preset, seed, "jvp"), [*common, "--derivative", "jvp"])
-                for derivative in DERIVATIVES[1:]:
+                for variant in args.variants:
+                    mode, _, h = variant.partition(":")
+                    flags = [
+                        *common,
+                        "--derivative",
+                        mode,
+                        "--teacher-checkpoint",
+                        str(teacher_checkpoint(base)),
+                    ]
                     run(
-                        folder(args.runs, preset, seed, derivative),
-                        [
-                            *common,
-                            "--derivative",
-                            derivative,
-                            "--teacher-checkpoint",
-                            str(teacher_checkpoint(base)),
-                        ],
+                        folder(args.runs, preset, seed, variant), flags + (["--derivative-h", h] if h else [])
                     )
-    print(table(args.runs, args.presets, args.seeds))
+    print(table(args.runs, args.presets, args.seeds, tuple(args.variants)))
     return 0
 
 

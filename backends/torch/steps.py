@@ -151,7 +151,9 @@ def scm_loss(
     start = segment_start(t, boundaries) if boundaries is not None else None
     local = t if start is None else t - start  # the time the CM's coefficients see
     r = tangent.warmup_ratio(step, config.warmup_steps)
-    fused = config.passes == "fused"
+    # "fd" evaluates F_θ⁻ as a plain forward pass: the gradient pass's F_θ, detached, is that
+    # pass (θ⁻ = θ, the same dropout masks), so the separate passes make it once with its graph
+    fused = config.passes == "fused" or (config.derivative == "fd" and config.passes == "separate")
     with same_randomness(x0.device) as replay:
         # one forward-mode pass in the rearranged form of §5.1, finite in fp16 near t = 0, π/2
         # (or central differences: config.derivative)

@@ -244,20 +244,25 @@ VP_SCHEDULERS = (
     "DEISMultistepScheduler",
 )  # fmt: skip
 FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
+# EDM's process (α = 1, time σ), its preconditioning applied by the scheduler: `edm_preconditioning`
+EDM_SCHEDULERS = ("EDMEulerScheduler", "EDMDPMSolverMultistepScheduler")
 
 
 def schedule_from_config(config: dict) -> tuple[native.Schedule, str]:
     """The schedule and prediction type a diffusers scheduler config describes: a DDPM table
-    (from `trained_betas` or the beta schedule) with its prediction type, or flow matching
-    (the model's time σ·num_train_timesteps, predicting ε − x0)."""
+    (from `trained_betas` or the beta schedule) with its prediction type, flow matching (the
+    model's time σ·num_train_timesteps, predicting ε − x0), or EDM (time σ; the model's output
+    made x̂0, "sample", by its preconditioning: `edm_preconditioning`)."""
     name = config.get("_class_name", "?")
     steps = int(config.get("num_train_timesteps", 1000))
     if name in FLOW_SCHEDULERS:
         return native.RectifiedFlow(scale=steps), "flow"
+    if name in EDM_SCHEDULERS:
+        edm_preconditioning(config)  # checks
+        return native.EDM(), "sample"
     if name not in VP_SCHEDULERS:
-        raise ValueError(
-            f"scheduler {name}: not one this reader knows ({', '.join(VP_SCHEDULERS + FLOW_SCHEDULERS)})"
-        )
+        known = VP_SCHEDULERS + FLOW_SCHEDULERS + EDM_SCHEDULERS
+        raise ValueError(f"scheduler {name}: not one this reader knows ({', '.join(known)})")
     prediction = config.get("prediction_type", "epsilon")
     if prediction not in ("epsilon", "sample", "v_prediction"):
         raise ValueError(
@@ -273,6 +278,25 @@ def schedule_from_config(config: dict) -> tuple[native.Schedule, str]:
         float(config.get("beta_end", 0.02)), config.get("trained_betas"), xp=np,
     )  # fmt: skip
     return native.DiscreteVP(alphas), prediction
+
+
+def edm_preconditioning(config: dict) -> tuple[float, float] | None:
+    """(σ_data, sign) of a diffusers EDM scheduler's config, None for other schedulers. Such a
+    scheduler keeps EDM's preconditioning outside the model: at noise level σ the model takes
+    c_in·x_σ at time c_noise = ¼·ln σ, and its output O gives x̂0 = c_skip·x_σ + sign·c_out·O
+    (`convert.edm_preconditioning` with the scheduler's σ_data; sign +1 for "epsilon", −1 for
+    "v_prediction")."""
+    name = config.get("_class_name", "?")
+    if name not in EDM_SCHEDULERS:
+        return None
+    prediction = config.get("prediction_type", "epsilon")
+    signs = {"epsilon": 1.0, "v_prediction": -1.0}
+    if prediction not in signs:
+        raise ValueError(f"scheduler {name}: prediction_type {prediction!r} is not epsilon or v_prediction")
+    sigma_data = float(config.get("sigma_data", 0.5))
+    if not sigma_data > 0:
+        raise ValueError(f"scheduler {name}: sigma_data must be positive, got {sigma_data}")
+    return sigma_data, signs[prediction]
 
 
 def clamping(config: dict) -> list[str]:

@@ -310,6 +310,51 @@ def test_an_euler_step_of_a_flow_matching_transformer_is_a_ddim_step_of_its_view
     )
 
 
+@pytest.mark.parametrize(
+    ("name", "prediction_type", "sigma_data"),
+    [
+        ("EDMEulerScheduler", "epsilon", 0.5),
+        ("EDMEulerScheduler", "v_prediction", 0.7),
+        ("EDMDPMSolverMultistepScheduler", "epsilon", 0.5),
+    ],
+)
+def test_a_folder_with_an_edm_scheduler_is_viewed_through_its_preconditioning(
+    name: str, prediction_type: str, sigma_data: float, tmp_path
+) -> None:
+    """diffusers' EDM schedulers precondition outside the model (c_in·x_σ in, c_noise = ¼ ln σ
+    as its time, x̂0 = c_skip·x_σ ± c_out·O out). EDMEulerScheduler's step σ → σ′ is the Euler
+    step of EDM's ODE, which in TrigFlow is trigcore's DDIM step on the view; for a scheduler
+    σ_data other than the view's σ_d too. The multistep solver's first step is the same Euler
+    step (DPM-Solver++ of order 1)."""
+    import diffusers
+
+    from backends.torch.pretrained import load_diffusers
+    from trigcore import convert, native, samplers
+
+    torch.manual_seed(0)
+    UNet2DModel(**UNET).save_pretrained(tmp_path)
+    kind = getattr(diffusers, name)
+    kind(prediction_type=prediction_type, sigma_data=sigma_data).save_pretrained(tmp_path)
+    view = load_diffusers(tmp_path, SIGMA_D, dtype=torch.float64)
+    assert isinstance(view.schedule, native.EDM)
+    scheduler = kind.from_pretrained(tmp_path)
+    scheduler.set_timesteps(6)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64) * float(scheduler.sigmas[0])
+    sigma, sigma_next = float(scheduler.sigmas[0]), float(scheduler.sigmas[1])
+    with torch.no_grad():
+        timestep = scheduler.timesteps[0]
+        out = view.model(scheduler.scale_model_input(x, timestep), timestep.expand(2)).sample
+        expected = scheduler.step(out, timestep, x).prev_sample
+        t, t_next = (convert.t_from_sigma(s, SIGMA_D, xp=math) for s in (sigma, sigma_next))
+        x_t = native.from_native(x, t, SIGMA_D, "ve")
+        F = view(x_t / SIGMA_D, torch.full((2,), t, dtype=torch.float64))
+        stepped = samplers.ddim_step(x_t, t, t_next, F, SIGMA_D)
+    # diffusers keeps its σ grid and c_noise in float32
+    torch.testing.assert_close(
+        native.to_native(stepped, t_next, SIGMA_D, "ve"), expected, rtol=1e-5, atol=1e-5
+    )
+
+
 def test_a_guided_student_starts_as_its_teacher_and_copies_keep_their_own_embedding(tmp_path) -> None:
     import copy
 

@@ -185,6 +185,32 @@ def test_a_scheduler_that_clamps_samples_is_named_in_a_warning_at_the_start(
         ), err
 
 
+def test_a_folder_with_an_edm_scheduler_distils_and_is_not_given_ddpm_samplers(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """An EDMEulerScheduler folder is read as EDM (`native.EDM`, its preconditioning in the view:
+    `test_pretrained.py`); diffusers' DDIM and DPM-Solver++ of the digits-ddpm preset's evaluation
+    sample a DDPM table, so they are refused by name, as is a prediction type EDM's schedulers
+    do not have."""
+    from diffusers import EDMEulerScheduler
+
+    folder = saved(tmp_path / "unet")
+    (folder / "scheduler_config.json").unlink()
+    EDMEulerScheduler(prediction_type="v_prediction").save_pretrained(folder)
+    config = cli.pretrained_teacher(PRESETS["digits"], f"diffusers:{folder}")
+    assert config.network.options["scheduler"]["_class_name"] == "EDMEulerScheduler"
+    err = refusal(["--preset", "digits-ddpm", "--teacher", f"diffusers:{folder}"], tmp_path / "runs", capsys)
+    assert re.search(
+        r"diffusers' own samplers of eval.native_samplers \(ddim-10, .*\) sample a DDPM table, and its "
+        "scheduler is EDMEulerScheduler",
+        err,
+    ), err
+    path = folder / "scheduler_config.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"prediction_type": "sample"}))
+    err = refusal(["--teacher", f"diffusers:{folder}"], tmp_path / "runs", capsys)
+    assert "scheduler EDMEulerScheduler: prediction_type 'sample' is not epsilon or v_prediction" in err
+
+
 def test_the_jax_run_script_refuses_diffusers_teachers(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     pytest.importorskip("jax")
     import jax_run

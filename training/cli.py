@@ -20,6 +20,7 @@ from backends.configs import (
     EDM2_PRESETS,
     PASSES,
     PRECISIONS,
+    VP_SCHEDULERS,
     clamping,
     read_diffusers_folder,
     schedule_from_config,
@@ -312,6 +313,12 @@ def pretrained_teacher(config: RunConfig, source: str) -> RunConfig:
         raise ValueError(
             f"{where}: {found.class_name} is text-conditioned; the run script distils unconditional "
             "and class-conditional models (text-conditioned ones: the Python API, README)"
+        )
+    samplers, scheduler = config.eval.native_samplers, found.scheduler.get("_class_name")
+    if samplers and scheduler not in VP_SCHEDULERS:
+        raise ValueError(
+            f"{where}: diffusers' own samplers of eval.native_samplers ({', '.join(samplers)}) sample a "
+            f"DDPM table, and its scheduler is {scheduler}"
         )
     clamps = clamping(found.scheduler)
     if clamps:

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from backends.configs import read_diffusers_folder, schedule_from_config
-from trigcore import native
+from backends.configs import edm_preconditioning, read_diffusers_folder, schedule_from_config
+from trigcore import convert, native
 
 from .attention import attention
 from .layers import LogvarHead, PositionalEmbedding
@@ -377,9 +377,30 @@ def _view(
     null_class: int | None,
 ) -> TrigFlowView:
     schedule, prediction = schedule_from_config(scheduler_config)
+    edm = edm_preconditioning(scheduler_config)
+    if edm is not None:
+        call = edm_call(call, *edm)
     return TrigFlowView(
         model.eval(), schedule, prediction, sigma_d, call=call, guidance=guidance, null_class=null_class
     )
+
+
+def edm_call(
+    call: Callable[..., torch.Tensor], sigma_data: float, sign: float
+) -> Callable[..., torch.Tensor]:
+    """`call` for a model whose scheduler applies EDM's preconditioning (diffusers' EDM
+    schedulers: `configs.edm_preconditioning`): (model, x_σ, σ, labels) -> x̂0 = c_skip·x_σ +
+    sign·c_out·O, O the model's output at (c_in·x_σ, c_noise = ¼·ln σ)."""
+
+    def preconditioned(
+        model: torch.nn.Module, x_sigma: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None
+    ) -> torch.Tensor:
+        shape = (-1,) + (1,) * (x_sigma.ndim - 1)
+        c_skip, c_out, c_in, c_noise = convert.edm_preconditioning(sigma, sigma_data)
+        out = call(model, c_in.reshape(shape) * x_sigma, c_noise, labels)
+        return c_skip.reshape(shape) * x_sigma + sign * c_out.reshape(shape) * out
+
+    return preconditioned
 
 
 def model_class(class_name: str) -> type:
@@ -498,6 +519,11 @@ def sample_native(
 
     if sampler not in NATIVE_SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(NATIVE_SAMPLERS)}, got {sampler!r}")
+    if not isinstance(view.schedule, native.DiscreteVP):
+        raise ValueError(
+            f"diffusers' {sampler} samples a DDPM table, and this model's scheduler is "
+            f"{scheduler_config.get('_class_name')}"
+        )
     scheduler = getattr(diffusers, NATIVE_SAMPLERS[sampler]).from_config(scheduler_config)
     scheduler.set_timesteps(steps, device=z.device)
     x = z / view.sigma_d * scheduler.init_noise_sigma

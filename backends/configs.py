@@ -251,11 +251,20 @@ EDM_SCHEDULERS = ("EDMEulerScheduler", "EDMDPMSolverMultistepScheduler")
 def schedule_from_config(config: dict) -> tuple[native.Schedule, str]:
     """The schedule and prediction type a diffusers scheduler config describes: a DDPM table
     (from `trained_betas` or the beta schedule) with its prediction type, flow matching (the
-    model's time σ·num_train_timesteps, predicting ε − x0), or EDM (time σ; the model's output
+    model's time σ·num_train_timesteps, predicting ε − x0; also a multistep solver with
+    `use_flow_sigmas` and "flow_prediction"), or EDM (time σ; the model's output
     made x̂0, "sample", by its preconditioning: `edm_preconditioning`)."""
     name = config.get("_class_name", "?")
     steps = int(config.get("num_train_timesteps", 1000))
-    if name in FLOW_SCHEDULERS:
+    # multistep solvers configured for flow matching (Sana's DPM-Solver++, UniPC) visit flow sigmas
+    # and read the output as the velocity ε − x0 ("flow_prediction")
+    flow = config.get("use_flow_sigmas") or config.get("prediction_type") == "flow_prediction"
+    if name in FLOW_SCHEDULERS or (name in VP_SCHEDULERS and flow):
+        if name not in FLOW_SCHEDULERS and config.get("prediction_type") != "flow_prediction":
+            raise ValueError(
+                f"scheduler {name}: use_flow_sigmas with prediction_type {config.get('prediction_type')!r}, "
+                "expected flow_prediction"
+            )
         return native.RectifiedFlow(scale=steps), "flow"
     if name in EDM_SCHEDULERS:
         edm_preconditioning(config)  # checks
@@ -371,15 +380,135 @@ def read_diffusers_folder(folder: str | Path) -> DiffusersFolder:
             f"{folder}: no scheduler config ({' or '.join(map(str, schedulers))}), which says how the model "
             "was trained (its noise schedule and prediction type)"
         )
-    model = _read_json(model_folder / "config.json")
+    model = read_json(model_folder / "config.json")
     vae = root / "vae" / "config.json"
     return DiffusersFolder(
-        model_folder, str(model.get("_class_name")), model, _read_json(scheduler),
-        _read_json(vae) if vae.exists() else None,
+        model_folder, str(model.get("_class_name")), model, read_json(scheduler),
+        read_json(vae) if vae.exists() else None,
     )  # fmt: skip
 
 
-def _read_json(path: Path) -> dict:
+@dataclass(frozen=True)
+class TextLayout:
+    """How a text encoder's output for one caption travels as one float vector, the way class
+    labels travel as one-hot rows: its hidden states (length × width) flattened, then its
+    attention mask (length 0/1 values) if the model takes one, then its pooled projection
+    (`pooled` values) if the model takes one. An all-zero row stands for no caption (CFG's
+    unconditional branch, label dropout), which the model sees as the empty prompt's states.
+
+    >>> layout = TextLayout(length=3, width=2, mask=True, pooled=4)
+    >>> layout.size
+    13
+    >>> states, mask, pooled = np.ones((1, 3, 2)), np.array([[1, 1, 0]]), np.zeros((1, 4))
+    >>> [a.shape for a in layout.unpack(layout.pack(states, mask, pooled))]
+    [(1, 3, 2), (1, 3), (1, 4)]
+    """
+
+    length: int  # tokens per caption (L)
+    width: int  # features per token (D)
+    mask: bool = False  # an attention mask (L values) follows the states
+    pooled: int = 0  # pooled-projection features after them (0: none)
+
+    def __post_init__(self) -> None:
+        _refuse(
+            length=(self.length, self.length >= 1, "at least 1"),
+            width=(self.width, self.width >= 1, "at least 1"),
+            pooled=(self.pooled, self.pooled >= 0, "at least 0"),
+        )
+
+    @property
+    def size(self) -> int:
+        return self.length * self.width + self.length * self.mask + self.pooled
+
+    def pack(self, states: Any, mask: Any = None, pooled: Any = None) -> np.ndarray:
+        """(N, size) float32 rows from states (N, L, D), mask (N, L) and pooled (N, P) arrays."""
+        parts = {"states": (states, (self.length, self.width))}
+        if self.mask:
+            parts["mask"] = (mask, (self.length,))
+        if self.pooled:
+            parts["pooled"] = (pooled, (self.pooled,))
+        rows = []
+        for name, (array, shape) in parts.items():
+            array = None if array is None else np.asarray(array, dtype=np.float32)
+            if array is None or array.shape[1:] != shape or len(array) != len(states):
+                got = None if array is None else array.shape
+                raise ValueError(
+                    f"text {name}: expected shape ({len(states)}, {', '.join(map(str, shape))}), got {got}"
+                )
+            rows.append(array.reshape(len(array), -1))
+        return np.concatenate(rows, axis=1)
+
+    def unpack(self, rows: Any) -> tuple[Any, Any, Any]:
+        """(states (N, L, D), mask (N, L) or None, pooled (N, P) or None) from `pack`'s rows, in
+        the rows' own array type (numpy, torch)."""
+        n, cut = rows.shape[0], self.length * self.width
+        states = rows[:, :cut].reshape(n, self.length, self.width)
+        mask = rows[:, cut : cut + self.length] if self.mask else None
+        pooled = rows[:, rows.shape[1] - self.pooled :] if self.pooled else None
+        return states, mask, pooled
+
+
+@dataclass(frozen=True)
+class TextInputs:
+    """How a text-conditioned diffusers model takes a caption: the keywords of its forward that
+    receive the hidden states, the attention mask and the pooled projection (None: not taken),
+    and the keys of its config that give their widths."""
+
+    states: str
+    width: str
+    mask: str | None = None
+    pooled: str | None = None
+    pooled_width: str | None = None
+
+
+TEXT_INPUTS = {
+    "UNet2DConditionModel": TextInputs(
+        "encoder_hidden_states", "cross_attention_dim", mask="encoder_attention_mask"
+    ),
+    "SD3Transformer2DModel": TextInputs(
+        "encoder_hidden_states", "joint_attention_dim", pooled="pooled_projections",
+        pooled_width="pooled_projection_dim",
+    ),
+    "SanaTransformer2DModel": TextInputs(
+        "encoder_hidden_states", "caption_channels", mask="encoder_attention_mask"
+    ),
+}  # fmt: skip
+
+
+def check_text(class_name: str, model: dict, layout: TextLayout | None) -> TextInputs:
+    """The `TEXT_INPUTS` row of a text-conditioned model, once the text conditions `layout` (None:
+    the data have none) is found to fit its config; otherwise a ValueError that says why."""
+    inputs = TEXT_INPUTS.get(class_name)
+    if inputs is None:
+        raise ValueError(
+            f"{class_name} is text-conditioned, and the run feeds text to {', '.join(TEXT_INPUTS)} only"
+        )
+    if model.get("addition_embed_type"):
+        raise ValueError(
+            f"{class_name} with addition_embed_type {model['addition_embed_type']!r} (SDXL-style added "
+            "conditions) needs inputs the text conditions do not hold"
+        )
+    if layout is None:
+        raise ValueError(
+            f"{class_name} is text-conditioned, and the data hold no text conditions (a latents folder "
+            "with text_states.npy: `torch_run.py encode --captions`)"
+        )
+    problems = []
+    if layout.width != model.get(inputs.width):
+        problems.append(
+            f"states of width {layout.width}, the model's {inputs.width} is {model.get(inputs.width)}"
+        )
+    if layout.mask and inputs.mask is None:
+        problems.append("an attention mask, which the model does not take")
+    wanted = model.get(inputs.pooled_width) if inputs.pooled_width else 0
+    if layout.pooled != (wanted or 0):
+        problems.append(f"pooled projections of width {layout.pooled}, the model takes {wanted or 'none'}")
+    if problems:
+        raise ValueError(f"the text conditions do not fit {class_name}: {'; '.join(problems)}")
+    return inputs
+
+
+def read_json(path: Path) -> dict:
     try:
         value = json.loads(path.read_text())
     except (OSError, ValueError) as error:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -455,23 +456,148 @@ def test_a_loaded_view_is_the_same_for_one_seed_whatever_the_global_generator(tm
 
 
 @pytest.mark.parametrize("name", ["UNet2DConditionModel", "SD3Transformer2DModel"])
-def test_a_text_conditioned_folder_needs_a_call_that_feeds_its_text(name: str, tmp_path) -> None:
+def test_a_text_conditioned_folder_needs_the_layout_of_its_text_or_a_call_that_feeds_it(
+    name: str, tmp_path
+) -> None:
     from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
+    from backends.configs import TextLayout
     from backends.torch.pretrained import load_diffusers
 
     model, call, shape = build(name)
     model.save_pretrained(tmp_path / "model")
     scheduler = DDPMScheduler() if name.startswith("UNet") else FlowMatchEulerDiscreteScheduler()
     scheduler.save_pretrained(tmp_path / "model")
-    with pytest.raises(ValueError, match=f"{name} is text-conditioned, and no call= was given"):
+    with pytest.raises(ValueError, match=f"{name} is text-conditioned, and neither text= .* nor call="):
         load_diffusers(tmp_path / "model", SIGMA_D)
     view = load_diffusers(
         tmp_path / "model", SIGMA_D, dtype=torch.float64, call=lambda m, x, s, labels: call(m, x, s)
     )
+    u, t = torch.randn(shape, dtype=torch.float64), torch.tensor([0.4, 1.2], dtype=torch.float64)
     with torch.no_grad():
-        F = view(torch.randn(shape, dtype=torch.float64), torch.tensor([0.4, 1.2], dtype=torch.float64))
+        F = view(u, t)
     assert F.shape == shape and bool(F.isfinite().all())
+    layout = TextLayout(5, 16, pooled=8 if name.startswith("SD3") else 0)
+    empty = np.random.default_rng(0).standard_normal(layout.size)
+    packed = load_diffusers(tmp_path / "model", SIGMA_D, dtype=torch.float64, text=layout, text_empty=empty)
+    with torch.no_grad():
+        assert packed(u, t).shape == shape and not torch.allclose(packed(u, t), F)
+
+
+# the text conditions each tiny model takes: (its class, its config, the layout of its rows)
+TEXT_MODELS = {
+    "UNet2DConditionModel": (UNet2DConditionModel, CONDITIONED, dict(length=5, width=16)),
+    "UNet2DConditionModel, masked": (UNet2DConditionModel, CONDITIONED, dict(length=5, width=16, mask=True)),
+    "SD3Transformer2DModel": (SD3Transformer2DModel, SD3, dict(length=5, width=16, pooled=8)),
+    "SanaTransformer2DModel": (SanaTransformer2DModel, SANA, dict(length=5, width=16, mask=True)),
+}
+
+
+def text_view(name: str):
+    """A tiny text-conditioned model's view in float64, its layout, a packed empty prompt and two
+    packed captions (the first of 3 tokens, masked where the layout has a mask)."""
+    from backends.configs import TextLayout
+    from backends.torch.pretrained import TrigFlowView
+    from trigcore import native
+
+    kind, config, layout = TEXT_MODELS[name]
+    layout = TextLayout(**layout)
+    torch.manual_seed(0)
+    model = kind(**config).double().eval()
+    view = TrigFlowView(model, native.RectifiedFlow(scale=1000), "flow", SIGMA_D, text=layout).double()
+    rng = torch.Generator().manual_seed(1)
+
+    def packed(n: int, words: int) -> torch.Tensor:
+        mask = torch.zeros(n, layout.length)
+        mask[:, :words] = 1
+        states = torch.randn(n, layout.length, layout.width, generator=rng)
+        return torch.from_numpy(layout.pack(states, mask, torch.randn(n, layout.pooled, generator=rng)))
+
+    empty, captions = packed(1, 1)[0], torch.cat([packed(1, 3), packed(1, 5)])
+    view.text_empty.copy_(empty)
+    return view, layout, empty.double(), captions.double()
+
+
+@pytest.mark.parametrize("name", list(TEXT_MODELS))
+def test_a_text_view_hands_the_model_its_captions_and_the_empty_prompt_for_zero_rows(name: str) -> None:
+    """The view unpacks each row into the model's keywords (`configs.TEXT_INPUTS`): F equals
+    the flow model called by hand on the same states (mask, pooled); a zero row, or no labels
+    at all, is the empty prompt's row."""
+    from trigcore import native
+
+    view, layout, empty, captions = text_view(name)
+    inputs = view.text_inputs
+    u, t = torch.randn(2, 4, 8, 8, dtype=torch.float64), torch.tensor([0.4, 1.3], dtype=torch.float64)
+
+    def by_hand(rows: torch.Tensor) -> torch.Tensor:
+        states, mask, pooled = layout.unpack(rows)
+        keywords = {inputs.states: states}
+        keywords |= {inputs.mask: mask} if mask is not None else {}
+        keywords |= {inputs.pooled: pooled} if pooled is not None else {}
+        x_t = SIGMA_D * u
+        s = view.schedule.time(t, SIGMA_D)
+        velocity = view.model(native.to_native(x_t, t, SIGMA_D, "rf"), timestep=s, **keywords).sample
+        return native.F_from_prediction(x_t, t, velocity, SIGMA_D, "rf", "flow")
+
+    with torch.no_grad():
+        torch.testing.assert_close(view(u, t, captions), by_hand(captions), rtol=1e-12, atol=1e-12)
+        unconditional = by_hand(empty.expand(2, -1))
+        assert not torch.allclose(unconditional, by_hand(captions))
+        torch.testing.assert_close(view(u, t, torch.zeros_like(captions)), unconditional, rtol=0, atol=0)
+        torch.testing.assert_close(view(u, t), unconditional, rtol=0, atol=0)
+        mixed = torch.stack([captions[0], torch.zeros_like(captions[1])])
+        expected = torch.stack([by_hand(captions)[0], unconditional[1]])
+        torch.testing.assert_close(view(u, t, mixed), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_the_text_views_tangent_equals_finite_differences() -> None:
+    """Forward mode through a text-conditioned transformer's view (Sana: masked cross-attention)."""
+    view, _, _, captions = text_view("SanaTransformer2DModel")
+    view.requires_grad_(False)
+    u, t = torch.randn(2, 4, 8, 8, dtype=torch.float64), torch.tensor([0.4, 1.3], dtype=torch.float64)
+    tu, tt = torch.randn_like(u), torch.tensor([1.0, -0.5], dtype=torch.float64)
+    _, jvp = torch.func.jvp(lambda u, t: view(u, t, captions), (u, t), (tu, tt))
+    h = 1e-4  # diffusers embeds the time in float32
+    expected = (view(u + h * tu, t + h * tt, captions) - view(u - h * tu, t - h * tt, captions)) / (2 * h)
+    assert float((jvp - expected).abs().max()) < 2e-3 * float(expected.abs().max())
+
+
+@pytest.mark.parametrize(
+    "name, layout, message",
+    [
+        ("UNet2DConditionModel", dict(length=5, width=12),
+         "states of width 12, the model's cross_attention_dim is 16"),
+        ("SD3Transformer2DModel", dict(length=5, width=16),
+         "pooled projections of width 0, the model takes 8"),
+        ("SD3Transformer2DModel", dict(length=5, width=16, mask=True, pooled=8),
+         "an attention mask, which the model"),
+        ("SanaTransformer2DModel", dict(length=5, width=16, pooled=4),
+         "pooled projections of width 4, the model takes none"),
+    ],
+)  # fmt: skip
+def test_text_conditions_that_do_not_fit_the_model_are_refused_by_name(
+    name: str, layout: dict, message: str
+) -> None:
+    from backends.configs import TextLayout
+    from backends.torch.pretrained import TrigFlowView
+    from trigcore import native
+
+    kind, config, _ = TEXT_MODELS[name]
+    with pytest.raises(ValueError, match=f"the text conditions do not fit {name}: .*{message}"):
+        TrigFlowView(
+            kind(**config), native.RectifiedFlow(scale=1000), "flow", SIGMA_D, text=TextLayout(**layout)
+        )
+
+
+def test_a_text_view_without_its_empty_prompt_says_so() -> None:
+    view, _, _, captions = text_view("SanaTransformer2DModel")
+    view.text_empty.zero_()
+    with pytest.raises(ValueError, match="empty prompt .* is not set"):
+        view(
+            torch.randn(2, 4, 8, 8, dtype=torch.float64),
+            torch.tensor([0.4, 1.3], dtype=torch.float64),
+            captions,
+        )
 
 
 @pytest.mark.parametrize("passes", ["separate", "fused"])

@@ -32,7 +32,7 @@ def test_digits_split_is_fixed_disjoint_and_scaled() -> None:
     # the digits set holds a few exact duplicates; the split itself never puts one image in both
     assert sum(row.tobytes() in rows for row in held_out.x) < 10
     assert set(np.unique(train.labels)) == set(range(10))
-    np.testing.assert_array_equal(train.one_hot(np.array([0, 1])).argmax(1), train.labels[:2])
+    np.testing.assert_array_equal(train.conditions(np.array([0, 1])).argmax(1), train.labels[:2])
 
 
 def test_batch_stream_covers_each_epoch_once_and_resumes_exactly() -> None:

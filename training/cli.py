@@ -9,7 +9,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from backends.configs import (
     PASSES,
     PRECISIONS,
     VP_SCHEDULERS,
+    check_text,
     clamping,
     read_diffusers_folder,
     schedule_from_config,
@@ -149,14 +150,33 @@ def argument_parser(doc: str, presets: dict) -> argparse.ArgumentParser:
         help="a student that takes the CFG scale: the scale fixed in it",
     )
     export.add_argument("--ema", type=float, metavar="SIGMA_REL", help="power-EMA width (default: the run's)")
-    encode = commands.add_parser("encode", help="encode images into SD-VAE latents (ImageNet 512, G.1)")
-    encode.add_argument("--vae", required=True, metavar="FOLDER", help="a diffusers AutoencoderKL folder")
-    encode.add_argument(
-        "--data", required=True, help="folder:PATH or zip:PATH of images (labels from dataset.json)"
+    encode = commands.add_parser(
+        "encode",
+        help="encode images into VAE latents (ImageNet 512, G.1), or captions into a pipeline's text states",
     )
-    encode.add_argument("--resolution", type=int, default=512, help="center-crop size before encoding")
+    encode.add_argument("--vae", metavar="FOLDER", help="images: a diffusers AutoencoderKL folder")
+    encode.add_argument("--data", help="images: folder:PATH or zip:PATH (labels from dataset.json)")
     encode.add_argument(
-        "--out", type=Path, default=Path("latents"), help="a new folder for x.npy (and labels.npy)"
+        "--resolution", type=int, default=512, help="images: center-crop size before encoding"
+    )
+    encode.add_argument(
+        "--captions",
+        type=Path,
+        metavar="FILE",
+        help="captions: one per line (.txt) or a JSON list, in sample order",
+    )
+    encode.add_argument(
+        "--pipeline",
+        metavar="FOLDER",
+        help="captions: the diffusers pipeline whose text encoders encode them",
+    )
+    encode.add_argument("--batch", type=int, default=64, help="captions per text-encoder call")
+    encode.add_argument(
+        "--out",
+        type=Path,
+        default=Path("latents"),
+        help="images: a new folder for x.npy (and labels.npy); captions: that folder (or a new one), "
+        "which gains text_states.npy and the rest",
     )
     encode.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
     return parser
@@ -293,7 +313,7 @@ def checked(config: RunConfig, check: Callable[..., Any] | None = None) -> RunCo
                 f"differs from this run's {config.network}"
             )
     if check is not None:
-        check(config, train_set)
+        check(config, train_set.for_network(config.network.label_dim, "text" in config.network.options))
     return config
 
 
@@ -309,11 +329,6 @@ def pretrained_teacher(config: RunConfig, source: str) -> RunConfig:
     found = read_diffusers_folder(folder)
     schedule_from_config(found.scheduler)  # a schedule and prediction type this reader knows
     where = f"--teacher {source}"
-    if found.text_conditioned:
-        raise ValueError(
-            f"{where}: {found.class_name} is text-conditioned; the run script distils unconditional "
-            "and class-conditional models (text-conditioned ones: the Python API, README)"
-        )
     samplers, scheduler = config.eval.native_samplers, found.scheduler.get("_class_name")
     if samplers and scheduler not in VP_SCHEDULERS:
         raise ValueError(
@@ -337,6 +352,14 @@ def pretrained_teacher(config: RunConfig, source: str) -> RunConfig:
         options["latent_scaling"] = list(found.latent_scaling())
     config = replace(config, network=NetworkConfig("diffusers", found.class_name, options=options))
     train_set, _ = data.load(config)
+    label_dim = 0
+    if found.text_conditioned:  # its captions' states come with the data, packed in rows
+        layout = None if train_set.text is None else train_set.text.layout
+        try:
+            check_text(found.class_name, found.model, layout)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
+        options["text"], label_dim = asdict(layout), layout.size
     shape, size = train_set.sample_shape, found.model.get("sample_size")
     channels = (
         found.model.get("in_channels"),
@@ -366,7 +389,8 @@ def pretrained_teacher(config: RunConfig, source: str) -> RunConfig:
             "embedding for no class, and the model has none; distil without CFG: --guidance-max 1"
         )
     options["null_class"] = null_class
-    network = NetworkConfig("diffusers", found.class_name, label_dim=num if classes else 0, options=options)
+    label_dim = num if classes else label_dim
+    network = NetworkConfig("diffusers", found.class_name, label_dim=label_dim, options=options)
     return replace(config, network=network, teacher_pretrained=f"diffusers:{Path(folder).resolve()}")
 
 
@@ -376,6 +400,8 @@ def fit_to_data(config: RunConfig, train_set: data.Dataset) -> RunConfig:
     classes, and unconditional for unlabelled data; an unconditional network ignores the data's
     labels. With no classes there is nothing to guide, so the distilled phases run without CFG."""
     network, num = config.network, train_set.num_classes
+    if "text" in network.options:  # a text-conditioned model takes the captions' packed states
+        return config
     if network.kind == "diffusers" and network.label_dim and network.label_dim != num:
         raise ValueError(  # its class embeddings are in the model's config
             f"the {network.preset} is built for {network.label_dim} classes, the data have {num or 'none'}"
@@ -405,19 +431,14 @@ def sample_command(
     model, meta, config = load_network(args.checkpoint, args.ema)
     kind = OBJECTIVES[meta["phase"]].sampler
     shape = tuple(meta["sample_shape"])
+    num_classes, captions = config.network.label_dim, None
+    if "text" in config.network.options:  # sampled for the training data's captions
+        captions = data.load(config)[0]
+        num_classes = captions.num_classes
     samples, classes = draw(
-        sample_from,
-        model,
-        kind,
-        args.steps,
-        args.num,
-        args.seed,
-        shape,
-        config.network.label_dim,
-        config.sigma_d,
-        args.guidance,
-        meta.get("guidance", False),
-    )
+        sample_from, model, kind, args.steps, args.num, args.seed, shape, num_classes, config.sigma_d,
+        args.guidance, meta.get("guidance", False), captions,
+    )  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(args.out, samples=samples, **({} if classes is None else {"labels": classes}))
     if samples.ndim == 4:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from backends.configs import SIGMA_D
+from backends.configs import SIGMA_D, TextLayout
 
 from .toy import ring
 
@@ -41,6 +41,39 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 # shifted by μ_c and scaled by σ_d/σ_c
 SD_VAE_MEAN = (1.56, -0.695, 0.483, 0.729)
 SD_VAE_STD = (5.27, 5.91, 4.21, 4.31)
+
+
+@dataclass(frozen=True)
+class Text:
+    """Per stored sample, what a text encoder made of its caption, indexed like
+    `Dataset.stored` and possibly memory-mapped: hidden states (M, L, D), an attention mask
+    (M, L) or None and pooled projections (M, P) or None, as `layout` says; `empty`, the empty
+    prompt's, packed into one row (what CFG's unconditional branch and label dropout give the
+    model); and the captions themselves when known."""
+
+    layout: TextLayout
+    states: np.ndarray
+    mask: np.ndarray | None
+    pooled: np.ndarray | None
+    empty: np.ndarray  # (layout.size,) float32
+    captions: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        n, layout = len(self.states), self.layout
+        if self.empty.shape != (layout.size,):
+            raise ValueError(f"the empty prompt's row has shape {self.empty.shape}, the layout {layout.size}")
+        if not self.empty.any():
+            raise ValueError("the empty prompt's states are all zero, which stands for no caption")
+        self.layout.pack(self.states[:1], *(None if a is None else a[:1] for a in (self.mask, self.pooled)))
+        lengths = {"mask": self.mask, "pooled": self.pooled, "captions": self.captions}
+        bad = {k: len(v) for k, v in lengths.items() if v is not None and len(v) != n}
+        if bad:
+            raise ValueError(f"text: {n} states but {', '.join(f'{v} {k}' for k, v in bad.items())}")
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        """The packed rows (n, layout.size) float32 of the stored samples `rows`."""
+        take = (None if a is None else np.asarray(a[rows]) for a in (self.mask, self.pooled))
+        return self.layout.pack(np.asarray(self.states[rows]), *take)
 
 
 @dataclass(frozen=True)
@@ -56,6 +89,12 @@ class Dataset:
     scale: np.ndarray | float = 1.0  # a number or per channel (1, C, 1, 1)
     shift: np.ndarray | float = 0.0
     rows: np.ndarray | None = None  # the rows of `stored` in this set, in order (None: all)
+    text: Text | None = None  # captions' text-encoder states, per stored sample
+
+    @property
+    def condition_dim(self) -> int:
+        """The width of the rows `conditions` gives: a text layout's size, else the classes."""
+        return self.text.layout.size if self.text is not None else self.num_classes
 
     def __post_init__(self) -> None:
         if self.stored.ndim not in (2, 4) or len(self) == 0:
@@ -66,6 +105,10 @@ class Dataset:
         )
         if in_memory_floats and not np.isfinite(self.stored).all():
             raise ValueError(f"{self.name}: the data hold NaN or Inf values")
+        if self.text is not None and len(self.text.states) != self.stored.shape[0]:
+            raise ValueError(
+                f"{self.name}: text states for {len(self.text.states)} samples, {self.stored.shape[0]} stored"
+            )
         if self.labels is not None:
             if self.labels.shape != (len(self),):
                 raise ValueError(f"{self.name}: {self.labels.shape[0]} labels for {len(self)} samples")
@@ -107,17 +150,45 @@ class Dataset:
     def _subset(self, index: np.ndarray, name: str) -> Dataset:
         labels = None if self.labels is None else self.labels[index]
         rows = index if self.rows is None else self.rows[index]
-        return Dataset(name, self.stored, labels, self.num_classes, self.scale, self.shift, rows)
+        return dataclasses.replace(self, name=name, labels=labels, rows=rows)
 
     def without_labels(self) -> Dataset:
-        """The same samples, unlabelled (what an unconditional network trains on)."""
-        return dataclasses.replace(self, labels=None, num_classes=0)
+        """The same samples, unlabelled and uncaptioned (what an unconditional network trains on)."""
+        return dataclasses.replace(self, labels=None, num_classes=0, text=None)
 
-    def one_hot(self, index: np.ndarray) -> np.ndarray | None:
-        """The one-hot labels (float32) of the samples at `index`, or None when unlabelled."""
+    def for_network(self, label_dim: int, takes_text: bool) -> Dataset:
+        """The samples with what a network of `label_dim` conditions takes: neither labels nor
+        captions when unconditional, no captions when it takes classes. (A text-conditioned
+        network keeps the labels too: samples are checked against the class a caption names.)"""
+        if not label_dim:
+            return self.without_labels()
+        return self if takes_text else dataclasses.replace(self, text=None)
+
+    def conditions(self, index: np.ndarray) -> np.ndarray | None:
+        """What a conditional network takes for the samples at `index`, as float32 rows: their
+        captions' packed text states (`Text`), else their one-hot classes; None for neither."""
+        if self.text is not None:
+            return self.text.rows(np.arange(len(self))[index] if self.rows is None else self.rows[index])
         if self.labels is None:
             return None
         return np.eye(self.num_classes, dtype=np.float32)[self.labels[index]]
+
+    def captions_for(self, classes: np.ndarray | None, num: int) -> np.ndarray:
+        """The packed captions (`conditions`) to draw `num` samples for: for each of `classes`
+        in turn, a caption of that class (its samples' captions in order, cycling), so that
+        samples can be checked against the class their caption names; without classes, the
+        samples' captions in order (cycling)."""
+        if self.text is None:
+            raise ValueError(f"{self.name}: no text conditions to sample for")
+        if classes is None or self.labels is None:
+            return self.conditions(np.arange(num) % len(self))
+        index = np.zeros(len(classes), dtype=np.int64)
+        for c in np.unique(classes):
+            wanted, have = np.flatnonzero(classes == c), np.flatnonzero(self.labels == c)
+            if not len(have):
+                raise ValueError(f"{self.name}: no caption of class {c} to sample for")
+            index[wanted] = have[np.arange(len(wanted)) % len(have)]
+        return self.conditions(index)
 
 
 def digits(held_out: int = 297, seed: int = 0) -> tuple[Dataset, Dataset]:
@@ -273,20 +344,21 @@ def load_latents(path: Path, sigma_d: float = SIGMA_D, scaling: tuple[float, flo
     (latent − μ_c)·σ_d/σ_c per channel; or, with a pretrained model's VAE `scaling` = (scaling
     factor, shift factor), as that model saw them in training, (latent − shift)·scaling, with
     any number of channels. From an `.npz` ("x", optional "labels"), read into memory, or from
-    a folder of `x.npy` (memory-mapped) and optional `labels.npy`, as the `encode` command
-    writes. Encoding images needs the VAE's weights, which the user supplies; nothing is
-    downloaded here."""
+    a folder of `x.npy` (memory-mapped), optional `labels.npy` and optional text conditions
+    (`load_text`), as the `encode` command writes them. Encoding images needs the VAE's weights,
+    which the user supplies; nothing is downloaded here."""
     path = Path(path)
     if path.is_dir():
         if not (path / "x.npy").is_file():
             raise ValueError(f"{path}: a latents folder holds x.npy (and labels.npy); no x.npy there")
         x = _read_array(path / "x.npy", mmap_mode="r")
         labels = _read_array(path / "labels.npy") if (path / "labels.npy").is_file() else None
+        text = load_text(path)
     else:
         arrays = load_npz_arrays(path)
         if "x" not in arrays:
             raise ValueError(f"{path}: no array 'x' in the file (it holds {', '.join(arrays) or 'nothing'})")
-        x, labels = np.asarray(arrays["x"], dtype=np.float32), arrays.get("labels")
+        x, labels, text = np.asarray(arrays["x"], dtype=np.float32), arrays.get("labels"), None
     if x.ndim != 4 or (scaling is None and x.shape[1] != 4):
         raise ValueError(f"{path}: SD-VAE latents are (N, 4, h, w), got shape {x.shape}")
     if scaling is None:
@@ -294,10 +366,52 @@ def load_latents(path: Path, sigma_d: float = SIGMA_D, scaling: tuple[float, flo
         scale, shift = sigma_d / std, -mean * sigma_d / std
     else:
         scale, shift = scaling[0], -scaling[1] * scaling[0]
-    if labels is None:
-        return Dataset(str(path), x, None, 0, scale, shift)
-    labels = np.asarray(labels).astype(np.int64)
-    return Dataset(str(path), x, labels, int(labels.max()) + 1, scale, shift)
+    classes = None if labels is None else np.asarray(labels).astype(np.int64)
+    num = 0 if classes is None else int(classes.max()) + 1
+    return Dataset(str(path), x, classes, num, scale, shift, text=text)
+
+
+# a latents folder's text conditions (`torch_run.py encode --captions`): per sample, memory-mapped
+TEXT_FILES = {"states": "text_states.npy", "mask": "text_mask.npy", "pooled": "text_pooled.npy"}
+EMPTY_PROMPT = "text_empty.npz"  # the empty prompt's "states" (L, D), "mask" (L,), "pooled" (P,)
+CAPTIONS = "captions.json"  # the captions, a JSON list of strings (optional)
+
+
+def load_text(folder: Path) -> Text | None:
+    """The text conditions stored in `folder` (TEXT_FILES, EMPTY_PROMPT, CAPTIONS), None when it
+    holds none."""
+    folder = Path(folder)
+    found = {k: folder / name for k, name in TEXT_FILES.items() if (folder / name).is_file()}
+    if not found:
+        return None
+    if "states" not in found or not (folder / EMPTY_PROMPT).is_file():
+        needed = [n for n in (TEXT_FILES["states"], EMPTY_PROMPT) if not (folder / n).is_file()]
+        raise ValueError(f"{folder}: text conditions without {' and '.join(needed)}")
+    arrays = {k: _read_array(path, mmap_mode="r") for k, path in found.items()}
+    states = arrays["states"]
+    if states.ndim != 3:
+        raise ValueError(f"{found['states']}: text states are (N, length, width), got shape {states.shape}")
+    pooled = arrays.get("pooled")
+    layout = TextLayout(
+        states.shape[1], states.shape[2], "mask" in arrays, 0 if pooled is None else pooled.shape[-1]
+    )
+    empty = load_npz_arrays(folder / EMPTY_PROMPT)
+    try:
+        empty_row = layout.pack(
+            *(None if k not in empty else empty[k][None] for k in ("states", "mask", "pooled"))
+        )[0]
+    except ValueError as error:
+        raise ValueError(f"{folder / EMPTY_PROMPT}: the empty prompt's {error}") from None
+    captions = None
+    if (folder / CAPTIONS).is_file():
+        captions = json.loads((folder / CAPTIONS).read_text())
+        if not (isinstance(captions, list) and all(isinstance(c, str) for c in captions)):
+            raise ValueError(f"{folder / CAPTIONS}: expected a JSON list of strings")
+        captions = tuple(captions)
+    try:
+        return Text(layout, states, arrays.get("mask"), pooled, empty_row, captions)
+    except ValueError as error:
+        raise ValueError(f"{folder}: {error}") from None
 
 
 def _sd_vae_statistics() -> tuple[np.ndarray, np.ndarray]:

@@ -196,13 +196,15 @@ def draw(
     sigma_d: float,
     guidance: float = 1.0,
     takes_guidance: bool = False,
+    captions: data.Dataset | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """`num` samples and their classes (or None) by the backend's `sample_from`, from
-    `sampling_inputs`: the same seed gives the same samples in either backend."""
+    `sampling_inputs`: the same seed gives the same samples in either backend. A text-conditioned
+    model is sampled for the `captions` of a dataset with text (`Dataset.captions_for`)."""
     times, z, noises, classes = sampling_inputs(
         kind, num_steps, num, seed, sample_shape, num_classes, sigma_d
     )
-    labels = one_hot(classes, num_classes)
+    labels = one_hot(classes, num_classes) if captions is None else captions.captions_for(classes, num)
     return sample_from(model, kind, times, z, noises, labels, sigma_d, guidance, takes_guidance), classes
 
 

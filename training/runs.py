@@ -60,8 +60,9 @@ def train_and_evaluate(config: RunConfig, run: Run, main: bool, backend: Backend
         floors = metric.floor(train_set, config.eval.num, config.eval.seeds)
         run.log({"phase": "eval", "model": "data", "num": config.eval.num, **means(floors)})
         print(f"{config.eval.num} training samples (the floor at this size): {in_words(floors)}")
-    if not config.network.label_dim:  # an unconditional network trains and samples without them
-        train_set = train_set.without_labels()
+    # an unconditional network trains and samples without labels, a class-conditional one without captions
+    train_set = train_set.for_network(config.network.label_dim, "text" in config.network.options)
+    captions = train_set if train_set.text is not None else None  # what a text model samples for
     start = time.perf_counter() - run.elapsed()
     models = {}
     # the teacher (Eq. 4 with adaptive weighting), given or trained, then the phases that start
@@ -107,13 +108,18 @@ def train_and_evaluate(config: RunConfig, run: Run, main: bool, backend: Backend
                     samples, _ = draw(
                         backend.sample_from, model, kind, n, config.eval.num, seed, train_set.sample_shape,
                         train_set.num_classes, config.sigma_d, guidance, takes_guidance(config, name),
+                        captions,
                     )  # fmt: skip
                 else:  # from the same starts z as trigcore's samplers of the teacher
                     _, z, _, classes = sampling_inputs(
                         kind, n, config.eval.num, seed, train_set.sample_shape, train_set.num_classes,
                         config.sigma_d,
                     )  # fmt: skip
-                    labels = one_hot(classes, train_set.num_classes)
+                    labels = (
+                        one_hot(classes, train_set.num_classes)
+                        if captions is None
+                        else captions.captions_for(classes, config.eval.num)
+                    )
                     samples = backend.sample_native(model, method, n, z, labels, guidance)
                 scores.append(metric(samples, k))
                 if k == 0:

@@ -356,8 +356,8 @@ class _VSD:
 def _batch(train_set: data.Dataset, index: np.ndarray, context: distributed.Context) -> dict:
     """The global batch of samples `index` over the mesh, each process loading its own rows."""
     batch = {"x0": distributed.load_batch(context, index, train_set.get)}
-    if train_set.labels is not None:
-        batch["labels"] = distributed.load_batch(context, index, train_set.one_hot)
+    if train_set.condition_dim:
+        batch["labels"] = distributed.load_batch(context, index, train_set.conditions)
     return batch
 
 

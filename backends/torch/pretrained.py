@@ -16,12 +16,22 @@ import contextlib
 import copy
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
-from backends.configs import edm_preconditioning, read_diffusers_folder, schedule_from_config
+from backends.configs import (
+    TextLayout,
+    check_text,
+    edm_preconditioning,
+    read_diffusers_folder,
+    read_json,
+    schedule_from_config,
+)
 from trigcore import convert, native
 
 from .attention import attention
@@ -173,19 +183,31 @@ def jvp_ready() -> Iterator[None]:
 
 
 def diffusers_call(
-    model: torch.nn.Module, x_s: torch.Tensor, s: torch.Tensor, class_labels: torch.Tensor | None
+    model: torch.nn.Module, x_s: torch.Tensor, s: torch.Tensor, labels: torch.Tensor | dict | None
 ) -> torch.Tensor:
-    """A diffusers model's prediction at (x_s, its time s), class-conditional when given labels
-    (of models that also learn the variance, 2C output channels, the first C)."""
-    kwargs = {} if class_labels is None else {"class_labels": class_labels}
-    out = model(x_s, s, **kwargs, return_dict=False)[0]
+    """A diffusers model's prediction at (x_s, its time s), class-conditional when given class
+    indices, text-conditioned when given its text keywords (a dict: `TrigFlowView`); of models
+    that also learn the variance (2C output channels), the first C."""
+    kwargs = labels if isinstance(labels, dict) else {} if labels is None else {"class_labels": labels}
+    out = model(x_s, timestep=s, **kwargs, return_dict=False)[0]
     # models that also learn the variance (improved DDPM, DiT) predict 2C channels, the first C
     # being the prediction
     return out[:, : x_s.shape[1]] if out.shape[1] == 2 * x_s.shape[1] else out
 
 
-# where each diffusers model family makes its time embedding (the student's guidance joins it)
-TIME_EMBEDDINGS = ("time_embedding", "time_text_embed", "time_embed")
+# where each diffusers model family makes its time embedding (the student's guidance joins it):
+# U-Nets, SD3/Flux, PixArt/Sana (whose time_embed, an adaptive norm, embeds t in its emb), others
+TIME_EMBEDDINGS = ("time_embedding", "time_text_embed", "time_embed.emb", "time_embed")
+
+
+def time_embedding(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The first of TIME_EMBEDDINGS the model has, or None."""
+    for path in TIME_EMBEDDINGS:
+        try:
+            return model.get_submodule(path)
+        except AttributeError:
+            continue
+    return None
 
 
 class TrigFlowView(LogvarHead, torch.nn.Module):
@@ -198,7 +220,11 @@ class TrigFlowView(LogvarHead, torch.nn.Module):
     labels)` returns the prediction (`diffusers_call` by default; EDM's own `Precond` takes
     `lambda m, x, s, y: m(x, s, y)` with `EDM()` and "sample"). Class labels come one-hot, as
     the run scripts give them, and reach the model as indices; an all-zero row (no class, for
-    CFG) becomes `null_class`. With `guidance`, a zero-initialised embedding of the guidance
+    CFG) becomes `null_class`. A text-conditioned view (`text`, the layout of its condition rows:
+    `configs.TextLayout`) takes each caption's packed text states in place of the one-hot row
+    and hands the model its keywords (`configs.TEXT_INPUTS`) as `labels`; an all-zero row, or
+    no labels, is the empty prompt, whose packed row the view holds (`text_empty`, saved with
+    its weights; set it before use). With `guidance`, a zero-initialised embedding of the guidance
     scale is added to the output of the model's time embedding (the first of TIME_EMBEDDINGS it
     has), so a student starts equal to its teacher.
     """
@@ -213,17 +239,22 @@ class TrigFlowView(LogvarHead, torch.nn.Module):
         null_class: int | None = None,
         guidance: bool = False,
         logvar_channels: int = 128,
+        text: TextLayout | None = None,
     ) -> None:
         super().__init__()
         native.F_from_prediction(1.0, 1.0, 1.0, sigma_d, schedule.kind, prediction_type)  # checks
         self.model, self.schedule, self.prediction_type = model, schedule, prediction_type
         self.sigma_d, self.call, self.null_class = float(sigma_d), call, null_class
+        self.text, self.text_inputs = text, None
+        if text is not None:
+            self.text_inputs = check_text(type(model).__name__, dict(model.config), text)
+            self.register_buffer("text_empty", torch.zeros(text.size))
         self.emb_logvar = PositionalEmbedding(logvar_channels)
         self.logvar_linear = torch.nn.Linear(logvar_channels, 1)
         self.emb_guidance: torch.nn.Module | None = None
         self._scale: torch.Tensor | None = None
         if guidance:
-            where = next((getattr(model, n) for n in TIME_EMBEDDINGS if hasattr(model, n)), None)
+            where = time_embedding(model)
             if where is None:
                 raise ValueError(
                     f"{type(model).__name__} has none of {', '.join(TIME_EMBEDDINGS)}, where the "
@@ -253,7 +284,7 @@ class TrigFlowView(LogvarHead, torch.nn.Module):
         """F_θ(u, t); with `native_call`, the model's own prediction at its own input u = x_s and
         time t = s (diffusers' own training and sampling, through the module DDP wraps)."""
         if native_call:
-            return self.call(self.model, u, t.expand(u.shape[0]), self._labels(class_labels))
+            return self.call(self.model, u, t.expand(u.shape[0]), self._labels(class_labels, u))
         t = t.to(u.dtype).expand(u.shape[0]) if t.ndim <= 1 else t
         x_t = u * self.sigma_d
         x_s = native.to_native(x_t, t, self.sigma_d, self.schedule.kind)
@@ -263,14 +294,17 @@ class TrigFlowView(LogvarHead, torch.nn.Module):
         self._scale = None if guidance is None else guidance.to(u.dtype).expand(u.shape[0])
         try:
             with jvp_ready():
-                prediction = self.call(self.model, x_s, s, self._labels(class_labels))
+                prediction = self.call(self.model, x_s, s, self._labels(class_labels, x_s))
         finally:
             self._scale = None
         return native.F_from_prediction(
             x_t, t, prediction.to(u.dtype), self.sigma_d, self.schedule.kind, self.prediction_type
         )
 
-    def _labels(self, class_labels: torch.Tensor | None) -> torch.Tensor | None:
+    def _labels(self, class_labels: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | dict | None:
+        """What `call` hands the model beside x: class indices, text keywords or None."""
+        if self.text is not None:
+            return self._text_keywords(class_labels, x)
         if class_labels is None:
             return None
         index = class_labels.argmax(dim=1)
@@ -282,6 +316,26 @@ class TrigFlowView(LogvarHead, torch.nn.Module):
                 )
             index = torch.where(empty, torch.full_like(index, self.null_class), index)
         return index
+
+    def _text_keywords(self, rows: torch.Tensor | None, x: torch.Tensor) -> dict:
+        """The model's text keywords, in x's dtype, from packed rows (`configs.TextLayout`);
+        all-zero rows and None (for every sample) are the empty prompt."""
+        assert self.text is not None and self.text_inputs is not None
+        empty = self.text_empty.to(x.dtype)
+        if not bool(empty.any()):
+            raise ValueError("this text-conditioned view's empty prompt (text_empty) is not set")
+        if rows is None:
+            rows = empty.expand(x.shape[0], -1)
+        else:
+            rows = torch.where((rows == 0).all(dim=1, keepdim=True), empty, rows.to(x.dtype))
+        states, mask, pooled = self.text.unpack(rows)
+        inputs = self.text_inputs
+        keywords = {inputs.states: states}
+        if mask is not None and inputs.mask is not None:
+            keywords[inputs.mask] = mask
+        if pooled is not None and inputs.pooled is not None:
+            keywords[inputs.pooled] = pooled
+        return keywords
 
 
 def _output_channels(module: torch.nn.Module) -> int:
@@ -308,6 +362,8 @@ def load_diffusers(
     null_class: int | None = None,
     call: Callable[..., torch.Tensor] | None = None,
     seed: int = 0,
+    text: TextLayout | None = None,
+    text_empty: Any = None,
 ) -> TrigFlowView:
     """The TrigFlow view of a diffusers model saved on disk (nothing is downloaded): a pipeline
     folder (model_index.json; its unet/ or transformer/ and scheduler/) or a model folder
@@ -315,19 +371,22 @@ def load_diffusers(
 
     The weights are checked as they load (`load_model`). What the view adds to the model (its
     logvar head, a guidance embedding) is initialised from `seed`, so one seed gives one view
-    whatever torch's global generator holds. A text-conditioned model needs `call`, a function
-    (model, x_s, s, labels) that also hands it its text states. A scheduler config's clamp of
-    x̂0 while sampling (clip_sample, thresholding: `configs.clamping`) has no place in TrigFlow's
-    PF-ODE, which the view's samplers and a distilled student follow."""
+    whatever torch's global generator holds. A text-conditioned model takes its captions as
+    packed rows laid out as `text` says (`configs.TextLayout`, checked against the model's
+    config), `text_empty` being the empty prompt's row; or, without `text`, a `call` (model, x_s,
+    s, labels) that hands it its text states itself. A scheduler config's clamp of x̂0 while
+    sampling (clip_sample, thresholding: `configs.clamping`) has no place in TrigFlow's PF-ODE,
+    which the view's samplers and a distilled student follow."""
     found = read_diffusers_folder(folder)
-    if found.text_conditioned and call is None:
+    if found.text_conditioned and call is None and text is None:
         raise ValueError(
-            f"{folder}: {found.class_name} is text-conditioned, and no call= was given to hand it "
-            "its text states (encoder_hidden_states, …) beside the noisy sample"
+            f"{folder}: {found.class_name} is text-conditioned, and neither text= (the layout of its "
+            "text conditions) nor call= (a call that hands it its text states) was given"
         )
     return pretrained_view(
         found.class_name, found.model_folder, found.scheduler, sigma_d, device=device, dtype=dtype,
-        guidance=guidance, null_class=null_class, call=call or diffusers_call, seed=seed,
+        guidance=guidance, null_class=null_class, call=call or diffusers_call, seed=seed, text=text,
+        text_empty=text_empty,
     )  # fmt: skip
 
 
@@ -343,13 +402,15 @@ def pretrained_view(
     null_class: int | None = None,
     call: Callable[..., torch.Tensor] = diffusers_call,
     seed: int = 0,
+    text: TextLayout | None = None,
+    text_empty: Any = None,
 ) -> TrigFlowView:
     """`load_diffusers` from what its folder says, already read (`configs.read_diffusers_folder`):
     the model's class, the model folder holding its weights and the scheduler's config."""
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
         model = load_model(class_name, weights, dtype)
-        view = _view(model, scheduler_config, sigma_d, call, guidance, null_class)
+        view = _view(model, scheduler_config, sigma_d, call, guidance, null_class, text, text_empty)
     return view.to(device, dtype)
 
 
@@ -361,11 +422,13 @@ def diffusers_view(
     *,
     guidance: bool = False,
     null_class: int | None = None,
+    text: TextLayout | None = None,
+    text_empty: Any = None,
 ) -> TrigFlowView:
     """The TrigFlow view of the diffusers model `class_name` built from its config, freshly
     initialised (from torch's global generator, as any torch module)."""
     model = model_class(class_name).from_config(model_config)
-    return _view(model, scheduler_config, sigma_d, diffusers_call, guidance, null_class)
+    return _view(model, scheduler_config, sigma_d, diffusers_call, guidance, null_class, text, text_empty)
 
 
 def _view(
@@ -375,14 +438,22 @@ def _view(
     call: Callable[..., torch.Tensor],
     guidance: bool,
     null_class: int | None,
+    text: TextLayout | None,
+    text_empty: Any,
 ) -> TrigFlowView:
     schedule, prediction = schedule_from_config(scheduler_config)
     edm = edm_preconditioning(scheduler_config)
     if edm is not None:
         call = edm_call(call, *edm)
-    return TrigFlowView(
-        model.eval(), schedule, prediction, sigma_d, call=call, guidance=guidance, null_class=null_class
-    )
+    view = TrigFlowView(
+        model.eval(), schedule, prediction, sigma_d, call=call, guidance=guidance, null_class=null_class,
+        text=text,
+    )  # fmt: skip
+    if text_empty is not None:
+        if text is None:
+            raise ValueError("text_empty= (the empty prompt's row) needs text= (the layout of the rows)")
+        view.text_empty.copy_(torch.as_tensor(text_empty, dtype=torch.float32).reshape(-1))
+    return view
 
 
 def edm_call(
@@ -462,6 +533,91 @@ def first_cause(error: BaseException) -> str:
     while error.__cause__ or error.__context__:
         error = error.__cause__ or error.__context__
     return (str(error).strip() or type(error).__name__).splitlines()[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# text conditions: captions through a pipeline's own text encoders
+
+
+@dataclass(frozen=True)
+class PromptEncoder:
+    """How a pipeline's own `encode_prompt` is called for a batch of captions (its keywords
+    beyond the prompt and the device; the pipeline's own sampling defaults fill the rest), where
+    the hidden states, attention mask and pooled projection are in what it returns, and where
+    the empty negative prompt's are when it is called with CFG: what its sampler gives the
+    unconditional branch (None: the empty caption, encoded as any other)."""
+
+    keywords: dict
+    outputs: tuple[int, int | None, int | None] = (0, None, None)
+    empty: tuple[int, int | None, int | None] | None = None
+
+
+_ONCE = {"num_images_per_prompt": 1, "do_classifier_free_guidance": False}
+PROMPT_ENCODERS = {
+    "StableDiffusionPipeline": PromptEncoder(_ONCE, empty=(1, None, None)),
+    "StableDiffusion3Pipeline": PromptEncoder(
+        {"prompt_2": None, "prompt_3": None, **_ONCE}, (0, None, 2), empty=(1, None, 3)
+    ),
+    "SanaPipeline": PromptEncoder(
+        {"do_classifier_free_guidance": False, "clean_caption": False}, (0, 1, None), empty=(2, 3, None)
+    ),
+    "SanaSprintPipeline": PromptEncoder({"clean_caption": False}, (0, 1, None)),  # it takes no CFG
+}
+DENOISERS = ("unet", "transformer", "vae")  # a pipeline's parts that encoding captions leaves out
+
+
+def prompt_encoder(
+    folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> tuple[Callable[[list[str]], tuple], tuple]:
+    """(encode, empty): `encode(captions)` gives their (hidden states (N, L, D) float32,
+    attention mask (N, L) uint8 or None, pooled projection (N, P) float32 or None), by the
+    tokenizers and text encoders of the diffusers pipeline saved in `folder` (nothing is
+    downloaded; its denoiser and VAE are not loaded), called as the pipeline calls them when it
+    samples (`PROMPT_ENCODERS`); `empty` is the same for its unconditional branch, one row."""
+    import inspect
+
+    import diffusers
+
+    index = read_json(Path(folder) / "model_index.json")
+    name = index.get("_class_name")
+    encoder = PROMPT_ENCODERS.get(name)
+    if encoder is None:
+        raise ValueError(
+            f"{folder}: {name} is not a pipeline whose captions this reader encodes "
+            f"({', '.join(PROMPT_ENCODERS)})"
+        )
+    left_out = {part: None for part in DENOISERS if part in index}
+    try:
+        pipeline = getattr(diffusers, name).from_pretrained(folder, local_files_only=True, **left_out)
+    except (OSError, ValueError, TypeError) as error:
+        raise ValueError(
+            f"{folder}: the pipeline's text encoders do not load ({first_cause(error)})"
+        ) from None
+    pipeline.to(device=device, dtype=dtype)
+    sampling = inspect.signature(type(pipeline).__call__).parameters
+    own = inspect.signature(pipeline.encode_prompt).parameters
+    keywords = {k: p.default for k, p in sampling.items() if k in own and p.default is not p.empty}
+    keywords |= encoder.keywords | {"device": device}
+    keywords.pop("prompt", None)
+
+    def call(captions: list[str], where: tuple[int, int | None, int | None], **extra: Any) -> tuple:
+        with torch.no_grad():
+            out = pipeline.encode_prompt(list(captions), **keywords | extra)
+        states, mask, pooled = (None if i is None else out[i].cpu() for i in where)
+        return (
+            states.float().numpy(),
+            None if mask is None else mask.numpy().astype(np.uint8),
+            None if pooled is None else pooled.float().numpy(),
+        )
+
+    def encode(captions: list[str]) -> tuple:
+        return call(captions, encoder.outputs)
+
+    if encoder.empty is None:
+        empty = encode([""])
+    else:
+        empty = call([""], encoder.empty, do_classifier_free_guidance=True, negative_prompt=[""])
+    return encode, empty
 
 
 # ---------------------------------------------------------------------------------------------
@@ -550,7 +706,8 @@ def native_model(view: TrigFlowView, guidance: float = 1.0) -> torch.nn.Module:
             raise ValueError(f"this view takes no guidance scale, so none can be folded in (got {guidance})")
         return model
     copied = copy.deepcopy(view)
-    where = next(getattr(copied.model, n) for n in TIME_EMBEDDINGS if hasattr(copied.model, n))
+    where = time_embedding(copied.model)
+    assert where is not None
     last = [m for m in where.modules() if isinstance(m, torch.nn.Linear)][-1]
     parameter = next(view.parameters())
     scale = torch.full((1,), guidance, dtype=parameter.dtype, device=parameter.device)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import math
+import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -20,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from backends.configs import TextLayout
 from training import data, loop, metrics, objectives, run_folder, runs
 from training.config import PHASES, PhaseConfig, RunConfig
 from training.objectives import OBJECTIVES
@@ -36,12 +39,14 @@ def build_network(
     sample_shape: tuple[int, ...],
     guidance: bool = False,
     phase: PhaseConfig | None = None,
+    text_empty: np.ndarray | None = None,
 ) -> torch.nn.Module:
     """The configured network for samples of `sample_shape`, with `phase`'s dropout; distilled
-    students with CFG take the guidance scale as an input (G.2)."""
+    students with CFG take the guidance scale as an input (G.2); a text-conditioned one the
+    empty prompt's packed states `text_empty` (`data.Text`; students copy their teacher's)."""
     network = config.network
     if network.kind == "diffusers":
-        return _diffusers_network(config, guidance, phase)
+        return _diffusers_network(config, guidance, phase, text_empty)
     options = dict(network.options)
     if phase is not None:
         options["dropout"] = phase.dropout
@@ -65,7 +70,9 @@ def build_network(
     raise ValueError(f"network kind must be 'edm2', 'ddpmpp', 'mlp' or 'diffusers', got {network.kind!r}")
 
 
-def _diffusers_network(config: RunConfig, guidance: bool, phase: PhaseConfig | None) -> torch.nn.Module:
+def _diffusers_network(
+    config: RunConfig, guidance: bool, phase: PhaseConfig | None, text_empty: np.ndarray | None = None
+) -> torch.nn.Module:
     """A pretrained teacher's architecture, freshly initialised, as a TrigFlow view
     (`backends.torch.pretrained`), with `phase`'s dropout where the model has that setting."""
     from backends.torch.pretrained import diffusers_view
@@ -80,8 +87,15 @@ def _diffusers_network(config: RunConfig, guidance: bool, phase: PhaseConfig | N
         model["dropout"] = phase.dropout
     return diffusers_view(
         config.network.preset, model, options["scheduler"], config.sigma_d,
-        guidance=guidance, null_class=options.get("null_class"),
+        guidance=guidance, null_class=options.get("null_class"), text=text_layout(config),
+        text_empty=text_empty,
     )  # fmt: skip
+
+
+def text_layout(config: RunConfig) -> TextLayout | None:
+    """The layout of a text-conditioned network's condition rows (None: it takes none)."""
+    text = config.network.options.get("text")
+    return None if text is None else TextLayout(**text)
 
 
 def load_pretrained(config: RunConfig, train_set: data.Dataset, device: torch.device) -> torch.nn.Module:
@@ -97,10 +111,11 @@ def load_pretrained(config: RunConfig, train_set: data.Dataset, device: torch.de
     weights = options.get("weights") or read_diffusers_folder(folder).model_folder
     teacher = pretrained_view(
         config.network.preset, weights, options["scheduler"], config.sigma_d, device=device,
-        null_class=options.get("null_class"), seed=config.seed,
+        null_class=options.get("null_class"), seed=config.seed, text=text_layout(config),
+        text_empty=None if train_set.text is None else train_set.text.empty,
     )  # fmt: skip
     x = torch.from_numpy(train_set.get(np.arange(2))).to(device)
-    labels = train_set.one_hot(np.arange(2)) if config.network.label_dim else None
+    labels = train_set.conditions(np.arange(2)) if config.network.label_dim else None
     try:
         with torch.no_grad():
             F = teacher(x / config.sigma_d, torch.ones(2, device=device), labels if labels is None else
@@ -168,7 +183,8 @@ class TorchTrainer:
         self.sharded = config.parallel == "fsdp" and context.world > 1
         torch.manual_seed(config.seed + PHASES.index(name))
         guided = objectives.takes_guidance(config, name)
-        self.network = build_network(config, train_set.sample_shape, guided, phase).to(device)
+        empty = None if train_set.text is None else train_set.text.empty
+        self.network = build_network(config, train_set.sample_shape, guided, phase, empty).to(device)
         if objectives.starts_from_teacher(name, phase):  # G.2: CMs start from the teacher's EMA
             self.network.load_state_dict(teacher.state_dict(), strict=False)
         if arrays is not None:  # resuming: the weights first
@@ -361,7 +377,7 @@ class _VSD:
 
 def _batch(train_set: data.Dataset, index: np.ndarray, device: torch.device) -> dict:
     batch = {"x0": torch.from_numpy(train_set.get(index)).to(device)}
-    labels = train_set.one_hot(index)
+    labels = train_set.conditions(index)
     if labels is not None:
         batch["labels"] = torch.from_numpy(labels).to(device)
     return batch
@@ -582,7 +598,16 @@ def load_network(
 
 
 def encode_command(args: argparse.Namespace) -> int:
-    """Images → raw SD-VAE latents in an .npz that `--data latents:PATH` reads (G.1)."""
+    """`encode`: images → raw VAE latents in a folder that `--data latents:PATH` reads (G.1),
+    or captions → a pipeline's text states beside them (`encode_captions`)."""
+    images, captions = (args.vae, args.data), (args.captions, args.pipeline)
+    if all(images) == all(captions) or (any(images) and any(captions)):
+        raise ValueError("encode takes --vae and --data (images) or --captions and --pipeline (captions)")
+    return encode_captions(args) if all(captions) else encode_images(args)
+
+
+def encode_images(args: argparse.Namespace) -> int:
+    """Images → raw SD-VAE latents in a folder that `--data latents:PATH` reads (G.1)."""
     from training.vae import SDVAE
 
     kind, _, path = args.data.partition(":")
@@ -609,6 +634,101 @@ def encode_command(args: argparse.Namespace) -> int:
     temporary.rename(args.out)
     print(f"wrote {len(images)} latents of shape {x.shape[1:]} to {args.out}")
     return 0
+
+
+def encode_captions(args: argparse.Namespace) -> int:
+    """Captions → what the text encoders of the pipeline `args.pipeline` make of them, in the
+    latents folder `args.out` (or a new one) as `data.load_text` reads it: per sample the hidden
+    states, attention mask and pooled projection the pipeline's denoiser takes (memory-mapped
+    .npy files), the empty prompt's, and the captions. Written in batches to a folder beside it,
+    so that a stopped run resumes where it stopped; moved into place when done."""
+    from .pretrained import prompt_encoder
+
+    captions = read_captions(args.captions)
+    out, batch = Path(args.out), args.batch
+    if batch < 1:
+        raise ValueError(f"--batch must be at least 1, got {batch}")
+    size = len(np.load(out / "x.npy", mmap_mode="r")) if (out / "x.npy").is_file() else len(captions)
+    if size != len(captions):
+        raise ValueError(
+            f"--captions {args.captions}: {len(captions)} captions for the {size} latents in {out}"
+        )
+    held = [name for name in (*data.TEXT_FILES.values(), data.EMPTY_PROMPT) if (out / name).exists()]
+    if held:
+        raise FileExistsError(f"--out {out} already holds {', '.join(held)}")
+    temporary = out.with_name(f".{out.name}.text.tmp")
+    progress_file = temporary / "progress.json"
+    identity = {"captions": hashlib.sha256(json.dumps(captions).encode()).hexdigest(),
+                "pipeline": str(Path(args.pipeline).resolve())}  # fmt: skip
+    done = 0
+    if progress_file.exists():
+        progress = json.loads(progress_file.read_text())
+        if {k: progress.get(k) for k in identity} == identity:
+            done = int(progress["done"])
+        else:  # another encoding's leftovers
+            shutil.rmtree(temporary)
+    temporary.mkdir(parents=True, exist_ok=True)
+    device = distributed.setup(args.device).device
+    encode, empty = prompt_encoder(args.pipeline, device)
+    files: dict[str, np.ndarray] = {}
+    for start in run_folder.progress(range(done, len(captions), batch), "encode", initial=done // batch,
+                                     total=-(-len(captions) // batch)):  # fmt: skip
+        arrays = dict(zip(("states", "mask", "pooled"), encode(captions[start : start + batch])))
+        for key, array in arrays.items():
+            if array is None:
+                continue
+            if key not in files:
+                path = temporary / data.TEXT_FILES[key]
+                shape = (len(captions), *array.shape[1:])
+                files[key] = (
+                    np.lib.format.open_memmap(path, "r+")
+                    if start > 0
+                    else np.lib.format.open_memmap(path, "w+", array.dtype, shape)
+                )
+            files[key][start : start + len(array)] = array
+        for array in files.values():
+            array.flush()
+        progress_file.write_text(json.dumps(identity | {"done": min(start + batch, len(captions))}))
+    np.savez(temporary / data.EMPTY_PROMPT, **{k: v[0] for k, v in zip(("states", "mask", "pooled"), empty)
+                                                if v is not None})  # fmt: skip
+    (temporary / data.CAPTIONS).write_text(json.dumps(captions))
+    out.mkdir(parents=True, exist_ok=True)
+    # the states last: a folder holding them holds the rest (`data.load_text`)
+    names = [data.EMPTY_PROMPT, data.CAPTIONS, data.TEXT_FILES["mask"], data.TEXT_FILES["pooled"],
+             data.TEXT_FILES["states"]]  # fmt: skip
+    for name in names:
+        if (temporary / name).exists():
+            os.replace(temporary / name, out / name)
+    shutil.rmtree(temporary)
+    text = data.load_text(out)
+    assert text is not None
+    layout = text.layout
+    print(
+        f"wrote the text states of {len(captions)} captions to {out}: {layout.length} tokens × {layout.width}"
+        f"{', a mask' if layout.mask else ''}{f', pooled {layout.pooled}' if layout.pooled else ''}"
+    )
+    return 0
+
+
+def read_captions(path: Path) -> list[str]:
+    """Captions from a JSON list of strings or a text file of one caption per line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"--captions {path}: not a readable text file ({error})") from None
+    if path.suffix == ".json":
+        try:
+            captions = json.loads(text)
+        except ValueError as error:
+            raise ValueError(f"--captions {path}: not readable JSON ({error})") from None
+        if not (isinstance(captions, list) and all(isinstance(c, str) for c in captions)):
+            raise ValueError(f"--captions {path}: expected a JSON list of strings")
+    else:
+        captions = text.splitlines()
+    if not captions:
+        raise ValueError(f"--captions {path}: no captions in it")
+    return captions
 
 
 def export_command(args: argparse.Namespace) -> int:

@@ -171,7 +171,7 @@ def test_bad_encodings_are_refused_by_name(
 
 def text_folder(tmp_path: Path, change: dict) -> Path:
     """A latents folder with text conditions written by hand (3 tokens × 2, a mask, pooled 4),
-    each file replaceable (None: left out)."""
+    each file replaceable (None: left out; text: written as it is)."""
     folder = tmp_path / "text"
     folder.mkdir()
     np.save(folder / "x.npy", np.zeros((5, 1, 2, 2), np.float32))
@@ -182,7 +182,9 @@ def text_folder(tmp_path: Path, change: dict) -> Path:
         "text_pooled.npy": rng.standard_normal((5, 4)).astype(np.float32),
     } | {k: v for k, v in change.items() if k != "empty"}
     for name, array in files.items():
-        if array is not None:
+        if isinstance(array, str):
+            (folder / name).write_text(array)
+        elif array is not None:
             np.save(folder / name, array)
     empty = {"states": np.ones((3, 2)), "mask": np.array([1, 0, 0]), "pooled": np.ones(4)}
     np.savez(folder / "text_empty.npz", **(change.get("empty") or empty))
@@ -225,6 +227,8 @@ def test_text_conditions_are_packed_rows_and_samples_are_drawn_for_each_class() 
         ({"text_states.npy": None}, "text conditions without text_states.npy"),
         ({"text_states.npy": np.zeros((5, 6), np.float32)}, r"text states are \(N, length, width\)"),
         ({"text_mask.npy": np.ones((4, 3), np.uint8)}, "5 states but 4 mask"),
+        ({"captions.json": '["a", "b", "c", "d", "e"'}, "captions.json: expected a JSON list of strings"),
+        ({"captions.json": '["a", "b"]'}, "5 states but 2 captions"),
         ({"empty": {"states": np.zeros((3, 2)), "mask": np.zeros(3), "pooled": np.zeros(4)}},
          "the empty prompt's states are all zero"),
         ({"empty": {"states": np.ones((3, 2)), "mask": np.ones(3)}},

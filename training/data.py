@@ -404,7 +404,10 @@ def load_text(folder: Path) -> Text | None:
         raise ValueError(f"{folder / EMPTY_PROMPT}: the empty prompt's {error}") from None
     captions = None
     if (folder / CAPTIONS).is_file():
-        captions = json.loads((folder / CAPTIONS).read_text())
+        try:
+            captions = json.loads((folder / CAPTIONS).read_text())
+        except ValueError:
+            captions = None
         if not (isinstance(captions, list) and all(isinstance(c, str) for c in captions)):
             raise ValueError(f"{folder / CAPTIONS}: expected a JSON list of strings")
         captions = tuple(captions)

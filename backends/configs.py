@@ -248,12 +248,14 @@ FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteSche
 EDM_SCHEDULERS = ("EDMEulerScheduler", "EDMDPMSolverMultistepScheduler")
 
 
-def schedule_from_config(config: dict) -> tuple[native.Schedule, str]:
+def schedule_from_config(config: dict, model: dict | None = None) -> tuple[native.Schedule, str]:
     """The schedule and prediction type a diffusers scheduler config describes: a DDPM table
     (from `trained_betas` or the beta schedule) with its prediction type, flow matching (the
-    model's time σ·num_train_timesteps, predicting ε − x0; also a multistep solver with
-    `use_flow_sigmas` and "flow_prediction"), or EDM (time σ; the model's output
-    made x̂0, "sample", by its preconditioning: `edm_preconditioning`)."""
+    model's time σ·num_train_timesteps·timestep_scale, predicting ε − x0; also a multistep
+    solver with `use_flow_sigmas` and "flow_prediction"), or EDM (time σ; the model's output
+    made x̂0, "sample", by its preconditioning: `edm_preconditioning`). `timestep_scale` is a
+    key of the `model` config (Sana's: its pipeline multiplies the scheduler's timesteps by it;
+    0.001 makes the model read σ in [0, 1], as SANA-Sprint's pipeline feeds it)."""
     name = config.get("_class_name", "?")
     steps = int(config.get("num_train_timesteps", 1000))
     # multistep solvers configured for flow matching (Sana's DPM-Solver++, UniPC) visit flow sigmas
@@ -265,7 +267,10 @@ def schedule_from_config(config: dict) -> tuple[native.Schedule, str]:
                 f"scheduler {name}: use_flow_sigmas with prediction_type {config.get('prediction_type')!r}, "
                 "expected flow_prediction"
             )
-        return native.RectifiedFlow(scale=steps), "flow"
+        timestep_scale = float((model or {}).get("timestep_scale", 1.0))
+        if not timestep_scale > 0:
+            raise ValueError(f"the model's timestep_scale must be positive, got {timestep_scale}")
+        return native.RectifiedFlow(scale=steps * timestep_scale), "flow"
     if name in EDM_SCHEDULERS:
         edm_preconditioning(config)  # checks
         return native.EDM(), "sample"
@@ -318,6 +323,39 @@ def clamping(config: dict) -> list[str]:
         ratio = config.get("dynamic_thresholding_ratio", 0.995)
         found.append(f"thresholding (x̂0 dynamically thresholded at its {ratio:g} quantile)")
     return found
+
+
+# diffusers' own samplers of a model in its own notation, by name (eval.native_samplers
+# "NAME-N"): the scheduler class that samples each family of native schedules the name serves
+NATIVE_SAMPLERS: dict[str, dict[type[native.Schedule], str]] = {
+    "ddim": {native.DiscreteVP: "DDIMScheduler"},
+    "dpmsolver++": {
+        native.DiscreteVP: "DPMSolverMultistepScheduler",
+        native.RectifiedFlow: "DPMSolverMultistepScheduler",
+    },
+    "euler": {native.RectifiedFlow: "FlowMatchEulerDiscreteScheduler"},
+}
+_FAMILIES = {native.DiscreteVP: "a DDPM table", native.RectifiedFlow: "flow matching"}
+
+
+def native_sampler(name: str, schedule: native.Schedule, scheduler_config: dict) -> str:
+    """The diffusers scheduler class by which the native sampler `name` (NATIVE_SAMPLERS) samples
+    a model of the native `schedule` (`schedule_from_config` of its `scheduler_config`). Refused,
+    naming the sampler and the model's scheduler class, where the name does not serve the
+    schedule's family, or where a flow scheduler sets `use_dynamic_shifting` (its pipeline then
+    picks the shift by the image size)."""
+    if name not in NATIVE_SAMPLERS:
+        raise ValueError(f"a native sampler is one of {', '.join(NATIVE_SAMPLERS)}, got {name!r}")
+    served, scheduler = NATIVE_SAMPLERS[name], scheduler_config.get("_class_name")
+    if type(schedule) not in served:
+        families = " or ".join(_FAMILIES[family] for family in served)
+        raise ValueError(f"diffusers' {name} samples {families}, and this model's scheduler is {scheduler}")
+    if isinstance(schedule, native.RectifiedFlow) and scheduler_config.get("use_dynamic_shifting"):
+        raise ValueError(
+            f"diffusers' {name} samples flow matching at a fixed shift, and this model's scheduler "
+            f"{scheduler} sets use_dynamic_shifting (its pipeline picks the shift by the image size)"
+        )
+    return served[type(schedule)]
 
 
 @dataclass(frozen=True)

@@ -562,6 +562,85 @@ def test_the_text_views_tangent_equals_finite_differences() -> None:
     assert float((jvp - expected).abs().max()) < 2e-3 * float(expected.abs().max())
 
 
+def test_a_sana_student_takes_the_scale_by_its_own_guidance_input_and_starts_as_its_teacher() -> None:
+    """Sana's students are rebuilt with `guidance_embeds` (SANA-Sprint's input): the teacher's
+    weights carried over, the guidance embedding's last layer zero, so the student equals the
+    teacher at every scale; the model is given scale·guidance_embeds_scale, as SanaSprintPipeline
+    gives it; its JVP (the scale held) equals central differences; the copy for export keeps
+    the input, refusing a scale to fold in."""
+    import copy
+
+    from backends.torch.pretrained import TrigFlowView, native_model
+
+    teacher, layout, _, captions = text_view("SanaTransformer2DModel")
+    teacher.requires_grad_(False)
+    student = TrigFlowView(
+        copy.deepcopy(teacher.model), teacher.schedule, "flow", SIGMA_D, text=layout, guidance=True
+    ).double()
+    student.text_empty.copy_(teacher.text_empty)
+    # a fresh student takes the teacher's state as the run starts it, the time embedding renamed
+    fresh = TrigFlowView(
+        type(teacher.model)(**SANA), teacher.schedule, "flow", SIGMA_D, text=layout, guidance=True
+    )
+    missing, unexpected = fresh.double().load_state_dict(teacher.state_dict(), strict=False)
+    assert not unexpected and all(".guidance_embedder." in key for key in missing)
+    for key, value in student.state_dict().items():
+        if key.startswith("model.") and ".guidance_embedder." not in key:  # (the logvar heads differ)
+            torch.testing.assert_close(fresh.state_dict()[key], value, rtol=0, atol=0)
+    assert student.model.config.guidance_embeds and student.emb_guidance is None and student.takes_guidance
+    assert not teacher.takes_guidance
+    embedder = student.model.time_embed.guidance_embedder
+    assert not embedder.linear_2.weight.any() and not embedder.linear_2.bias.any()
+    torch.testing.assert_close(
+        student.model.time_embed.timestep_embedder.linear_1.weight,
+        teacher.model.time_embed.emb.timestep_embedder.linear_1.weight, rtol=0, atol=0,
+    )  # fmt: skip
+    u, t = torch.randn(2, 4, 8, 8, dtype=torch.float64), torch.tensor([0.4, 1.3], dtype=torch.float64)
+    scale = torch.tensor([1.0, 4.5], dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            student(u, t, captions, scale), teacher(u, t, captions), rtol=1e-12, atol=1e-12
+        )
+        torch.nn.init.normal_(embedder.linear_2.weight)
+        seen = []
+        hook = embedder.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+        guided = student(u, t, captions, scale)
+        hook.remove()
+        assert not torch.allclose(guided, teacher(u, t, captions))
+    # the embedder got the sinusoids of scale × guidance_embeds_scale (0.1)
+    expected = student.model.time_embed.guidance_condition_proj(scale * 0.1)
+    torch.testing.assert_close(seen[0], expected.to(seen[0].dtype), rtol=0, atol=0)
+    student.requires_grad_(False)
+    tu, tt = torch.randn_like(u), torch.tensor([1.0, -0.5], dtype=torch.float64)
+    _, jvp = torch.func.jvp(lambda u, t: student(u, t, captions, scale), (u, t), (tu, tt))
+    h = 1e-4  # diffusers embeds the time in float32
+    difference = (
+        student(u + h * tu, t + h * tt, captions, scale) - student(u - h * tu, t - h * tt, captions, scale)
+    ) / (2 * h)
+    assert float((jvp - difference).abs().max()) < 2e-3 * float(difference.abs().max())
+    exported = native_model(student)
+    assert exported.config.guidance_embeds and exported is not student.model
+    with pytest.raises(ValueError, match="takes its CFG scale as an input .* none is folded into it"):
+        native_model(student, 2.0)
+    with pytest.raises(ValueError, match="with guidance_embeds takes its CFG scale as an input"):
+        TrigFlowView(exported, teacher.schedule, "flow", SIGMA_D, text=layout)
+
+
+def test_sanas_timestep_scale_is_the_time_its_pipeline_gives_the_model() -> None:
+    """SanaPipeline multiplies the scheduler's timesteps by the model's `timestep_scale`: at
+    0.001 the model reads σ in [0, 1] (SANA-Sprint's time)."""
+    from backends.configs import schedule_from_config
+
+    flow = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0}
+    assert schedule_from_config(flow)[0].scale == 1000
+    schedule, prediction = schedule_from_config(flow, {"timestep_scale": 0.001})
+    assert prediction == "flow" and schedule.scale == pytest.approx(1.0)
+    t = 0.9
+    assert schedule.time(t, SIGMA_D) == pytest.approx(math.sin(t) / (math.sin(t) + math.cos(t) / SIGMA_D))
+    with pytest.raises(ValueError, match="timestep_scale must be positive, got 0.0"):
+        schedule_from_config(flow, {"timestep_scale": 0})
+
+
 @pytest.mark.parametrize(
     "name, layout, message",
     [

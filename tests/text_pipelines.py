@@ -253,16 +253,17 @@ def sana_transformer(**config: Any) -> Any:
     ).eval()  # fmt: skip
 
 
-def sana(folder: Path, seed: int = 0) -> Path:
-    """SanaPipeline: `gemma_text_model`, `sana_transformer`, `autoencoder_dc`, and Sana's
-    scheduler as its conversion script writes it: DPMSolverMultistepScheduler on flow sigmas
-    (prediction_type "flow_prediction", use_flow_sigmas, flow_shift 3). Saved into `folder`,
-    which is returned."""
+def sana(folder: Path, seed: int = 0, **transformer: Any) -> Path:
+    """SanaPipeline: `gemma_text_model`, `sana_transformer` (with the settings `transformer`),
+    `autoencoder_dc`, and Sana's scheduler as its conversion script writes it:
+    DPMSolverMultistepScheduler on flow sigmas (prediction_type "flow_prediction",
+    use_flow_sigmas, flow_shift 3). Saved into `folder`, which is returned."""
     from diffusers import DPMSolverMultistepScheduler, SanaPipeline
 
     tokenizer = gemma_tokenizer()
     with seeded(seed):
-        text_encoder, transformer, vae = gemma_text_model(tokenizer), sana_transformer(), autoencoder_dc()
+        text_encoder, transformer = gemma_text_model(tokenizer), sana_transformer(**transformer)
+        vae = autoencoder_dc()
     scheduler = DPMSolverMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
     )

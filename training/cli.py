@@ -20,9 +20,9 @@ from backends.configs import (
     EDM2_PRESETS,
     PASSES,
     PRECISIONS,
-    VP_SCHEDULERS,
     check_text,
     clamping,
+    native_sampler,
     read_diffusers_folder,
     schedule_from_config,
 )  # fmt: skip
@@ -327,14 +327,14 @@ def pretrained_teacher(config: RunConfig, source: str) -> RunConfig:
     if kind != "diffusers" or not folder:
         raise ValueError(f"--teacher must be diffusers:FOLDER, got {source!r}")
     found = read_diffusers_folder(folder)
-    schedule_from_config(found.scheduler)  # a schedule and prediction type this reader knows
+    # a schedule and prediction type this reader knows
+    schedule, _ = schedule_from_config(found.scheduler, found.model)
     where = f"--teacher {source}"
-    samplers, scheduler = config.eval.native_samplers, found.scheduler.get("_class_name")
-    if samplers and scheduler not in VP_SCHEDULERS:
-        raise ValueError(
-            f"{where}: diffusers' own samplers of eval.native_samplers ({', '.join(samplers)}) sample a "
-            f"DDPM table, and its scheduler is {scheduler}"
-        )
+    for sampler in config.eval.native_samplers:  # diffusers' own samplers that serve its family
+        try:
+            native_sampler(sampler.rpartition("-")[0], schedule, found.scheduler)
+        except ValueError as error:
+            raise ValueError(f"{where}: eval.native_samplers {sampler}: {error}") from None
     clamps = clamping(found.scheduler)
     if clamps:
         print(

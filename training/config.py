@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from backends.configs import SIGMA_D
+from backends.configs import NATIVE_SAMPLERS, SIGMA_D
 
 
 def _refuse(config: Any, checks: dict[str, tuple[bool, str]]) -> None:
@@ -114,7 +114,8 @@ class EvalConfig:
     seeds: int = 3  # sampling seeds per model and sampler: the summary gives their mean and spread
     heun_steps: tuple[int, ...] = (3, 5, 9, 18)  # the teacher's Heun steps (NFE 2n − 1)
     cm_steps: tuple[int, ...] = (1, 2)  # consistency sampling steps
-    # a diffusers teacher: also sampled by diffusers' own schedulers, "ddim-N" / "dpmsolver++-N"
+    # a diffusers teacher: also sampled by diffusers' own schedulers, "NAME-N" for N steps, NAME
+    # one of configs.NATIVE_SAMPLERS serving its scheduler's family ("ddim", "dpmsolver++", "euler")
     native_samplers: tuple[str, ...] = ()
     # CFG scale of the samples by "model/steps" or "model" (1 where absent: none)
     guidance: dict = field(default_factory=dict)
@@ -131,10 +132,11 @@ class EvalConfig:
             for k, low in limits.items()
             if getattr(self, k) < low
         ]
+        names = "|".join(map(re.escape, NATIVE_SAMPLERS))
         bad += [
-            f"eval.native_samplers: {name!r}, expected ddim-N or dpmsolver++-N"
+            f"eval.native_samplers: {name!r}, expected NAME-N, NAME one of {', '.join(NATIVE_SAMPLERS)}"
             for name in self.native_samplers
-            if not re.fullmatch(r"(ddim|dpmsolver\+\+)-[1-9][0-9]*", name)
+            if not re.fullmatch(rf"({names})-[1-9][0-9]*", name)
         ]
         if bad:
             raise ValueError("; ".join(bad))

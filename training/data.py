@@ -3,10 +3,11 @@
 in their stored form (uint8 pixels, memory-mapped latents) until a batch is drawn (`get`).
 
 Sources: scikit-learn's bundled digits (the default: 8×8, 1,797 images, 10 classes, a fixed
-train/held-out split), generated 2-D toys, an `.npz` file, a folder of images, an EDM-style zip
-(images plus an optional `dataset.json` of labels), and pre-encoded latents rescaled with the
-paper's SD-VAE channel statistics (App. G.1). Batches come from `BatchStream`, whose position is
-two integers, so a resumed run draws exactly the batches the killed one would have.
+train/held-out split), the same digits captioned (`digits_text`), generated 2-D toys, an `.npz`
+file, a folder of images, an EDM-style zip (images plus an optional `dataset.json` of labels), and
+pre-encoded latents rescaled with the paper's SD-VAE channel statistics (App. G.1). Batches come
+from `BatchStream`, whose position is two integers, so a resumed run draws exactly the batches
+the killed one would have.
 
 >>> train, held_out = digits()
 >>> train.x.shape, held_out.x.shape, train.num_classes
@@ -22,7 +23,7 @@ import functools
 import io
 import json
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +32,7 @@ import numpy as np
 
 from backends.configs import SIGMA_D, TextLayout
 
+from .text_encoder import TextEncoder, vocabulary_of
 from .toy import ring
 
 if TYPE_CHECKING:
@@ -74,6 +76,21 @@ class Text:
         """The packed rows (n, layout.size) float32 of the stored samples `rows`."""
         take = (None if a is None else np.asarray(a[rows]) for a in (self.mask, self.pooled))
         return self.layout.pack(np.asarray(self.states[rows]), *take)
+
+    @classmethod
+    def encoded(
+        cls, captions: Sequence[str], encode: Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]
+    ) -> Text:
+        """The text conditions of `captions` by an encoder of (states (N, L, D), mask (N, L))
+        such as `TextEncoder`: each distinct caption encoded once, the empty prompt with them (one
+        length L for all)."""
+        distinct = sorted(set(captions))
+        states, mask = encode(["", *distinct])
+        where = {caption: i + 1 for i, caption in enumerate(distinct)}
+        index = np.array([where[caption] for caption in captions], dtype=np.int64)
+        layout = TextLayout(states.shape[1], states.shape[2], mask=True)
+        empty = layout.pack(states[:1], mask[:1])[0]
+        return cls(layout, states[index], mask[index], None, empty, tuple(captions))
 
 
 @dataclass(frozen=True)
@@ -194,11 +211,66 @@ class Dataset:
 def digits(held_out: int = 297, seed: int = 0) -> tuple[Dataset, Dataset]:
     """scikit-learn's 8×8 digits (pixel values 0–16 mapped to [−1, 1]) split once, by a fixed
     permutation, into a training set and `held_out` images for evaluation."""
+    return _all_digits().split(held_out, seed)
+
+
+def _all_digits() -> Dataset:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
     x = (bunch.images.astype(np.float32) / 8 - 1)[:, None]
-    return Dataset("digits", x, bunch.target.astype(np.int64), 10).split(held_out, seed)
+    return Dataset("digits", x, bunch.target.astype(np.int64), 10)
+
+
+# the captions of `digits_text`: each digit named in words or in numerals, several ways
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+DIGIT_PHRASINGS = (
+    "{word}",
+    "{numeral}",
+    "the digit {word}",
+    "the number {numeral}",
+    "a handwritten {word}",
+    "a handwritten digit {numeral}",
+    "{a} {numeral} written by hand",
+    "a picture of the number {word}",
+)
+CAPTION_SEED = 1  # fixed, like the digits split: every run sees the same captions
+
+
+def digit_caption(digit: int, phrasing: int) -> str:
+    """`DIGIT_PHRASINGS[phrasing]` naming `digit`.
+
+    >>> digit_caption(8, 6), digit_caption(7, 4)
+    ('an 8 written by hand', 'a handwritten seven')
+    """
+    word = DIGIT_WORDS[digit]
+    article = "an" if word == "eight" else "a"  # the numeral as read aloud
+    return DIGIT_PHRASINGS[phrasing].format(word=word, numeral=digit, a=article)
+
+
+def digit_captions(labels: np.ndarray, seed: int = CAPTION_SEED) -> tuple[str, ...]:
+    """A caption naming each label's digit, its phrasing drawn by numpy's generator seeded with
+    `seed`."""
+    phrasings = np.random.default_rng(seed).integers(len(DIGIT_PHRASINGS), size=len(labels))
+    return tuple(digit_caption(int(d), int(p)) for d, p in zip(labels, phrasings))
+
+
+def digits_text(held_out: int = 297, seed: int = 0, width: int = 32) -> tuple[Dataset, Dataset]:
+    """`digits` (the same images, labels and split), each image captioned by `digit_captions`
+    and its caption encoded by a `TextEncoder` over the words of every phrasing of every digit
+    (states of `width` features with an attention mask, no pooled projection). The labels stay:
+    samples are checked against the digit their caption names.
+
+    >>> train, held_out = digits_text()
+    >>> train.text.captions[int(train.rows[0])], int(train.labels[0])
+    ('six', 6)
+    >>> train.conditions(np.arange(2)).shape  # 7 tokens × 32 features, then a mask of 7
+    (2, 231)
+    """
+    full = _all_digits()
+    every = [digit_caption(d, p) for d in range(len(DIGIT_WORDS)) for p in range(len(DIGIT_PHRASINGS))]
+    text = Text.encoded(digit_captions(full.labels), TextEncoder(vocabulary_of(every), width))
+    return dataclasses.replace(full, name="digits-text", text=text).split(held_out, seed)
 
 
 def toy2d(num: int = 20000, seed: int = 0) -> tuple[Dataset, Dataset]:
@@ -510,6 +582,7 @@ SOURCES: dict[str, Source] = {
     "folder": Source(lambda path, seed, sigma_d, scaling: _held_out(load_image_folder(path))),
     "zip": Source(lambda path, seed, sigma_d, scaling: _held_out(load_zip(path))),
     "latents": Source(lambda path, seed, sigma_d, scaling: _held_out(load_latents(path, sigma_d, scaling))),
+    "digits-text": Source(lambda path, seed, sigma_d, scaling: digits_text(), "fd_digits", takes_path=False),
 }
 
 

@@ -79,7 +79,10 @@ class Metric:
     "fd_pixels". Images are also scored by "fd_pixels" (Fréchet distance of the pixels clipped to
     [−1, 1], average-pooled to at most 8×8: it sees what the classifier's features may not) and
     "out_of_range" (the fraction of pixel values beyond ±OUT_OF_RANGE). Latents are decoded first
-    when a VAE is given (`eval.vae`); FID and FD-DINOv2 of latents need it."""
+    when a VAE is given (`eval.vae`); FID and FD-DINOv2 of latents need it. Captioned digits
+    (data with text conditions and labels) are also scored by "prompt_error": the fraction of
+    samples the digits classifier does not take for the class they were drawn for (the digit
+    their caption names), 1 − the classifier's accuracy on them, when the classes are given."""
 
     def __init__(self, config: RunConfig, train: data.Dataset, held_out: data.Dataset) -> None:
         self.seed = config.seed
@@ -94,6 +97,7 @@ class Metric:
             raise ValueError(f"{config.eval.metric} of latents needs their VAE (--vae FOLDER)")
         pixels = (lambda x: _pooled_pixels(np.clip(x, -1, 1))) if is_image else _pooled_pixels
         self.features: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+        self.adherence: DigitsFeatures | None = None  # what classifies captioned samples
         if config.eval.metric in ("fid", "fd_dinov2"):
             network = image_features(config.eval.metric, config.eval.feature_weights)
             self.features[config.eval.metric] = lambda x: network(to_uint8_rgb(x))
@@ -103,6 +107,8 @@ class Metric:
             classifier = DigitsFeatures.load_or_train(train, held_out)
             print(f"digits classifier: held-out accuracy {classifier.accuracy:.3f}", file=sys.stderr)
             self.features["fd_digits"] = classifier.features
+            if train.text is not None and train.labels is not None:
+                self.adherence = classifier
         if len(held_out.sample_shape) > 1:
             self.features["fd_pixels"] = pixels
         self.name = next(iter(self.features), "sliced_w2")
@@ -116,14 +122,18 @@ class Metric:
         scores at this size (mean and spread)."""
         scores = []
         for k in range(seeds):
-            index = np.random.default_rng([self.seed, k]).choice(
-                len(train), min(num, len(train)), replace=False
+            index = np.sort(
+                np.random.default_rng([self.seed, k]).choice(len(train), min(num, len(train)), replace=False)
             )
-            scores.append(self(train.get(np.sort(index)), k))
+            classes = None if train.labels is None else train.labels[index]  # their own, for prompt_error
+            scores.append(self(train.get(index), k, classes))
         return spread(scores)
 
-    def __call__(self, samples: np.ndarray, seed: int = 0) -> dict[str, float]:
-        """Every score of `samples`; `seed` draws the sliced Wasserstein distance's directions."""
+    def __call__(
+        self, samples: np.ndarray, seed: int = 0, classes: np.ndarray | None = None
+    ) -> dict[str, float]:
+        """Every score of `samples`; `seed` draws the sliced Wasserstein distance's directions, and
+        `classes` (one per sample, or None) are those the samples were drawn for (prompt_error)."""
         if self.name == "sliced_w2":
             n = min(len(samples), len(self.held_out))
             rng = np.random.default_rng([self.seed, seed])
@@ -135,6 +145,10 @@ class Metric:
         }
         if self.out_of_range:
             scores["out_of_range"] = out_of_range
+        if self.adherence is not None and classes is not None:
+            if len(classes) != len(samples):
+                raise ValueError(f"{len(classes)} classes for {len(samples)} samples")
+            scores["prompt_error"] = float(np.mean(self.adherence.predict(self.images(samples)) != classes))
         return scores
 
     def _measure(self, get: Callable, size: int, chunk: int = 1000) -> tuple[dict[str, np.ndarray], float]:

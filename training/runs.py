@@ -105,7 +105,7 @@ def train_and_evaluate(config: RunConfig, run: Run, main: bool, backend: Backend
             for k in range(config.eval.seeds):
                 seed, guidance = config.seed + 7 + k, config.eval.guidance_of(name, n)
                 if method is None:
-                    samples, _ = draw(
+                    samples, classes = draw(
                         backend.sample_from, model, kind, n, config.eval.num, seed, train_set.sample_shape,
                         train_set.num_classes, config.sigma_d, guidance, takes_guidance(config, name),
                         captions,
@@ -121,7 +121,7 @@ def train_and_evaluate(config: RunConfig, run: Run, main: bool, backend: Backend
                         else captions.captions_for(classes, config.eval.num)
                     )
                     samples = backend.sample_native(model, method, n, z, labels, guidance)
-                scores.append(metric(samples, k))
+                scores.append(metric(samples, k, classes))
                 if k == 0:
                     grid = metric.images(samples[: config.eval.grid])
             measured = spread(scores)

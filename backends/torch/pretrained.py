@@ -28,6 +28,7 @@ from backends.configs import (
     TextLayout,
     check_text,
     edm_preconditioning,
+    native_sampler,
     read_diffusers_folder,
     read_json,
     schedule_from_config,
@@ -188,8 +189,7 @@ def diffusers_call(
     """A diffusers model's prediction at (x_s, its time s), class-conditional when given class
     indices, text-conditioned when given its text keywords (a dict: `TrigFlowView`); of models
     that also learn the variance (2C output channels), the first C."""
-    kwargs = labels if isinstance(labels, dict) else {} if labels is None else {"class_labels": labels}
-    out = model(x_s, timestep=s, **kwargs, return_dict=False)[0]
+    out = model(x_s, timestep=s, **_keywords(labels), return_dict=False)[0]
     # models that also learn the variance (improved DDPM, DiT) predict 2C channels, the first C
     # being the prediction
     return out[:, : x_s.shape[1]] if out.shape[1] == 2 * x_s.shape[1] else out
@@ -210,6 +210,59 @@ def time_embedding(model: torch.nn.Module) -> torch.nn.Module | None:
     return None
 
 
+@dataclass(frozen=True)
+class GuidanceInput:
+    """A model family's own input for the CFG scale (as its guidance-distilled models have): the
+    config flag that builds it, the forward keyword it comes by, the config key of the factor
+    its pipeline multiplies the scale by, and what building it changes in the weights: the time
+    embedding's prefix before and after, and the prefix of the embedding it adds."""
+
+    flag: str
+    keyword: str
+    factor: str
+    renamed: tuple[str, str]
+    added: str
+
+
+# Sana's `guidance_embeds` (SANA-Sprint): the scale's sinusoids, times guidance_embeds_scale, pass
+# an embedding of their own whose output joins the time embedding's
+GUIDANCE_INPUTS = {
+    "SanaTransformer2DModel": GuidanceInput(
+        "guidance_embeds", "guidance", "guidance_embeds_scale",
+        ("time_embed.emb.timestep_embedder.", "time_embed.timestep_embedder."),
+        "time_embed.guidance_embedder",
+    ),
+}  # fmt: skip
+
+
+def with_guidance_input(model: torch.nn.Module, inputs: GuidanceInput) -> torch.nn.Module:
+    """The model rebuilt with its own guidance input (`GUIDANCE_INPUTS`), every weight carried
+    over and the new embedding's last layer zero, so that it computes what the model did at any
+    scale; the model itself if it has the input already. The new embedding's other weights come
+    from torch's global generator."""
+    if model.config.get(inputs.flag):
+        return model
+    # (without the private keys: `_use_default_values` would restore the flag's default)
+    config = {key: value for key, value in model.config.items() if not key.startswith("_")}
+    built = type(model).from_config({**config, inputs.flag: True})
+    before, after = inputs.renamed
+    state = {
+        (after + key[len(before) :] if key.startswith(before) else key): value
+        for key, value in model.state_dict().items()
+    }
+    missing, unexpected = built.load_state_dict(state, strict=False)
+    if unexpected or not all(key.startswith(inputs.added + ".") for key in missing):
+        raise ValueError(
+            f"{type(model).__name__} with {inputs.flag}: its weights did not carry over (unexpected "
+            f"{unexpected}, missing {missing})"
+        )
+    last = [m for m in built.get_submodule(inputs.added).modules() if isinstance(m, torch.nn.Linear)][-1]
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.zeros_(last.bias)
+    parameter = next(model.parameters())
+    return built.to(parameter.device, parameter.dtype).train(model.training)
+
+
 class TrigFlowView(LogvarHead, torch.nn.Module):
     """A native model as TrigFlow's network: `forward(u, t, class_labels, guidance)` is
     F_θ(x_t/σ_d, t) (u = x_t/σ_d), and `logvar(t)` an adaptive weight beside it, so the sCM
@@ -224,9 +277,11 @@ class TrigFlowView(LogvarHead, torch.nn.Module):
     `configs.TextLayout`) takes each caption's packed text states in place of the one-hot row
     and hands the model its keywords (`configs.TEXT_INPUTS`) as `labels`; an all-zero row, or
     no labels, is the empty prompt, whose packed row the view holds (`text_empty`, saved with
-    its weights; set it before use). With `guidance`, a zero-initialised embedding of the guidance
-    scale is added to the output of the model's time embedding (the first of TIME_EMBEDDINGS it
-    has), so a student starts equal to its teacher.
+    its weights; set it before use). With `guidance`, a student starts equal to its teacher and
+    takes the CFG scale: through the model's own guidance input where its family has one
+    (`GUIDANCE_INPUTS`: the model is rebuilt with it, `with_guidance_input`), otherwise through a
+    zero-initialised embedding of the scale added to the output of the model's time embedding
+    (the first of TIME_EMBEDDINGS it has).
     """
 
     def __init__(
@@ -243,6 +298,19 @@ class TrigFlowView(LogvarHead, torch.nn.Module):
     ) -> None:
         super().__init__()
         native.F_from_prediction(1.0, 1.0, 1.0, sigma_d, schedule.kind, prediction_type)  # checks
+        self.guidance_input = GUIDANCE_INPUTS.get(type(model).__name__)
+        if self.guidance_input is not None:
+            if guidance:
+                model = with_guidance_input(model, self.guidance_input)
+                # the teacher's state (a student's start) names the time embedding as before
+                self.register_load_state_dict_pre_hook(self._renamed)
+            elif model.config.get(self.guidance_input.flag):
+                raise ValueError(
+                    f"{type(model).__name__} with {self.guidance_input.flag} takes its CFG scale as an input "
+                    "(a guidance-distilled model); it is read as a student (guidance=True), not a teacher"
+                )
+            else:
+                self.guidance_input = None
         self.model, self.schedule, self.prediction_type = model, schedule, prediction_type
         self.sigma_d, self.call, self.null_class = float(sigma_d), call, null_class
         self.text, self.text_inputs = text, None
@@ -253,7 +321,7 @@ class TrigFlowView(LogvarHead, torch.nn.Module):
         self.logvar_linear = torch.nn.Linear(logvar_channels, 1)
         self.emb_guidance: torch.nn.Module | None = None
         self._scale: torch.Tensor | None = None
-        if guidance:
+        if guidance and self.guidance_input is None:
             where = time_embedding(model)
             if where is None:
                 raise ValueError(
@@ -289,17 +357,35 @@ class TrigFlowView(LogvarHead, torch.nn.Module):
         x_t = u * self.sigma_d
         x_s = native.to_native(x_t, t, self.sigma_d, self.schedule.kind)
         s = self.schedule.time(t, self.sigma_d)
-        if guidance is not None and self.emb_guidance is None:
+        if guidance is not None and not self.takes_guidance:
             raise ValueError("this view takes no guidance scale; build it with guidance=True")
         self._scale = None if guidance is None else guidance.to(u.dtype).expand(u.shape[0])
+        labels = self._labels(class_labels, x_s)
+        if self.guidance_input is not None:  # the model's own input, at scale 1 when none is given
+            scale = torch.ones_like(t) if self._scale is None else self._scale
+            factor = float(self.model.config[self.guidance_input.factor])
+            labels = {**_keywords(labels), self.guidance_input.keyword: scale * factor}
         try:
             with jvp_ready():
-                prediction = self.call(self.model, x_s, s, self._labels(class_labels, x_s))
+                prediction = self.call(self.model, x_s, s, labels)
         finally:
             self._scale = None
         return native.F_from_prediction(
             x_t, t, prediction.to(u.dtype), self.sigma_d, self.schedule.kind, self.prediction_type
         )
+
+    def _renamed(self, module: torch.nn.Module, state: dict, prefix: str, *args: Any) -> None:
+        """Rename, in place, a state's time-embedding weights as the model without its guidance
+        input names them (a teacher's) to what the model with it calls them."""
+        assert self.guidance_input is not None
+        before, after = (f"{prefix}model.{name}" for name in self.guidance_input.renamed)
+        for key in [key for key in state if key.startswith(before)]:
+            state[after + key[len(before) :]] = state.pop(key)
+
+    @property
+    def takes_guidance(self) -> bool:
+        """Whether the view takes a CFG scale (a student built with guidance=True)."""
+        return self.guidance_input is not None or self.emb_guidance is not None
 
     def _labels(self, class_labels: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | dict | None:
         """What `call` hands the model beside x: class indices, text keywords or None."""
@@ -336,6 +422,11 @@ class TrigFlowView(LogvarHead, torch.nn.Module):
         if pooled is not None and inputs.pooled is not None:
             keywords[inputs.pooled] = pooled
         return keywords
+
+
+def _keywords(labels: torch.Tensor | dict | None) -> dict:
+    """`diffusers_call`'s labels as the keywords they become."""
+    return labels if isinstance(labels, dict) else {} if labels is None else {"class_labels": labels}
 
 
 def _output_channels(module: torch.nn.Module) -> int:
@@ -441,7 +532,7 @@ def _view(
     text: TextLayout | None,
     text_empty: Any,
 ) -> TrigFlowView:
-    schedule, prediction = schedule_from_config(scheduler_config)
+    schedule, prediction = schedule_from_config(scheduler_config, dict(model.config))
     edm = edm_preconditioning(scheduler_config)
     if edm is not None:
         call = edm_call(call, *edm)
@@ -625,19 +716,60 @@ def prompt_encoder(
 
 
 class NativeLoss:
-    """diffusers' own DDPM training loss for the model inside a TrigFlow view (its
-    `train_unconditional` example): x_k = √ᾱ_k·x0 + √(1 − ᾱ_k)·ε by `DDPMScheduler.add_noise`
-    at k ~ U{0, …, N − 1}, and the mean squared error of the prediction against its target (ε,
-    x0 or v by the scheduler's prediction type); labels dropped with probability
-    `label_dropout` (the "no class" of CFG)."""
+    """diffusers' own training loss for the model inside a TrigFlow view, by the family of its
+    scheduler config (`configs.schedule_from_config`, with the model's config `model_config`):
 
-    def __init__(self, scheduler_config: dict, label_dropout: float = 0.0) -> None:
-        from diffusers import DDPMScheduler
+    - a DDPM table, as diffusers' `train_unconditional` example: x_k = √ᾱ_k·x0 + √(1 − ᾱ_k)·ε by
+      `DDPMScheduler.add_noise` at k ~ U{0, …, N − 1}, and the mean squared error of the
+      prediction against its target (ε, x0 or v by the scheduler's prediction type);
+    - flow matching, as diffusers' SD3 and Sana DreamBooth examples: u drawn by the density of
+      `weighting` (`compute_density_for_timestep_sampling`: "logit_normal", train_dreambooth_sd3's
+      default, is sigmoid(N(`logit_mean`, `logit_std`²)); "mode" uses `mode_scale`; "none",
+      train_dreambooth_lora_sana's default, and "sigma_sqrt", "cosmap" draw u ~ U[0, 1)), the
+      index ⌊u·N⌋ into the training timesteps and σ's of FlowMatchEulerDiscreteScheduler made
+      from the config (its shift), x_σ = (1 − σ)·x0 + σ·ε, the model at its own time
+      timestep·timestep_scale = σ·N·timestep_scale (the view's `schedule.time`), and the mean
+      squared error against the velocity ε − x0, weighted per sample as `weighting` says
+      (`compute_loss_weighting_for_sd3`: 1 but for "sigma_sqrt" and "cosmap"). By default
+      train_dreambooth_sd3 regresses x̂0 = x_σ − σ·v̂ on x0 instead (`--precondition_outputs`),
+      σ² times this loss per sample.
 
-        self.scheduler = DDPMScheduler.from_config(scheduler_config)
-        self.label_dropout = label_dropout
+    Labels (one-hot rows, or packed text rows) are dropped with probability `label_dropout`, to
+    the "no class" or empty prompt of CFG. Every draw comes from torch's generator of the data's
+    device, in this order: ε, then k or u, then the dropout."""
+
+    WEIGHTINGS = ("none", "logit_normal", "mode", "sigma_sqrt", "cosmap")  # diffusers' choices
+
+    def __init__(
+        self,
+        scheduler_config: dict,
+        label_dropout: float = 0.0,
+        model_config: dict | None = None,
+        weighting: str = "logit_normal",
+        logit_mean: float = 0.0,
+        logit_std: float = 1.0,
+        mode_scale: float = 1.29,
+    ) -> None:
+        from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
+
+        schedule, _ = schedule_from_config(scheduler_config, model_config)
+        self.flow = isinstance(schedule, native.RectifiedFlow)
+        if not self.flow and not isinstance(schedule, native.DiscreteVP):
+            raise ValueError(
+                f"diffusers' own training loss is that of a DDPM table or of flow matching, and this "
+                f"model's scheduler is {scheduler_config.get('_class_name')}"
+            )
+        if weighting not in self.WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {', '.join(self.WEIGHTINGS)}, got {weighting!r}")
+        scheduler = FlowMatchEulerDiscreteScheduler if self.flow else DDPMScheduler
+        self.scheduler = scheduler.from_config(scheduler_config)
+        self.time_scale = _time_scale(schedule, scheduler_config)
+        self.label_dropout, self.weighting = label_dropout, weighting
+        self.logit_mean, self.logit_std, self.mode_scale = logit_mean, logit_std, mode_scale
 
     def __call__(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        if self.flow:
+            return self._flow_loss(model, batch)
         from .steps import drop_labels
 
         x0 = batch["x0"]
@@ -653,9 +785,48 @@ class NativeLoss:
         loss = F.mse_loss(prediction.float(), target.float())
         return loss, {"loss": loss.detach()}
 
+    def _flow_loss(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        from diffusers.training_utils import compute_density_for_timestep_sampling as density
+        from diffusers.training_utils import compute_loss_weighting_for_sd3 as loss_weighting
 
-# diffusers' schedulers that sample a model in its own notation, by name
-NATIVE_SAMPLERS = {"ddim": "DDIMScheduler", "dpmsolver++": "DPMSolverMultistepScheduler"}
+        from .steps import drop_labels
+
+        x0 = batch["x0"]
+        noise = torch.randn_like(x0)
+        u = density(
+            self.weighting, x0.shape[0], self.logit_mean, self.logit_std, self.mode_scale, device=x0.device
+        )
+        index = (u * self.scheduler.config.num_train_timesteps).long()
+        timesteps = self.scheduler.timesteps.to(x0.device)[index]
+        shape = (-1,) + (1,) * (x0.ndim - 1)
+        sigmas = self.scheduler.sigmas.to(x0.device, x0.dtype)[index].reshape(shape)
+        labels = drop_labels(batch.get("labels"), self.label_dropout)
+        x_sigma = (1 - sigmas) * x0 + sigmas * noise
+        prediction = model(x_sigma, timesteps * self.time_scale, labels, native_call=True)
+        weight = loss_weighting(self.weighting, sigmas).float()
+        loss = (weight * (prediction.float() - (noise - x0).float()) ** 2).mean()
+        return loss, {"loss": loss.detach()}
+
+
+def _time_scale(schedule: native.Schedule, scheduler_config: dict) -> float:
+    """The factor from a scheduler's timesteps to the model's own time: 1 for a DDPM table's
+    index; a flow model's timestep_scale, its schedule's scale being N·timestep_scale (as
+    SanaPipeline multiplies the timesteps by it)."""
+    if isinstance(schedule, native.RectifiedFlow):
+        return schedule.scale / int(scheduler_config.get("num_train_timesteps", 1000))
+    return 1.0
+
+
+# the settings of a flow sampler whose class differs from the model's scheduler: only the shift
+# carries over (diffusers' multistep solvers sample flow matching when told so)
+FLOW_SETTINGS: dict[str, Callable[[float], dict]] = {
+    "FlowMatchEulerDiscreteScheduler": lambda shift: {"shift": shift},
+    "DPMSolverMultistepScheduler": lambda shift: {
+        "use_flow_sigmas": True,
+        "prediction_type": "flow_prediction",
+        "flow_shift": shift,
+    },
+}
 
 
 def sample_native(
@@ -667,29 +838,36 @@ def sample_native(
     class_labels: torch.Tensor | None = None,
     guidance: float = 1.0,
 ) -> torch.Tensor:
-    """Samples of the model inside `view` by one of diffusers' own schedulers (NATIVE_SAMPLERS:
-    DDIM with η = 0, DPM-Solver++(2M)) in `steps` steps, configured from the model's scheduler
-    config, from the TrigFlow start z ~ σ_d·N(0, I) (the native start z/σ_d·init_noise_sigma), with
-    CFG on the prediction at `guidance`."""
+    """Samples of the model inside `view` by one of diffusers' own schedulers
+    (`configs.NATIVE_SAMPLERS`: of a DDPM table DDIM with η = 0 and DPM-Solver++(2M), of flow
+    matching FlowMatchEulerDiscreteScheduler and DPM-Solver++(2M) on flow sigmas) in `steps`
+    steps, configured from the model's scheduler config (a flow sampler of another class than
+    it is given its shift alone: FLOW_SETTINGS), with CFG on the prediction at `guidance`. They
+    start from the TrigFlow start z ~ σ_d·N(0, I), natively z/σ_d·init_noise_sigma (unit noise
+    for flow matching, whose schedulers have none); a flow model takes the scheduler's timesteps
+    times its timestep_scale, as its pipeline gives them. The samples are the native x at k = 0
+    or σ = 0: x0, in the data's units."""
     import diffusers
 
-    if sampler not in NATIVE_SAMPLERS:
-        raise ValueError(f"sampler must be one of {', '.join(NATIVE_SAMPLERS)}, got {sampler!r}")
-    if not isinstance(view.schedule, native.DiscreteVP):
-        raise ValueError(
-            f"diffusers' {sampler} samples a DDPM table, and this model's scheduler is "
-            f"{scheduler_config.get('_class_name')}"
-        )
-    scheduler = getattr(diffusers, NATIVE_SAMPLERS[sampler]).from_config(scheduler_config)
+    name = native_sampler(sampler, view.schedule, scheduler_config)
+    config = scheduler_config
+    if isinstance(view.schedule, native.RectifiedFlow) and scheduler_config.get("_class_name") != name:
+        shift = float(scheduler_config.get("shift", scheduler_config.get("flow_shift", 1.0)))
+        steps_trained = scheduler_config.get("num_train_timesteps", 1000)
+        config = {"num_train_timesteps": steps_trained} | FLOW_SETTINGS[name](shift)
+    scheduler = getattr(diffusers, name).from_config(config)
     scheduler.set_timesteps(steps, device=z.device)
-    x = z / view.sigma_d * scheduler.init_noise_sigma
+    scale = _time_scale(view.schedule, scheduler_config)
+    x = z / view.sigma_d * getattr(scheduler, "init_noise_sigma", 1.0)
     null = None if class_labels is None or guidance == 1 else torch.zeros_like(class_labels)
     with torch.no_grad():
         for k in scheduler.timesteps:
-            x_in = scheduler.scale_model_input(x, k)
-            prediction = view(x_in, k, class_labels, native_call=True)
+            # flow matching's Euler scheduler leaves the model's input as it is (it has no such method)
+            x_in = scheduler.scale_model_input(x, k) if hasattr(scheduler, "scale_model_input") else x
+            s = k if scale == 1 else k * scale
+            prediction = view(x_in, s, class_labels, native_call=True)
             if null is not None:
-                unconditional = view(x_in, k, null, native_call=True)
+                unconditional = view(x_in, s, null, native_call=True)
                 prediction = unconditional + guidance * (prediction - unconditional)
             x = scheduler.step(prediction, k, x).prev_sample
     return x
@@ -699,8 +877,16 @@ def native_model(view: TrigFlowView, guidance: float = 1.0) -> torch.nn.Module:
     """A copy of the model inside `view`, for use without it (export): a student's guidance
     embedding at the scale `guidance` is a constant vector added to its time embedding's output,
     so it is folded into the bias of that embedding's last linear layer, and the copy's outputs
-    are checked against the view's."""
+    are checked against the view's. A model with its own guidance input (`GUIDANCE_INPUTS`)
+    keeps it, and is copied as it is."""
     model = copy.deepcopy(view.model)
+    if view.guidance_input is not None:  # the scale stays the model's input
+        if guidance != 1.0:
+            raise ValueError(
+                f"{type(model).__name__} takes its CFG scale as an input ({view.guidance_input.keyword}=) "
+                f"when it samples, so none is folded into it (got {guidance})"
+            )
+        return model
     if view.emb_guidance is None:
         if guidance != 1.0:
             raise ValueError(f"this view takes no guidance scale, so none can be folded in (got {guidance})")
@@ -731,6 +917,44 @@ def native_model(view: TrigFlowView, guidance: float = 1.0) -> torch.nn.Module:
             "guidance embedding cannot be folded into it"
         )
     return copied.model
+
+
+@dataclass(frozen=True)
+class FewStepPipeline:
+    """diffusers' few-step pipeline for a student's architecture: its class, the parts of the
+    teacher's pipeline it takes as they are, and the time its model must read: it feeds the
+    model σ·`time_scale`, σ in [0, 1] the flow-matching noise level of the latents (of unit
+    scale) at the TrigFlow time it samples."""
+
+    name: str
+    copied: tuple[str, ...]
+    time_scale: float
+
+
+# SanaSprintPipeline feeds s = sin t/(sin t + cos t) with its SCMScheduler's t (README: export)
+FEW_STEP_PIPELINES = {
+    "SanaTransformer2DModel": FewStepPipeline("SanaSprintPipeline", ("tokenizer", "text_encoder", "vae"), 1.0)
+}
+
+
+def few_step_pipeline(view: TrigFlowView, teacher: Path) -> tuple[FewStepPipeline | None, str]:
+    """The few-step pipeline a student exports to (FEW_STEP_PIPELINES) from the folder of its
+    teacher, or None and why not."""
+    name = type(view.model).__name__
+    pipeline = FEW_STEP_PIPELINES.get(name)
+    if pipeline is None:
+        return None, f"diffusers has no few-step pipeline for {name} that this export writes"
+    if not (teacher / "model_index.json").exists():
+        parts = ", ".join(pipeline.copied)
+        return None, f"{pipeline.name} takes the teacher's {parts}, and {teacher} is not a pipeline"
+    scale = getattr(view.schedule, "scale", None)
+    if scale is None or not math.isclose(scale, pipeline.time_scale, rel_tol=1e-9):
+        return None, (
+            f"{pipeline.name} feeds the model σ·{pipeline.time_scale:g} (σ in [0, 1]) and this one reads "
+            f"σ·{scale:g}: a teacher whose scheduler's timesteps times its timestep_scale give σ·"
+            f"{pipeline.time_scale:g} (e.g. Sana with timestep_scale = 1/num_train_timesteps) exports to it"
+        )
+    return pipeline, ""
 
 
 def _sample_shape(model: torch.nn.Module) -> tuple[int, int, int]:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from backends.configs import TextLayout
+from backends.configs import TextLayout, read_json
 from training import data, loop, metrics, objectives, run_folder, runs
 from training.config import PHASES, PhaseConfig, RunConfig
 from training.objectives import OBJECTIVES
@@ -214,7 +214,8 @@ class TorchTrainer:
         if self.objective.teaches and config.network.kind == "diffusers":  # trained as diffusers trains it
             from backends.torch.pretrained import NativeLoss
 
-            self.settings = NativeLoss(config.network.options["scheduler"], self.settings.label_dropout)
+            options, dropout = config.network.options, self.settings.label_dropout
+            self.settings = NativeLoss(options["scheduler"], dropout, options.get("model"))
 
     def weights(self) -> torch.nn.Module:
         return self.network
@@ -502,7 +503,7 @@ def sample_native(
     guidance: float,
     chunk: int = 500,
 ) -> np.ndarray:
-    """Samples of a diffusers teacher by its own scheduler `method` ("ddim", "dpmsolver++")
+    """Samples of a diffusers teacher by its own scheduler `method` (`configs.NATIVE_SAMPLERS`)
     from the starts z, with one-hot labels or None (`pretrained.sample_native`)."""
     from backends.torch.pretrained import sample_native as sample
 
@@ -732,13 +733,17 @@ def read_captions(path: Path) -> list[str]:
 
 
 def export_command(args: argparse.Namespace) -> int:
-    """`export`: a student distilled from a diffusers teacher as a diffusers folder: its model in
-    unet/ (or transformer/), an SCMScheduler config in scheduler/ that samples it in TrigFlow
-    time, and the teacher's scheduler config in native_scheduler/ (how the model reads its
-    time: the change of variables of `trigcore.native`, README "Pretrained models")."""
+    """`export`: a student distilled from a diffusers teacher as a diffusers folder. Where
+    diffusers has a few-step pipeline for it (`pretrained.FEW_STEP_PIPELINES`: Sana's
+    SanaSprintPipeline) and the teacher was a pipeline the student can be put in, that pipeline:
+    the student in transformer/, an SCMScheduler with σ_d, and the teacher's other parts copied.
+    Otherwise its model in unet/ (or transformer/), an SCMScheduler config in scheduler/ that
+    samples it in TrigFlow time, and the teacher's scheduler config in native_scheduler/ (how
+    the model reads its time: the change of variables of `trigcore.native`, README "Pretrained
+    models")."""
     from diffusers import SCMScheduler
 
-    from backends.torch.pretrained import native_model
+    from backends.torch.pretrained import FEW_STEP_PIPELINES, few_step_pipeline, native_model
 
     if args.out.exists():
         raise FileExistsError(f"--out {args.out} exists; give a new folder")
@@ -751,14 +756,34 @@ def export_command(args: argparse.Namespace) -> int:
     if OBJECTIVES[meta["phase"]].teaches:
         raise ValueError(f"{args.checkpoint}: a teacher checkpoint; export writes consistency models")
     model = native_model(view, args.guidance)
-    scheduler = config.network.options["scheduler"]
+    teacher = Path(config.teacher_pretrained.partition(":")[2]) if config.teacher_pretrained else None
+    pipeline, why = few_step_pipeline(view, teacher) if teacher else (None, "the teacher was trained here")
+    if pipeline is not None:
+        missing = [part for part in pipeline.copied if not (teacher / part).is_dir()]
+        if missing:
+            raise FileNotFoundError(f"{teacher}: the teacher's pipeline has no {', '.join(missing)}/ to copy")
     temporary = args.out.with_name(f".{args.out.name}.tmp")
     shutil.rmtree(temporary, ignore_errors=True)  # what a failed export left
     subfolder = "transformer" if "Transformer" in config.network.preset else "unet"
     model.save_pretrained(temporary / subfolder)
     SCMScheduler(sigma_data=config.sigma_d).save_pretrained(temporary / "scheduler")
-    (temporary / "native_scheduler").mkdir()
-    (temporary / "native_scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
+    if pipeline is not None:
+        for part in pipeline.copied:
+            shutil.copytree(teacher / part, temporary / part)
+        index = read_json(teacher / "model_index.json")
+        index = {key: value for key, value in index.items() if key.startswith("_") or key in pipeline.copied}
+        index |= {"_class_name": pipeline.name, subfolder: ["diffusers", config.network.preset],
+                  "scheduler": ["diffusers", "SCMScheduler"]}  # fmt: skip
+        (temporary / "model_index.json").write_text(json.dumps(index, indent=2))
+    else:
+        (temporary / "native_scheduler").mkdir()
+        (temporary / "native_scheduler" / "scheduler_config.json").write_text(
+            json.dumps(config.network.options["scheduler"], indent=2)
+        )
     temporary.rename(args.out)
-    print(f"wrote {config.network.preset} ({meta['phase']}, CFG scale {args.guidance:g}) to {args.out}")
+    scale = "its CFG scale an input" if view.guidance_input is not None else f"CFG scale {args.guidance:g}"
+    written = pipeline.name if pipeline is not None else "a model folder"
+    print(f"wrote {config.network.preset} ({meta['phase']}, {scale}) to {args.out} as {written}")
+    if pipeline is None and config.network.preset in FEW_STEP_PIPELINES:
+        print(f"note: not a few-step pipeline: {why}")
     return 0

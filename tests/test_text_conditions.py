@@ -306,9 +306,47 @@ def test_a_text_to_image_pipeline_is_distilled_and_sampled_by_the_run_script(
     )
 
 
+def distilled(pipeline: Path, tmp_path: Path) -> Path:
+    """The checkpoint of two sCD steps (with CFG) from `pipeline` on the test latents and captions."""
+    folder, captions, _ = latents(tmp_path / "latents")
+    assert encode(pipeline, captions, folder) == 0
+    runs = tmp_path / "runs"
+    argv = [
+        "--teacher", f"diffusers:{pipeline}", "--data", f"latents:{folder}", "--scd-steps", "2",
+        "--sct-steps", "0", "--scd-batch", "4", "--eval-num", "4", "--eval-seeds", "1", "--runs", str(runs),
+    ]  # fmt: skip
+    assert torch_run.main(argv) == 0
+    return next(runs.iterdir()) / "checkpoints" / "scd-000002"
+
+
+def sampled(checkpoint: Path, steps: int, tmp_path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+    """`torch_run.py sample` of 4 samples at CFG scale 1.4, seed 3, as (samples, the packed rows
+    of the captions they were drawn for, the start z = σ_d·n, the times); at 2 steps with the
+    second step's noise σ_d·N(0, I) from a generator seeded 5, as diffusers' SCMScheduler
+    draws it."""
+    from backends.torch import trainer
+    from training import evaluation
+
+    out = tmp_path / f"samples-{steps}.npz"
+    sample = ["sample", "--checkpoint", str(checkpoint), "--steps", str(steps), "--num", "4", "--seed", "3",
+              "--guidance", "1.4", "--out", str(out)]  # fmt: skip
+    assert torch_run.main(sample) == 0
+    expected, classes = np.load(out)["samples"], np.load(out)["labels"]
+    student, _, config = trainer.load_network(checkpoint)
+    sigma_d, times = config.sigma_d, evaluation.consistency_times(steps, config.sigma_d)
+    z = sigma_d * np.random.default_rng(3).standard_normal((4, 4, 8, 8)).astype(np.float32)
+    rows = data.load(config)[0].captions_for(classes, 4)
+    if steps == 2:
+        noise = sigma_d * torch.randn(z.shape, generator=torch.Generator().manual_seed(5)).numpy()
+        expected = trainer.sample_from(
+            student, "consistency", times, z, noise[None], rows, sigma_d, 1.4, True
+        )
+    return expected, rows, z, times
+
+
 @pytest.mark.slow
 def test_a_sana_student_exports_to_sana_sprint_which_samples_as_the_run_script_does(
-    pipelines: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+    tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """A Sana teacher reading σ in [0, 1] (timestep_scale = 1/1000), distilled with CFG, is
     exported as a SanaSprintPipeline folder (the teacher's Gemma, tokenizer and DC-AE copied);
@@ -318,43 +356,18 @@ def test_a_sana_student_exports_to_sana_sprint_which_samples_as_the_run_script_d
 
     from diffusers import SanaSprintPipeline
 
-    from backends.torch import trainer
-    from training import evaluation
-
-    teacher = text_pipelines.sana(tmp_path / "sana", timestep_scale=0.001)
-    folder, captions, _ = latents(tmp_path / "latents")
-    assert encode(teacher, captions, folder) == 0
-    runs = tmp_path / "runs"
-    argv = [
-        "--teacher", f"diffusers:{teacher}", "--data", f"latents:{folder}", "--scd-steps", "2",
-        "--sct-steps", "0", "--scd-batch", "4", "--eval-num", "4", "--eval-seeds", "1", "--runs", str(runs),
-    ]  # fmt: skip
-    assert torch_run.main(argv) == 0
-    checkpoint = next(runs.iterdir()) / "checkpoints" / "scd-000002"
+    checkpoint = distilled(text_pipelines.sana(tmp_path / "sana", timestep_scale=0.001), tmp_path)
     out = tmp_path / "sprint"
     assert torch_run.main(["export", "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
     assert "as SanaSprintPipeline" in capsys.readouterr().out
     assert json.loads((out / "model_index.json").read_text())["_class_name"] == "SanaSprintPipeline"
     pipe = SanaSprintPipeline.from_pretrained(out).to(torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    student, _, config = trainer.load_network(checkpoint)
-    sigma_d, layout = config.sigma_d, student.text
-    train_set = data.load(config)[0]
+    run = json.loads((checkpoint.parents[1] / "config.json").read_text())
+    layout, sigma_d = TextLayout(**run["network"]["options"]["text"]), run["sigma_d"]
     for steps in (1, 2):
-        samples = tmp_path / f"samples-{steps}.npz"
-        sample = ["sample", "--checkpoint", str(checkpoint), "--steps", str(steps), "--num", "4",
-                  "--seed", "3", "--guidance", "1.4", "--out", str(samples)]  # fmt: skip
-        assert torch_run.main(sample) == 0
-        expected, classes = np.load(samples)["samples"], np.load(samples)["labels"]
-        times = evaluation.consistency_times(steps, sigma_d)
-        z = sigma_d * np.random.default_rng(3).standard_normal((4, 4, 8, 8)).astype(np.float32)
-        rows = train_set.captions_for(classes, 4)
+        expected, rows, z, times = sampled(checkpoint, steps, tmp_path)
         states, mask, _ = layout.unpack(torch.from_numpy(rows))
-        if steps == 2:  # the second step's noise is the pipeline's generator's: give `sample` the same
-            noise = sigma_d * torch.randn(z.shape, generator=torch.Generator().manual_seed(5)).numpy()
-            expected = trainer.sample_from(
-                student, "consistency", times, z, noise[None], rows, sigma_d, 1.4, True
-            )
         sprint = [math.atan(sigma_d * math.tan(t)) for t in times]  # the pipeline's times
         # the start: z = σ_d·n at t_max is fed as (k·n)/(sin t' + cos t'), k = σ_d cos t'/cos t
         start = sigma_d * math.cos(sprint[0]) / math.cos(times[0])
@@ -364,8 +377,7 @@ def test_a_sana_student_exports_to_sana_sprint_which_samples_as_the_run_script_d
             latents=torch.from_numpy(z / sigma_d * start), guidance_scale=1.4, height=32, width=32,
             use_resolution_binning=False, output_type="latent", generator=torch.Generator().manual_seed(5),
         ).images  # fmt: skip
-        scale = float(np.abs(expected).max())
-        np.testing.assert_allclose(got.numpy(), expected, atol=1e-6 * scale)
+        np.testing.assert_allclose(got.numpy(), expected, atol=1e-6 * float(np.abs(expected).max()))
 
 
 @pytest.mark.slow
@@ -375,45 +387,20 @@ def test_an_exported_text_student_is_sampled_by_the_readmes_loop_as_the_run_scri
     """README: an SD3 student distilled with CFG, exported as a model folder (its scale folded
     in), sampled by the README's flow loop from the stored states of the captions `sample`
     drew for, equals `torch_run.py sample` at 1 and 2 steps."""
-    from backends.torch import trainer
-    from training import evaluation
-
-    folder, captions, _ = latents(tmp_path / "latents")
-    assert encode(pipelines["sd3"], captions, folder) == 0
-    runs = tmp_path / "runs"
-    argv = [
-        "--teacher", f"diffusers:{pipelines['sd3']}", "--data", f"latents:{folder}", "--scd-steps", "2",
-        "--sct-steps", "0", "--scd-batch", "4", "--eval-num", "4", "--eval-seeds", "1", "--runs", str(runs),
-    ]  # fmt: skip
-    assert torch_run.main(argv) == 0
-    checkpoint = next(runs.iterdir()) / "checkpoints" / "scd-000002"
+    checkpoint = distilled(pipelines["sd3"], tmp_path)
     out = tmp_path / "exported"
-    assert (
-        torch_run.main(["export", "--checkpoint", str(checkpoint), "--out", str(out), "--guidance", "1.4"])
-        == 0
-    )
+    export = ["export", "--checkpoint", str(checkpoint), "--out", str(out), "--guidance", "1.4"]
+    assert torch_run.main(export) == 0
     block = next(b for b in re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
                  if "def sample_exported_flow" in b)  # fmt: skip
     scope: dict = {}
     exec(compile(block, "README.md", "exec"), scope)
-    student, _, config = trainer.load_network(checkpoint)
-    sigma_d, train_set = config.sigma_d, data.load(config)[0]
+    run = json.loads((checkpoint.parents[1] / "config.json").read_text())
+    layout = TextLayout(**run["network"]["options"]["text"])
     for steps in (1, 2):
-        samples = tmp_path / f"samples-{steps}.npz"
-        sample = ["sample", "--checkpoint", str(checkpoint), "--steps", str(steps), "--num", "4",
-                  "--seed", "3", "--guidance", "1.4", "--out", str(samples)]  # fmt: skip
-        assert torch_run.main(sample) == 0
-        expected, classes = np.load(samples)["samples"], np.load(samples)["labels"]
-        times = evaluation.consistency_times(steps, sigma_d)
-        z = sigma_d * np.random.default_rng(3).standard_normal((4, 4, 8, 8)).astype(np.float32)
-        rows = train_set.captions_for(classes, 4)
-        states, _, pooled = student.text.unpack(torch.from_numpy(rows))
+        expected, rows, z, times = sampled(checkpoint, steps, tmp_path)
+        states, _, pooled = layout.unpack(torch.from_numpy(rows))
         text = {"encoder_hidden_states": states, "pooled_projections": pooled}
         generator = torch.Generator().manual_seed(5)
         got = scope["sample_exported_flow"](out, torch.from_numpy(z), text, times, generator)
-        if steps == 2:  # the second step's noise is the loop's generator's: give `sample` the same
-            noise = sigma_d * torch.randn(z.shape, generator=torch.Generator().manual_seed(5)).numpy()
-            expected = trainer.sample_from(
-                student, "consistency", times, z, noise[None], rows, sigma_d, 1.4, True
-            )
         np.testing.assert_allclose(got.numpy(), expected, atol=1e-6 * float(np.abs(expected).max()))

@@ -20,6 +20,7 @@ from backends.configs import (
     EDM2_PRESETS,
     PASSES,
     PRECISIONS,
+    TextLayout,
     check_text,
     clamping,
     native_sampler,
@@ -42,7 +43,9 @@ def argument_parser(doc: str, presets: dict) -> argparse.ArgumentParser:
     )
     parser.set_defaults(command="train")
     parser.add_argument("--preset", default="digits", choices=sorted(presets), help="settings to start from")
-    parser.add_argument("--data", help="digits, toy2d, npz:PATH, folder:PATH, zip:PATH or latents:PATH")
+    parser.add_argument(
+        "--data", help="digits, digits-text, toy2d, npz:PATH, folder:PATH, zip:PATH or latents:PATH"
+    )
     parser.add_argument(
         "--network",
         metavar="KIND[:SIZE]",
@@ -401,6 +404,13 @@ def fit_to_data(config: RunConfig, train_set: data.Dataset) -> RunConfig:
     labels. With no classes there is nothing to guide, so the distilled phases run without CFG."""
     network, num = config.network, train_set.num_classes
     if "text" in network.options:  # a text-conditioned model takes the captions' packed states
+        layout = TextLayout(**network.options["text"])
+        if train_set.text is None or train_set.text.layout != layout:
+            have = "none" if train_set.text is None else train_set.text.layout
+            raise ValueError(
+                f"the {network.preset} takes text conditions laid out as {layout}; the data ({config.data}) "
+                f"have {have}"
+            )
         return config
     if network.kind == "diffusers" and network.label_dim and network.label_dim != num:
         raise ValueError(  # its class embeddings are in the model's config

@@ -153,7 +153,8 @@ PHASES = ("teacher", "scd", "sct", "scd_avsd", "dscd")
 @dataclass(frozen=True)
 class RunConfig:
     preset: str
-    data: str  # "digits", "toy2d", or "npz:PATH", "folder:PATH", "zip:PATH", "latents:PATH"
+    # "digits", "digits-text" (captioned), "toy2d", or "npz:PATH", "folder:PATH", "zip:PATH", "latents:PATH"
+    data: str
     network: NetworkConfig
     teacher: PhaseConfig  # TrigFlow diffusion (Eq. 4, adaptive weighting)
     scd: PhaseConfig  # sCD (Alg. 1 with the teacher's PF-ODE)
@@ -396,9 +397,57 @@ def _digits_ddpm() -> RunConfig:
     )
 
 
+def _digits_text() -> RunConfig:
+    """The captioned digits (`data.digits_text`: a caption naming each image's digit, encoded
+    by a small frozen text encoder made here) and a small SanaTransformer2DModel trained on
+    them as diffusers trains Sana (flow matching, FlowMatchEulerDiscreteScheduler's σ's at
+    logit-normal draws: `pretrained.NativeLoss`), the caption dropped a tenth of the time for
+    CFG; then sCD with CFG through its TrigFlow view, the student taking the scale by Sana's own
+    guidance input. The teacher is also sampled by diffusers' Euler and DPM-Solver++ (README:
+    the digits-text run)."""
+    digits = _digits()
+    sana = dict(  # 64 tokens (8×8 pixels, patch 1) of width 64; a caption of 7 tokens × 32
+        in_channels=1, out_channels=1, sample_size=8, patch_size=1, num_layers=4, num_attention_heads=4,
+        attention_head_dim=16, num_cross_attention_heads=4, cross_attention_head_dim=16,
+        cross_attention_dim=64, caption_channels=32, mlp_ratio=2.5, attention_bias=False,
+        norm_elementwise_affine=False, norm_eps=1e-6,
+        # the student's guidance input embeds scale × this in sinusoids: at diffusers' 0.1 the
+        # scales 1–2 differ by at most 0.1 rad and it learnt no difference between them
+        # (README: the digits-text run)
+        guidance_embeds_scale=10.0,
+    )  # fmt: skip
+    flow = dict(_class_name="FlowMatchEulerDiscreteScheduler", num_train_timesteps=1000, shift=1.0)
+    text = dict(length=7, width=32, mask=True, pooled=0)  # `data.digits_text`'s layout
+    network = NetworkConfig(
+        "diffusers", "SanaTransformer2DModel", 7 * 32 + 7, {"model": sana, "scheduler": flow, "text": text}
+    )
+    return dataclasses.replace(
+        digits,
+        preset="digits-text",
+        data="digits-text",
+        network=network,
+        teacher=PhaseConfig(steps=2500, lr=1e-3, ema_halflife=20_000, label_dropout=0.1),
+        # CFG scales s ~ U[1, 2] as the student's input; a fifth of each batch at t in [1.4,
+        # t_max), where one step starts; dF/dt by central differences over t ± 0.01
+        scd=dataclasses.replace(
+            digits.scd,
+            steps=1500,
+            lr=1e-4,
+            lr_decay=100,
+            guidance_max=2.0,
+            high_t_share=0.2,
+            high_t_from=1.4,
+            derivative="fd",
+        ),
+        sct=PhaseConfig(steps=0),
+        eval=EvalConfig(heun_steps=(5, 9, 18), native_samplers=("euler-10", "euler-50", "dpmsolver++-10")),
+    )
+
+
 PRESETS: dict[str, RunConfig] = {
     "digits": _digits(),
     "digits-ddpm": _digits_ddpm(),
+    "digits-text": _digits_text(),
     "toy2d": _toy2d(),
     "cifar10": _cifar10(),
     **{f"imagenet64-{size.lower()}": _imagenet(64, size) for size in _IMAGENET64},

@@ -302,7 +302,7 @@ def test_a_text_to_image_pipeline_is_distilled_and_sampled_by_the_run_script(
     assert sorted(p.name for p in exported.iterdir()) == ["native_scheduler", "scheduler", "transformer"]
     assert (
         "SanaSprintPipeline feeds the model σ·1 (σ in [0, 1]) and this one reads σ·1000"
-        in capsys.readouterr().out
+        in capsys.readouterr().err
     )
 
 

@@ -768,31 +768,35 @@ class NativeLoss:
         self.logit_mean, self.logit_std, self.mode_scale = logit_mean, logit_std, mode_scale
 
     def __call__(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
-        if self.flow:
-            return self._flow_loss(model, batch)
         from .steps import drop_labels
 
         x0 = batch["x0"]
         noise = torch.randn_like(x0)
+        noisy, time, target, weight = (self._flow if self.flow else self._ddpm)(x0, noise)
+        labels = drop_labels(batch.get("labels"), self.label_dropout)
+        prediction = model(noisy, time, labels, native_call=True)
+        if weight is None:
+            loss = F.mse_loss(prediction.float(), target.float())
+        else:
+            loss = (weight * (prediction.float() - target.float()) ** 2).mean()
+        return loss, {"loss": loss.detach()}
+
+    def _ddpm(self, x0: torch.Tensor, noise: torch.Tensor) -> tuple:
+        """(x_k, k, the prediction's target, no weight) at k ~ U{0, …, N − 1}."""
         k = torch.randint(0, self.scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device)
         target = {
             "epsilon": noise,
             "sample": x0,
             "v_prediction": self.scheduler.get_velocity(x0, noise, k),
         }[self.scheduler.config.prediction_type]
-        labels = drop_labels(batch.get("labels"), self.label_dropout)
-        prediction = model(self.scheduler.add_noise(x0, noise, k), k, labels, native_call=True)
-        loss = F.mse_loss(prediction.float(), target.float())
-        return loss, {"loss": loss.detach()}
+        return self.scheduler.add_noise(x0, noise, k), k, target, None
 
-    def _flow_loss(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+    def _flow(self, x0: torch.Tensor, noise: torch.Tensor) -> tuple:
+        """(x_σ, the model's time, the velocity ε − x0, the per-sample weight) at u drawn by the
+        density of `weighting`."""
         from diffusers.training_utils import compute_density_for_timestep_sampling as density
         from diffusers.training_utils import compute_loss_weighting_for_sd3 as loss_weighting
 
-        from .steps import drop_labels
-
-        x0 = batch["x0"]
-        noise = torch.randn_like(x0)
         u = density(
             self.weighting, x0.shape[0], self.logit_mean, self.logit_std, self.mode_scale, device=x0.device
         )
@@ -800,12 +804,8 @@ class NativeLoss:
         timesteps = self.scheduler.timesteps.to(x0.device)[index]
         shape = (-1,) + (1,) * (x0.ndim - 1)
         sigmas = self.scheduler.sigmas.to(x0.device, x0.dtype)[index].reshape(shape)
-        labels = drop_labels(batch.get("labels"), self.label_dropout)
-        x_sigma = (1 - sigmas) * x0 + sigmas * noise
-        prediction = model(x_sigma, timesteps * self.time_scale, labels, native_call=True)
         weight = loss_weighting(self.weighting, sigmas).float()
-        loss = (weight * (prediction.float() - (noise - x0).float()) ** 2).mean()
-        return loss, {"loss": loss.detach()}
+        return (1 - sigmas) * x0 + sigmas * noise, timesteps * self.time_scale, noise - x0, weight
 
 
 def _time_scale(schedule: native.Schedule, scheduler_config: dict) -> float:

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
@@ -785,5 +786,5 @@ def export_command(args: argparse.Namespace) -> int:
     written = pipeline.name if pipeline is not None else "a model folder"
     print(f"wrote {config.network.preset} ({meta['phase']}, {scale}) to {args.out} as {written}")
     if pipeline is None and config.network.preset in FEW_STEP_PIPELINES:
-        print(f"note: not a few-step pipeline: {why}")
+        print(f"note: not a few-step pipeline: {why}", file=sys.stderr)
     return 0

@@ -245,9 +245,9 @@ def test_the_digits_text_preset_takes_the_captions_layout_and_refuses_data_witho
 
 @pytest.mark.slow
 def test_the_digits_text_preset_trains_sana_the_diffusers_way_and_distils_it_with_cfg(tmp_path: Path) -> None:
-    """`--preset digits-text` at a reduced size: the Sana teacher trained by flow matching, sCD
-    with CFG (the student's scale by Sana's own guidance input), every sampler scored with
-    prompt_error, and `sample` drawing captioned digits."""
+    """`--preset digits-text` at a reduced size: the Sana teacher (reading σ in [0, 1]) trained
+    by flow matching, sCD with CFG (the student's scale by Sana's own guidance input), every
+    sampler scored with prompt_error, and `sample` drawing captioned digits."""
     pytest.importorskip("torch")
     import json
     import sys
@@ -273,6 +273,7 @@ def test_the_digits_text_preset_trains_sana_the_diffusers_way_and_distils_it_wit
     assert all(0 <= r["metrics"]["prompt_error"]["mean"] <= 1 for r in results)
     student, meta, _ = trainer.load_network(run / "checkpoints" / "scd-000004")
     assert meta["guidance"] and student.model.config.guidance_embeds and student.emb_guidance is None
+    assert student.schedule.scale == 1.0  # the model reads σ in [0, 1], as SanaSprintPipeline feeds it
     out = tmp_path / "samples.npz"
     checkpoint = str(run / "checkpoints" / "scd-000004")
     sample = ["sample", "--checkpoint", checkpoint, "--steps", "2", "--num", "20", "--guidance", "2",

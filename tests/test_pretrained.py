@@ -17,6 +17,7 @@ from diffusers import SanaTransformer2DModel, SD3Transformer2DModel, UNet2DCondi
 from torch.nn import functional as F  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
+from backends.torch import jet  # noqa: E402
 from backends.torch.pretrained import group_norm, jvp_ready, scaled_dot_product_attention  # noqa: E402
 
 UNET = dict(
@@ -116,11 +117,15 @@ def test_the_jvp_through_a_diffusers_model_equals_finite_differences(name: str) 
             y, jvp = torch.func.jvp(f, (x, t), (tx, tt))
             with fwAD.dual_level():
                 dual = fwAD.unpack_dual(f(fwAD.make_dual(x, tx), fwAD.make_dual(t, tt))).tangent
+            y_jets, jets = jet.tangent(f, (x, t), (tx, tt))  # the tangent pass's own route
         expected = central(tx, tt, h)
         scale = float(expected.abs().max())
         assert scale > 0
         assert (jvp - expected).abs().max() < tol * scale, (name, (jvp - expected).abs().max() / scale)
         torch.testing.assert_close(dual, jvp, rtol=1e-12, atol=1e-12 * scale)
+        exact = 1e-5 if float32_inside else 1e-10  # float32 inside: both routes round there
+        torch.testing.assert_close(jets, jvp, rtol=exact, atol=exact * scale)
+        torch.testing.assert_close(y_jets, y, rtol=1e-12, atol=1e-13)
         torch.testing.assert_close(y, f(x, t), rtol=1e-12, atol=1e-13)  # the values are the same
 
 

@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from backends.torch import attention as attention_op  # noqa: E402
-from backends.torch import optim, steps  # noqa: E402
+from backends.torch import jet, optim, steps  # noqa: E402
 from backends.torch.autodiff import same_randomness, tangent_pass  # noqa: E402
 from backends.torch.ddpmpp import DDPMpp  # noqa: E402
 from backends.torch.edm2 import PRESETS, EDM2UNet  # noqa: E402
@@ -159,6 +159,9 @@ def test_network_jvp_matches_finite_differences(network: str) -> None:
     out, jvp = torch.func.jvp(F, (x, t), (tx, tt))
     torch.testing.assert_close(out, F(x, t))
     torch.testing.assert_close(jvp, finite_difference(F, (x, t), (tx, tt)), rtol=1e-6, atol=1e-7)
+    out_jets, jvp_jets = jet.tangent(F, (x, t), (tx, tt))  # the tangent pass's own route
+    torch.testing.assert_close(out_jets, out, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(jvp_jets, jvp, rtol=1e-12, atol=1e-12)
 
 
 # Tables 3–4 of the paper: parameters at the ImageNet 512×512 latent shape (64×64×4, 1000 classes)

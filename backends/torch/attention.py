@@ -117,6 +117,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | 
             f"q, k, v must be (batch, heads, length, channels), got shapes "
             f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
         )
+    if torch.overrides.has_torch_function((q, k, v)):  # jets (`jet.RULES`)
+        return torch.overrides.handle_torch_function(attention, (q, k, v), q, k, v, scale)
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     device = q.device.type
     if not torch.is_autocast_enabled(device):

@@ -1,14 +1,18 @@
 """Tangents of whole networks (§5.1): F_θ⁻ and σ_d·cos t·sin t·dF_θ⁻/dt in one forward-mode pass.
 
-Forward-mode dual tensors carry the rearranged tangents of `trigcore.tangent.jvp_tangents`
-through the network together with the primal, so F_θ⁻ comes out of the same pass. It runs under
-`torch.no_grad()`: no autograd graph is built for θ⁻, whose gradient is never needed.
+Jets (`jet`: the primal and its tangent stacked as one doubled batch, each operation's tangent
+by a rule written for it) carry the rearranged tangents of `trigcore.tangent.jvp_tangents`
+through the network together with the primal, so F_θ⁻ comes out of the same pass at about the
+cost of a forward pass on twice the batch. It runs under `torch.no_grad()`: no autograd graph is
+built for θ⁻, whose gradient is never needed. Where a network holds a custom autograd.Function,
+forward-mode dual tensors run instead (they call its own forward-mode rule).
 
 Two variants, chosen by the training steps with `SCMConfig.passes` (costs in BENCHMARKS.md,
 `benchmarks/steps.py`):
-- `graph=True` runs the pass with autograd on, and its primal is F_θ with its graph: the gradient
-  pass then needs no second forward pass (θ⁻ = θ, so F_θ⁻ is that primal, detached), at the price
-  of autograd also recording the tangent's operations (about 3× the activation memory).
+- `graph=True` runs the pass with dual tensors and autograd on, and its primal is F_θ with its
+  graph: the gradient pass then needs no second forward pass (θ⁻ = θ, so F_θ⁻ is that primal,
+  detached), at the price of autograd also recording the tangent's operations (about 3× the
+  activation memory).
 - `compiled=True` runs `torch.func.jvp` of the network through `torch.compile` (and `no_graph`,
   the sCD teacher's evaluation, its forward pass): eager forward mode launches several kernels
   per operation, and on a GPU the pass is bound by those launches. The first call compiles
@@ -29,6 +33,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 from backends.configs import DERIVATIVE_H, no_forward_rule
+from backends.torch import jet
 from trigcore import schedule, tangent
 
 
@@ -98,12 +103,20 @@ def _forward_mode(
     low_precision: bool,
     derivative: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """F and its JVP along `tangents` in one forward-mode pass (torch.func.jvp compiled, or dual
-    tensors); an operation without a forward-mode rule is refused with the mode that needs none."""
+    """F and its JVP along `tangents` in one forward-mode pass: torch.func.jvp compiled; without
+    a graph, jets (`jet`: primal and tangent as one doubled batch), or dual tensors where the
+    network holds a custom autograd.Function (whose own rule they call); with the graph, dual
+    tensors. An operation without a forward-mode rule is refused with the mode that needs none."""
     try:
         if compiled:
             with torch.no_grad():
                 return _compiled(_jvp, _vectorise(primals[0], low_precision))(F_fn, primals, tangents)
+        if not (graph and torch.is_grad_enabled()):  # the primal and tangent stacked: `jet`
+            start = _rng_state(primals[0].device)
+            try:
+                return jet.tangent(F_fn, primals, tangents)
+            except jet.NoJetRule:  # dual tensors: custom Functions' own rules, or the refusal
+                _set_rng_state(primals[0].device, start)
         with torch.set_grad_enabled(graph and torch.is_grad_enabled()), fwAD.dual_level():
             duals = (fwAD.make_dual(p, tp) for p, tp in zip(primals, tangents))
             out = fwAD.unpack_dual(F_fn(*duals))
@@ -157,14 +170,21 @@ def _compiled(fn: Callable, vectorise: bool) -> Callable:
 def same_randomness(device: torch.device) -> Iterator[Callable[[], None]]:
     """Lets two passes draw the same random numbers (dropout masks): call the yielded `replay()`
     between them. Afterwards the generator continues from where the first pass left it."""
-    cuda = device.type == "cuda"
-    start = torch.cuda.get_rng_state(device) if cuda else torch.get_rng_state()
+    start = _rng_state(device)
     after: list[torch.Tensor] = []
 
     def replay() -> None:
-        after.append(torch.cuda.get_rng_state(device) if cuda else torch.get_rng_state())
-        (torch.cuda.set_rng_state(start, device) if cuda else torch.set_rng_state(start))
+        after.append(_rng_state(device))
+        _set_rng_state(device, start)
 
     yield replay
     if after:
-        (torch.cuda.set_rng_state(after[0], device) if cuda else torch.set_rng_state(after[0]))
+        _set_rng_state(device, after[0])
+
+
+def _rng_state(device: torch.device) -> torch.Tensor:
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_rng_state(device: torch.device, state: torch.Tensor) -> None:
+    (torch.cuda.set_rng_state(state, device) if device.type == "cuda" else torch.set_rng_state(state))

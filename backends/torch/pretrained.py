@@ -73,6 +73,9 @@ def scaled_dot_product_attention(
     return weights @ value
 
 
+_torch_group_norm = F.group_norm  # torch's own, taken once: `jvp_ready` puts `group_norm` in its place
+
+
 class _GroupNorm(torch.autograd.Function):
     """Group norm y = x̂·w + b, x̂ = (x − μ)·r with each group's mean μ and r = 1/√(var + ε), by
     torch's fused kernels forward and backward, and with the tangent written out:
@@ -137,6 +140,8 @@ def group_norm(
     the value and gradient, the tangent written out (`_GroupNorm`); under autocast in float32, as
     CUDA's autocast runs group norm. Under torch.compile, which fuses operations itself and
     cannot trace the fused kernel under `torch.func.jvp`: `plain_group_norm`."""
+    if torch.overrides.has_torch_function((input,)):  # jets: their rule for torch's own op
+        return _torch_group_norm(input, num_groups, weight, bias, eps)
     if torch.compiler.is_compiling():
         return plain_group_norm(input, num_groups, weight, bias, eps)
     if torch.is_autocast_enabled(input.device.type):

@@ -599,7 +599,7 @@ def _softmax(x: Jet, dim: int, *args: Any, dtype: Any = None, **kwargs: Any) -> 
 def _group_norm(x: Jet, num_groups: int, weight: Any = None, bias: Any = None, eps: float = 1e-5) -> Any:
     if _is(weight) or _is(bias):
         return _fallback(F.group_norm, (x, num_groups, weight, bias, eps), {})
-    p, dp = x.z
+    p, dp = (a.contiguous() for a in x.z)  # torch's kernels take contiguous inputs
     n, c = p.shape[:2]
     hw = p[0, 0].numel()
     y, mean, rstd = _aten.native_group_norm(p, weight, bias, n, c, hw, num_groups, eps)
@@ -618,7 +618,7 @@ def _layer_norm(
 ) -> Any:
     if _is(weight) or _is(bias):
         return _fallback(F.layer_norm, (x, normalized_shape, weight, bias, eps), {})
-    p, dp = x.z
+    p, dp = (a.contiguous() for a in x.z)
     y, mean, rstd = _aten.native_layer_norm(p, normalized_shape, weight, bias, eps)
     dy = _aten.native_layer_norm_backward(
         dp, p, normalized_shape, mean, rstd, None, None, [True, False, False]

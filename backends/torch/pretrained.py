@@ -35,6 +35,7 @@ from backends.configs import (
 )
 from trigcore import convert, native
 
+from . import jet
 from .attention import attention
 from .layers import LogvarHead, PositionalEmbedding
 
@@ -71,9 +72,6 @@ def scaled_dot_product_attention(
     if dropout_p > 0:
         weights = F.dropout(weights, dropout_p)
     return weights @ value
-
-
-_torch_group_norm = F.group_norm  # torch's own, taken once: `jvp_ready` puts `group_norm` in its place
 
 
 class _GroupNorm(torch.autograd.Function):
@@ -140,8 +138,10 @@ def group_norm(
     the value and gradient, the tangent written out (`_GroupNorm`); under autocast in float32, as
     CUDA's autocast runs group norm. Under torch.compile, which fuses operations itself and
     cannot trace the fused kernel under `torch.func.jvp`: `plain_group_norm`."""
-    if torch.overrides.has_torch_function((input,)):  # jets: their rule for torch's own op
-        return _torch_group_norm(input, num_groups, weight, bias, eps)
+    if torch.overrides.has_torch_function((input,)):  # jets: `jet.RULES`, as for torch's own
+        return torch.overrides.handle_torch_function(
+            group_norm, (input,), input, num_groups, weight, bias, eps
+        )
     if torch.compiler.is_compiling():
         return plain_group_norm(input, num_groups, weight, bias, eps)
     if torch.is_autocast_enabled(input.device.type):
@@ -149,6 +149,9 @@ def group_norm(
             x, w, b = (None if a is None else a.float() for a in (input, weight, bias))
             return group_norm(x, num_groups, w, b, eps)
     return _GroupNorm.apply(input, num_groups, weight, bias, eps)[0]
+
+
+jet.RULES[group_norm] = jet.RULES[F.group_norm]  # torch's group norm hands jets this one inside jvp_ready
 
 
 def plain_group_norm(

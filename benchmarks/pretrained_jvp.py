@@ -1,9 +1,9 @@
 """The cost of sCD's tangent pass through a diffusers U-Net, seen as TrigFlow
 (`backends/torch/pretrained`): its plain forward pass, the view's forward pass (inside
-`jvp_ready`, with the change of variables), and the view's tangent pass (dual tensors, what
-`SCMConfig(passes="separate")` runs) and gradient pass (F_θ and its backward), timed side by side
-in one run; the last two also with group norm from plain operations (`plain_group_norm`, as
-before its tangent was written out).
+`jvp_ready`, with the change of variables), the view's tangent pass (jets, what
+`SCMConfig(passes="separate")` runs, and the same pass on forward-mode dual tensors) and gradient
+pass (F_θ and its backward), timed side by side in one run; the tangent pass on jets and the
+gradient pass also with group norm from plain operations (`plain_group_norm`).
 
     python benchmarks/pretrained_jvp.py                                        # CIFAR-10-sized, CPU
     python benchmarks/pretrained_jvp.py --width 32 --resolution 8 --batch 128  # digits-sized
@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.autograd.forward_ad as fwAD
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -24,7 +25,7 @@ from steps import median_seconds  # noqa: E402  (benchmarks/steps.py, beside thi
 
 from backends.torch import pretrained  # noqa: E402
 from backends.torch.autodiff import tangent_pass  # noqa: E402
-from trigcore import native  # noqa: E402
+from trigcore import native, tangent  # noqa: E402
 
 SIGMA_D = 0.5
 
@@ -76,13 +77,19 @@ def main(argv: list[str] | None = None) -> int:
     def view_tangent(_: int) -> None:
         tangent_pass(view, x_t, t, dxdt, SIGMA_D)
 
+    def view_tangent_dual(_: int) -> None:  # the same pass on forward-mode dual tensors
+        tx, tt = tangent.jvp_tangents(x_t, t, dxdt, SIGMA_D)
+        with torch.no_grad(), fwAD.dual_level():
+            fwAD.unpack_dual(view(fwAD.make_dual(x_t / SIGMA_D, tx), fwAD.make_dual(t, tt)))
+
     def view_gradient(_: int) -> None:  # sCD's gradient pass: F_θ and its backward
         view.requires_grad_(True)
         view(x_t / SIGMA_D, t).square().mean().backward()
         view.requires_grad_(False).zero_grad()
 
     rows = {}
-    for name, fn in (("U-Net forward", native_forward), ("view forward", view_forward)):
+    passes = (("U-Net forward", native_forward), ("view forward", view_forward))
+    for name, fn in (*passes, ("view tangent pass, dual tensors", view_tangent_dual)):
         rows[name] = median_seconds(fn, device, args.repeats, args.warmup)
     fused = pretrained.group_norm
     for norm, label in ((fused, ""), (pretrained.plain_group_norm, ", plain group norm")):

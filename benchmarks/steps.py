@@ -1,12 +1,12 @@
 """The cost of one sCD and one sCT training step relative to one teacher diffusion step, on the
 same network and batch (the paper reports about 2× for sCD; goals: sCD ≤ 1.8×, sCT ≤ 1.6×), each
-with each of the backend's ways of making the passes (`SCMConfig.passes`): "separate" (a
-forward-AD dual-tensor pass without a graph, then F_θ with one), "fused" (one dual-tensor pass with
+with each of the backend's ways of making the passes (`SCMConfig.passes`): "separate" (the
+tangent pass on jets without a graph, then F_θ with one), "fused" (one dual-tensor pass with
 autograd on, F_θ its primal) and "compiled" (separate, the tangent pass through torch.compile,
 whose compile time is left out of the timing: the warmup steps absorb it); the separate passes
 with the other derivatives (`SCMConfig.derivative`): "semi" (forward mode in x, a central
-difference in t) and "fd" (central differences only); and the separate tangent pass with dual
-tensors against torch.func.jvp.
+difference in t) and "fd" (central differences only); and the separate tangent pass on jets
+against the same pass on dual tensors and by torch.func.jvp.
 
 Each measurement runs in a fresh process, so the peak memory of one kind of step is not hidden
 by another's; with --rounds N every kind is measured N times, the kinds taking turns, and the
@@ -144,9 +144,11 @@ def measure_step(args: argparse.Namespace) -> dict:
 
 
 def measure_tangent(args: argparse.Namespace) -> dict:
-    """Median seconds of the separate tangent pass plus the gradient pass, with dual tensors and
-    with torch.func.jvp."""
+    """Median seconds of the separate tangent pass plus the gradient pass: on jets (what the
+    separate passes run), on dual tensors and by torch.func.jvp."""
     torch, device, net, batch = _setup(args)
+    import torch.autograd.forward_ad as fwAD
+
     from backends.torch.autodiff import tangent_pass
     from trigcore import tangent
 
@@ -161,16 +163,22 @@ def measure_tangent(args: argparse.Namespace) -> dict:
     def loss(F_theta, F_minus, jvp):  # a loss of the sCM form
         return ((F_theta - F_minus - jvp) ** 2).mean()
 
-    def separate_dual():
+    def separate_jets():
         F_minus, jvp = tangent_pass(F, x, t, v, 0.5)
         loss(F(x / 0.5, t), F_minus, jvp).backward()
+
+    def separate_dual():
+        with torch.no_grad(), fwAD.dual_level():
+            out = fwAD.unpack_dual(F(fwAD.make_dual(x / 0.5, tx), fwAD.make_dual(t, tt)))
+        loss(F(x / 0.5, t), out.primal, out.tangent).backward()
 
     def separate_func():
         with torch.no_grad():
             F_minus, jvp = torch.func.jvp(F, (x / 0.5, t), (tx, tt))
         loss(F(x / 0.5, t), F_minus, jvp).backward()
 
-    ways = {"dual tensors, then F_θ": separate_dual, "func.jvp, then F_θ": separate_func}
+    ways = {"jets, then F_θ": separate_jets, "dual tensors, then F_θ": separate_dual}
+    ways["func.jvp, then F_θ"] = separate_func
     return {
         name: median_seconds(lambda _, fn=fn: fn(), device, args.repeats, args.warmup)
         for name, fn in ways.items()

@@ -106,7 +106,7 @@ FUNCTIONS = {
         ),
         [(2, 5)],
     ),  # fmt: skip
-    "softmax": (lambda a: torch.softmax(a, -1) + F.softmax(a, dim=0), [(3, 4)]),
+    "softmax, detach": (lambda a: torch.softmax(a, -1) + F.softmax(a, dim=0) * a.detach(), [(3, 4)]),
     "group and layer norm": (
         lambda a: (
             F.group_norm(a, 2, randn(4, seed=1), randn(4, seed=2))

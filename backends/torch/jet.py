@@ -88,7 +88,7 @@ class Jet(torch.Tensor):
                 return _in_place(func, name, args, kwargs)
             if func in _METADATA:
                 return func(*args, **kwargs)
-            if getattr(func, "__name__", "") == "__get__":  # a property
+            if name == "__get__":  # a property
                 name = func.__self__.__name__  # type: ignore[attr-defined]
                 if name in _PROPERTIES:
                     return _PROPERTIES[name](args[0])
@@ -97,7 +97,7 @@ class Jet(torch.Tensor):
 
     @classmethod
     def __torch_dispatch__(cls, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        raise RuntimeError(f"a Jet reached {func} below the torch functions it handles")
+        raise NoJetRule(f"{func} met a jet below the torch functions (a C++ path)")
 
 
 def tangent(fn: Callable, primals: tuple, tangents: tuple) -> tuple[Any, Any]:
@@ -129,10 +129,6 @@ def rule(*funcs: Callable) -> Callable[[Callable], Callable]:
 
 def _is(a: Any) -> bool:
     return isinstance(a, Jet)
-
-
-def _z(a: Any) -> torch.Tensor:
-    return a.z
 
 
 _MASKS: dict[tuple, torch.Tensor] = {}
@@ -301,8 +297,8 @@ RULES[torch.Tensor.bfloat16] = _cast(torch.bfloat16)
 
 
 @rule(torch.Tensor.detach)
-def _detach(a: Jet) -> Jet:
-    return a
+def _detach(a: Jet) -> torch.Tensor:  # as for dual tensors: the tangent goes too
+    return a.z[0]
 
 
 _PROPERTIES: dict[str, Callable] = {

@@ -15,8 +15,12 @@ a network calls on it dispatch to `RULES`:
   for a pointwise (or, for normalisations and softmax, a symmetric) Jacobian is the JVP:
   silu_backward(ẋ, x) is silu'(x)·ẋ, and group norm's backward applied to ẋ is its JVP;
 - products of two jets, norms and attention have their tangents written out;
+- in-place writes (x.add_(…), x[i] = …) land in the jet's z;
 - anything else falls back to forward-mode dual tensors on the two halves (exact, slower).
 
+What a jet cannot pass raises `NoJetRule`: a custom autograd.Function (inside its forward,
+forward mode is off; its own rule is for dual tensors), a jet written into a constant, an
+operation without a forward-mode rule. `autodiff.tangent_pass` then runs dual tensors instead.
 A network never sees the stacking: shapes, dtypes and devices are x's. Jets carry no autograd
 graph (the tangent pass of θ⁻ runs without one).
 
@@ -304,7 +308,7 @@ def _detach(a: Jet) -> torch.Tensor:  # as for dual tensors: the tangent goes to
 _PROPERTIES: dict[str, Callable] = {
     "T": lambda a: Jet(a.z.permute(0, *range(a.z.ndim - 1, 0, -1))),
     "mT": lambda a: Jet(a.z.transpose(-2, -1)),
-    "data": lambda a: a,
+    "data": lambda a: a.z[0],  # as detach
 }
 
 

@@ -89,11 +89,12 @@ class SCMConfig:
     warmup_steps: int = 10000  # H: r = min(1, step/H) (§4.2)
     guidance_max: float = 1.0  # sCD with CFG: s ~ U[1, guidance_max], given to the student (G.2)
     precision: str = "float32"  # network calls in "float32", "bfloat16" or "float16" (§5.1)
-    # "separate": the tangent pass without a graph, then F_θ with one; "fused": one tangent pass
-    # with autograd on, F_θ its primal (fewer passes, ~3× the activation memory); "compiled":
-    # separate, the tangent pass through torch.compile (autodiff.tangent_pass, BENCHMARKS.md).
-    # JAX runs all three as one jitted program, in which XLA shares what the passes have in common
-    passes: str = "separate"
+    # "fused": one pass, F_θ with its graph and the tangent without one (`jet.fused`: about a
+    # forward pass more); "separate": the tangent pass without a graph, then F_θ with one (what
+    # FSDP2 runs); "compiled": separate, the tangent pass through torch.compile
+    # (autodiff.tangent_pass, BENCHMARKS.md). JAX runs all three as one jitted program, in which
+    # XLA shares what the passes have in common
+    passes: str = "fused"
     # dF⁻/dt: "jvp" (forward-mode AD, exact), "semi" (forward mode along dx_t/dt, a central
     # difference in t) or "fd" (a central difference along (dx_t/dt, 1): no forward mode), the
     # differences with step `derivative_h` in t (error O(h²), `tangent.difference_jvp`)

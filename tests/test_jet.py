@@ -159,35 +159,56 @@ def in_place(a: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("name", list(FUNCTIONS))
-def test_each_rule_gives_forward_mode_ads_tangent(name: str) -> None:
+@pytest.mark.parametrize("route", ["jets", "pairs"])
+def test_each_rule_gives_forward_mode_ads_tangent(name: str, route: str) -> None:
+    """Jets (the separate tangent pass) and pairs (the fused pass: the primal with its graph)."""
     f, shapes = FUNCTIONS[name]
     primals = tuple(randn(*s, seed=k) for k, s in enumerate(shapes))
     tangents = tuple(randn(*s, seed=10 + k) for k, s in enumerate(shapes))
-    value, tangent = jet.tangent(f, primals, tangents)
+    if route == "jets":
+        value, tangent = jet.tangent(f, primals, tangents)
+    else:
+        leaves, plain_leaves = (tuple(p.clone().requires_grad_() for p in primals) for _ in range(2))
+        value, tangent = jet.fused(f, leaves, tangents)
+        plain = f(*plain_leaves)
+        torch.testing.assert_close(value, plain, rtol=0, atol=0)  # the function's own operations
+        weights = randn(*value.shape, seed=20)  # the gradient through the pairs' graph is F's
+        grads = torch.autograd.grad((value * weights).sum(), leaves, allow_unused=True)
+        expected = torch.autograd.grad((plain * weights).sum(), plain_leaves, allow_unused=True)
+        for grad, want in zip(grads, expected):
+            assert (grad is None) == (want is None)
+            if grad is not None:
+                torch.testing.assert_close(grad, want, rtol=0, atol=0)
+        assert tangent.grad_fn is None
     reference = functools.partial(f, sdpa=sdpa) if "sdpa" in inspect.signature(f).parameters else f
     expected_value, expected_tangent = dual_tensors(reference, primals, tangents)
-    assert not isinstance(value, jet.Jet) and not isinstance(tangent, jet.Jet)
+    assert not isinstance(value, (jet.Jet, jet.Pair)) and not isinstance(tangent, (jet.Jet, jet.Pair))
     torch.testing.assert_close(value, expected_value, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(tangent, expected_tangent, rtol=1e-12, atol=1e-12)
     assert float(tangent.abs().max()) > 0
 
 
-def test_a_jet_written_into_a_constant_is_refused() -> None:
+ROUTES = {"jets": jet.tangent, "pairs": jet.fused}
+
+
+@pytest.mark.parametrize("route", list(ROUTES))
+def test_a_jet_written_into_a_constant_is_refused(route: str) -> None:
     def f(a: torch.Tensor) -> torch.Tensor:
         out = torch.zeros_like(a)
         out.copy_(a)
         return out
 
-    with pytest.raises(jet.NoJetRule, match="copy_ writes into a tensor that is not a jet"):
-        jet.tangent(f, (randn(2, seed=0),), (randn(2, seed=1),))
+    with pytest.raises(jet.NoJetRule, match=f"copy_ writes into a tensor that is not a {route[:-1]}"):
+        ROUTES[route](f, (randn(2, seed=0),), (randn(2, seed=1),))
 
 
-def test_dropout_draws_one_mask_for_the_primal_and_its_tangent() -> None:
+@pytest.mark.parametrize("route", list(ROUTES))
+def test_dropout_draws_one_mask_for_the_primal_and_its_tangent(route: str) -> None:
     x, dx = randn(4, 50, seed=0), randn(4, 50, seed=1)
     torch.manual_seed(3)
     expected = F.dropout(x, 0.5)
     torch.manual_seed(3)
-    value, tangent = jet.tangent(lambda a: F.dropout(a, 0.5), (x,), (dx,))
+    value, tangent = ROUTES[route](lambda a: F.dropout(a, 0.5), (x,), (dx,))
     torch.testing.assert_close(value, expected)
     torch.testing.assert_close(tangent, dx * (expected != 0) * 2)
 
@@ -209,15 +230,16 @@ class _Cube(torch.autograd.Function):
         return dx * (1 + x**2)
 
 
-def test_a_custom_function_is_left_to_dual_tensors_and_its_own_rule() -> None:
+@pytest.mark.parametrize("route", list(ROUTES))
+def test_a_custom_function_is_left_to_dual_tensors_and_its_own_rule(route: str) -> None:
     x, v, t = randn(4, 3, seed=0), randn(4, 3, seed=1), torch.tensor([0.3, 0.6, 0.9, 1.2], dtype=DOUBLE)
     with pytest.raises(jet.NoJetRule, match="autograd.Function"):
-        jet.tangent(_Cube.apply, (x,), (v,))
+        ROUTES[route](_Cube.apply, (x,), (v,))
 
     def net(u: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
         return _Cube.apply(u) * time[:, None]
 
-    F_minus, jvp = tangent_pass(net, x, t, v, 0.5)
+    F_minus, jvp = tangent_pass(net, x, t, v, 0.5, graph=route == "pairs")
     u = x / 0.5
     expected = (
         0.5 * (torch.cos(t) * torch.sin(t))[:, None] * ((1 + u**2) * v / 0.5 * t[:, None] + _Cube.apply(u))
@@ -226,13 +248,14 @@ def test_a_custom_function_is_left_to_dual_tensors_and_its_own_rule() -> None:
     torch.testing.assert_close(jvp, expected)
 
 
-def test_jets_keep_autocasts_dtypes() -> None:
+@pytest.mark.parametrize("route", list(ROUTES))
+def test_jets_keep_autocasts_dtypes(route: str) -> None:
     net = tiny_unet()
     x, t = torch.randn(2, 1, 8, 8), torch.tensor([0.4, 1.1])
     labels = F.one_hot(torch.tensor([1, 2]), 10).float()
     tx, tt = torch.randn_like(x), torch.randn(2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        value, tangent = jet.tangent(lambda a, b: net(a, b, labels), (x, t), (tx, tt))
+        value, tangent = ROUTES[route](lambda a, b: net(a, b, labels), (x, t), (tx, tt))
     exact_value, exact_tangent = dual_tensors(lambda a, b: net(a, b, labels), (x, t), (tx, tt))
     assert value.dtype == tangent.dtype == torch.bfloat16
     scale = float(exact_tangent.abs().max())
@@ -266,7 +289,8 @@ class Dispatches(TorchDispatchMode):
 
 def test_the_tangent_pass_dispatches_few_operations_more_than_the_forward_pass() -> None:
     """`benchmarks/steps.py`'s U-Net (EDM2 tiny, 3×16², 10 classes; batch 4): the forward pass,
-    the tangent pass by dual tensors and by jets, counted (BENCHMARKS.md, the tangent pass)."""
+    the tangent pass by dual tensors and by jets, and the fused pass (pairs) beside the forward
+    pass with its graph, counted (BENCHMARKS.md, the tangent pass)."""
     torch.manual_seed(0)
     net = EDM2UNet(
         16, 3, label_dim=10, model_channels=32, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(4,)
@@ -278,26 +302,33 @@ def test_the_tangent_pass_dispatches_few_operations_more_than_the_forward_pass()
         return net(a, b, labels)
 
     counts = {}
-    for name, run in (
-        ("forward", lambda: f(x, t)),
-        ("dual tensors", lambda: dual_tensors(f, (x, t), (x, t))),
-        ("jets", lambda: jet.tangent(f, (x, t), (x, t))),
+    for name, run, graph in (
+        ("forward", lambda: f(x, t), False),
+        ("dual tensors", lambda: dual_tensors(f, (x, t), (x, t)), False),
+        ("jets", lambda: jet.tangent(f, (x, t), (x, t)), False),
+        ("forward, graph", lambda: f(x, t), True),  # the fused pass: F_θ with its graph
+        ("pairs, graph", lambda: jet.fused(f, (x, t), (x, t)), True),
     ):
-        with torch.no_grad(), Dispatches() as mode:
+        with torch.set_grad_enabled(graph), Dispatches() as mode:
             run()
         counts[name] = sum(mode.count.values())
-    assert counts == {"forward": 599, "dual tensors": 2358, "jets": 857}, counts
+    expected = {"forward": 599, "dual tensors": 2358, "jets": 857, "forward, graph": 599, "pairs, graph": 1103}
+    assert counts == expected, counts
     assert counts["jets"] <= 1.5 * counts["forward"]
+    # the fused pass's tangent: fewer operations than a forward pass more (jets and F_θ: 1,456)
+    assert counts["pairs, graph"] - counts["forward, graph"] < counts["forward"]
 
 
-def test_a_jet_looks_like_its_primal() -> None:
-    x = randn(2, 3, seed=0)
+@pytest.mark.parametrize("route", list(ROUTES))
+def test_a_jet_looks_like_its_primal(route: str) -> None:
+    x = randn(2, 3, seed=0).requires_grad_(route == "pairs")
 
     def probe(a: torch.Tensor) -> torch.Tensor:
         assert isinstance(a, torch.Tensor) and a.shape == (2, 3) and a.dtype == DOUBLE and a.ndim == 2
         assert a.size(1) == 3 and a.dim() == 2 and a.numel() == 6 and len(a) == 2 and a.is_floating_point()
-        assert a.T.shape == (3, 2) and "Jet" in repr(a)
+        assert a.T.shape == (3, 2) and route[:-1].title() in repr(a)
+        assert a.requires_grad == (route == "pairs")  # a pair's primal has its graph
         return a * math.pi
 
-    value, tangent = jet.tangent(probe, (x,), (torch.ones_like(x),))
+    value, tangent = ROUTES[route](probe, (x,), (torch.ones_like(x),))
     torch.testing.assert_close(tangent, torch.full_like(x, math.pi))

@@ -126,6 +126,12 @@ def test_the_jvp_through_a_diffusers_model_equals_finite_differences(name: str) 
                     lambda func, *a, seen=fallbacks, run=fallback: seen.append(func) or run(func, *a),
                 )
                 y_jets, jets = jet.tangent(f, (x, t), (tx, tt))  # the tangent pass's own route
+                x_grad = x.clone().requires_grad_()  # the fused pass's route: F with its graph
+                y_pair, pair = jet.fused(f, (x_grad, t), (tx, tt))
+                grad_pair = torch.autograd.grad(y_pair.sum(), x_grad)[0]
+                x_grad = x.clone().requires_grad_()
+                y_plain = f(x_grad, t)  # what the gradient pass computes, inside jvp_ready too
+                grad_plain = torch.autograd.grad(y_plain.sum(), x_grad)[0]
             names = {getattr(func, "__name__", "") for func in fallbacks}
             assert not names & {"group_norm", "layer_norm", "scaled_dot_product_attention", "softmax"}, names
         expected = central(tx, tt, h)
@@ -137,6 +143,9 @@ def test_the_jvp_through_a_diffusers_model_equals_finite_differences(name: str) 
         torch.testing.assert_close(jets, jvp, rtol=exact, atol=exact * scale)
         torch.testing.assert_close(y_jets, y, rtol=1e-12, atol=1e-13)
         torch.testing.assert_close(y, f(x, t), rtol=1e-12, atol=1e-13)  # the values are the same
+        torch.testing.assert_close(pair, jvp, rtol=exact, atol=exact * scale)
+        torch.testing.assert_close(y_pair, y_plain, rtol=0, atol=0)  # the network's own forward pass
+        torch.testing.assert_close(grad_pair, grad_plain, rtol=0, atol=0)
 
 
 def test_the_functions_return_to_torchs_after_the_block_also_on_error() -> None:

@@ -162,6 +162,16 @@ def test_network_jvp_matches_finite_differences(network: str) -> None:
     out_jets, jvp_jets = jet.tangent(F, (x, t), (tx, tt))  # the tangent pass's own route
     torch.testing.assert_close(out_jets, out, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(jvp_jets, jvp, rtol=1e-12, atol=1e-12)
+    out_pair, jvp_pair = jet.fused(F, (x, t), (tx, tt))  # the fused pass's: F_θ with its graph
+    torch.testing.assert_close(jvp_pair, jvp, rtol=1e-12, atol=1e-12)
+    plain = F(x, t)
+    torch.testing.assert_close(out_pair, plain, rtol=0, atol=0)
+    params = [p for p in net.parameters() if p.requires_grad]
+    grads, expected = (torch.autograd.grad(y.sum(), params, allow_unused=True) for y in (out_pair, plain))
+    for grad, want in zip(grads, expected):  # (None: parameters F does not use)
+        assert (grad is None) == (want is None)
+        if grad is not None:
+            torch.testing.assert_close(grad, want, rtol=0, atol=0)
 
 
 # Tables 3–4 of the paper: parameters at the ImageNet 512×512 latent shape (64×64×4, 1000 classes)

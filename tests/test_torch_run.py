@@ -152,6 +152,9 @@ def test_bad_input_is_refused_before_any_training(tmp_path: Path, capsys: pytest
     assert "eval.seeds = 0, expected ≥ 1" in capsys.readouterr().err
     assert torch_run.main(["--parallel", "fsdp", "--precision", "float16", *runs]) == 2
     assert "--parallel fsdp cannot train with --precision float16" in capsys.readouterr().err
+    # FSDP2 runs the separate passes (taken unless --passes says otherwise) and refuses the fused
+    assert torch_run.main(["--parallel", "fsdp", "--passes", "fused", *runs]) == 2
+    assert "--parallel fsdp cannot train with --passes fused (needs separate)" in capsys.readouterr().err
     (tmp_path / "junk.json").write_text("{}")
     assert torch_run.main(["sample", "--checkpoint", str(tmp_path / "junk")]) == 2
     assert "not a trigcore checkpoint" in capsys.readouterr().err

@@ -276,6 +276,8 @@ def _start(
     ):
         if getattr(args, key) is not None:
             config = replace(config, **{key: getattr(args, key)})
+    if config.parallel == "fsdp" and args.passes is None:  # what FSDP2 runs (`_check_sharding`)
+        config = replace(config, passes="separate")
     if args.log:
         mirrors.check(tuple(args.log))
         config = replace(config, log=tuple(dict.fromkeys(args.log)))

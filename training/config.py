@@ -164,7 +164,7 @@ class RunConfig:
     eval: EvalConfig = EvalConfig()
     sigma_d: float = SIGMA_D  # data standard deviation
     precision: str = "float32"  # network calls: float32, bfloat16 or float16 (with loss scaling)
-    passes: str = "separate"  # sCM passes: "separate", "fused" or "compiled" (steps.SCMConfig)
+    passes: str = "fused"  # sCM passes: "fused", "separate" or "compiled" (steps.SCMConfig)
     parallel: str = "ddp"  # several processes: "ddp" (replicated) or "fsdp" (FSDP2, sharded)
     micro_batches: int = 1  # per process and step (gradient accumulation); the batch splits
     # into processes × micro_batches shards, each with its own random stream

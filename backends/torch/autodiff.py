@@ -7,12 +7,14 @@ cost of a forward pass on twice the batch. It runs under `torch.no_grad()`: no a
 built for θ⁻, whose gradient is never needed. Where a network holds a custom autograd.Function,
 forward-mode dual tensors run instead (they call its own forward-mode rule).
 
-Two variants, chosen by the training steps with `SCMConfig.passes` (costs in BENCHMARKS.md,
+Variants, chosen by the training steps with `SCMConfig.passes` (costs in BENCHMARKS.md,
 `benchmarks/steps.py`):
-- `graph=True` runs the pass with dual tensors and autograd on, and its primal is F_θ with its
-  graph: the gradient pass then needs no second forward pass (θ⁻ = θ, so F_θ⁻ is that primal,
-  detached), at the price of autograd also recording the tangent's operations (about 3× the
-  activation memory).
+- `graph=True` (the fused passes) runs the pass on pairs (`jet.fused`): the network's own
+  operations on x with autograd on, so the primal is F_θ with its graph, and the tangent rules
+  on ẋ without one. The gradient pass then needs no second forward pass (θ⁻ = θ, so F_θ⁻ is that
+  primal, detached), and the graph holds no more than a forward pass's. Where pairs cannot run
+  (a custom autograd.Function), dual tensors run with autograd on, which then also records the
+  tangent's operations (about 3× the activation memory).
 - `compiled=True` runs `torch.func.jvp` of the network through `torch.compile` (and `no_graph`,
   the sCD teacher's evaluation, its forward pass): eager forward mode launches several kernels
   per operation, and on a GPU the pass is bound by those launches. The first call compiles
@@ -22,7 +24,6 @@ Two variants, chosen by the training steps with `SCMConfig.passes` (costs in BEN
   inductor's vectorised CPU code for the bf16 tangent of the EDM2 U-Net returned NaNs in
   torch 2.13 (float32 was exact).
 """
-
 from __future__ import annotations
 
 import functools
@@ -104,19 +105,19 @@ def _forward_mode(
     derivative: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """F and its JVP along `tangents` in one forward-mode pass: torch.func.jvp compiled; without
-    a graph, jets (`jet`: primal and tangent as one doubled batch), or dual tensors where the
-    network holds a custom autograd.Function (whose own rule they call); with the graph, dual
-    tensors. An operation without a forward-mode rule is refused with the mode that needs none."""
+    a graph, jets (`jet`: primal and tangent as one doubled batch); with the graph, pairs (F's
+    own operations with autograd, the tangent's without); dual tensors where the network holds a
+    custom autograd.Function (whose own rule they call). An operation without a forward-mode rule
+    is refused with the mode that needs none."""
     try:
         if compiled:
             with torch.no_grad():
                 return _compiled(_jvp, _vectorise(primals[0], low_precision))(F_fn, primals, tangents)
-        if not (graph and torch.is_grad_enabled()):  # the primal and tangent stacked: `jet`
-            start = _rng_state(primals[0].device)
-            try:
-                return jet.tangent(F_fn, primals, tangents)
-            except jet.NoJetRule:  # dual tensors: custom Functions' own rules, or the refusal
-                _set_rng_state(primals[0].device, start)
+        start = _rng_state(primals[0].device)
+        try:  # the primal and tangent stacked, or with the graph as pairs: `jet`
+            return (jet.fused if graph and torch.is_grad_enabled() else jet.tangent)(F_fn, primals, tangents)
+        except jet.NoJetRule:  # dual tensors: custom Functions' own rules, or the refusal
+            _set_rng_state(primals[0].device, start)
         with torch.set_grad_enabled(graph and torch.is_grad_enabled()), fwAD.dual_level():
             duals = (fwAD.make_dual(p, tp) for p, tp in zip(primals, tangents))
             out = fwAD.unpack_dual(F_fn(*duals))

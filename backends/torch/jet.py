@@ -24,6 +24,12 @@ operation without a forward-mode rule. `autodiff.tangent_pass` then runs dual te
 A network never sees the stacking: shapes, dtypes and devices are x's. Jets carry no autograd
 graph (the tangent pass of θ⁻ runs without one).
 
+The fused pass (θ⁻ = θ: F_θ's graph and the tangent from one pass) runs on a `Pair` instead: x
+and ẋ held apart, each operation run as the network wrote it on x, with autograd on (the graph
+is a forward pass's, to the last bit), and its tangent rule on ẋ under no_grad (`TANGENTS`:
+the linear maps applied to ẋ alone, without their biases; the nonlinear ones from x, their
+output and ẋ, as above). An operation without a tangent rule takes the jet rule's tangent half.
+
 >>> import torch
 >>> x, dx = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
 >>> f = lambda a: torch.nn.functional.silu(a * 2 + 1).sum(1)
@@ -316,18 +322,12 @@ def _like(func: Callable) -> Callable:  # ones_like(x) and friends: constants of
     return lambda a, *args, **kwargs: func(a.z[0], *args, **kwargs)
 
 
-for _f in (
-    torch.ones_like,
-    torch.zeros_like,
-    torch.empty_like,
-    torch.full_like,
-    torch.rand_like,
-    torch.randn_like,
-):
-    RULES[_f] = _like(_f)
-for _f in (torch.Tensor.new_ones, torch.Tensor.new_zeros, torch.Tensor.new_empty, torch.Tensor.new_full,
-           torch.Tensor.new_tensor):  # fmt: skip
-    RULES[_f] = _like(_f)
+_CONSTANTS = {  # constants of x's shape
+    torch.ones_like, torch.zeros_like, torch.empty_like, torch.full_like, torch.rand_like, torch.randn_like,
+    torch.Tensor.new_ones, torch.Tensor.new_zeros, torch.Tensor.new_empty, torch.Tensor.new_full,
+    torch.Tensor.new_tensor,
+}  # fmt: skip
+RULES.update({f: _like(f) for f in _CONSTANTS})
 
 
 # ---------------------------------------------------------------- linear in the jet: once on z
@@ -654,33 +654,44 @@ def _sdpa(
     return _softmax_attention(q, k, v, attn_mask, scale)
 
 
-def _softmax_attention(q: Any, k: Any, v: Any, mask: Any, scale: float | None) -> Jet:
+def _softmax_attention(q: Any, k: Any, v: Any, mask: Any, scale: float | None) -> Any:
+    (pq, dq), (pk, dk), (pv, dv) = (a.z.unbind(0) if _is(a) else (a, None) for a in (q, k, v))
+    if mask is not None and (pq.device.type != "cpu" or _large(pq, pk)):
+        return _fallback(F.scaled_dot_product_attention, (q, k, v, mask, 0.0, False, scale), {})
+    return Jet(torch.stack(_attention_jet(pq, dq, pk, dk, pv, dv, mask, scale)))
+
+
+def _large(q: torch.Tensor, k: torch.Tensor) -> bool:
+    return q.shape[-2] * k.shape[-2] > attention.BLOCKWISE_SCORES
+
+
+def _attention_jet(
+    pq: torch.Tensor, dq: Any, pk: torch.Tensor, dk: Any, pv: torch.Tensor, dv: Any, mask: Any, scale: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """y = softmax(scale·q·kᵀ + mask)·v and ẏ = Ṗ·v + P·v̇, Ṗ = P ⊙ (Ṡ − rowsum(P ⊙ Ṡ)), Ṡ =
     scale·(q̇·kᵀ + q·k̇ᵀ) (App. F), materialised for short sequences on the CPU; else SDPA and
-    `attention.attention_tangent` (App. F's blockwise recurrence, or the Triton kernel on CUDA)."""
-    (pq, dq), (pk, dk), (pv, dv) = (a.z.unbind(0) if _is(a) else (a, None) for a in (q, k, v))
+    `attention.attention_tangent` (App. F's blockwise recurrence, or the Triton kernel on CUDA,
+    without a mask). A tangent of None is zero."""
     scale = 1 / math.sqrt(pq.shape[-1]) if scale is None else scale
-    large = pq.shape[-2] * pk.shape[-2] > attention.BLOCKWISE_SCORES
-    if pq.device.type != "cpu" or large:
-        y = attention._sdpa(pq, pk, pv, attn_mask=mask, scale=scale)
+    if pq.device.type != "cpu" or _large(pq, pk):
+        y = attention._sdpa(pq, pk, pv, scale=scale)
         zero = lambda p, d: torch.zeros_like(p) if d is None else d  # noqa: E731
-        if mask is not None:
-            return _fallback(F.scaled_dot_product_attention, (q, k, v, mask, 0.0, False, scale), {})
-        dy = attention.attention_tangent(pq, pk, pv, zero(pq, dq), zero(pk, dk), zero(pv, dv), scale)
-        return Jet(torch.stack([y, dy]))
+        return y, attention.attention_tangent(pq, pk, pv, zero(pq, dq), zero(pk, dk), zero(pv, dv), scale)
     pq = pq * scale
     logits = pq @ pk.transpose(-2, -1)
     if mask is not None:
         logits = logits.masked_fill(~mask, -math.inf) if mask.dtype == torch.bool else logits + mask
     probs = torch.softmax(logits, -1)
     y = probs @ pv
+    if dq is None and dk is None:
+        return y, probs @ dv
     if dq is not None and dk is not None:  # q̇·kᵀ + q·k̇ᵀ as one product
         dlogits = torch.cat([dq * scale, pq], -1) @ torch.cat([pk, dk], -1).transpose(-2, -1)
     else:
         dlogits = (dq * scale) @ pk.transpose(-2, -1) if dq is not None else pq @ dk.transpose(-2, -1)
     dprobs = _aten._softmax_backward_data(dlogits, probs, probs.ndim - 1, probs.dtype)
     dy = dprobs @ pv if dv is None else torch.cat([dprobs, probs], -1) @ torch.cat([pv, dv], -2)
-    return Jet(torch.stack([y, dy]))
+    return y, dy
 
 
 # ---------------------------------------------------------------- in place
@@ -748,3 +759,396 @@ def _fallback(func: Callable, args: tuple, kwargs: dict) -> Any:
             return primal
 
         return tree_map(jet, out)
+
+
+# ---------------------------------------------------------------- pairs: the fused pass
+
+
+class Pair(torch.Tensor):
+    """x with its autograd graph and ẋ without one, for the fused pass (`fused`): each operation
+    runs as the network wrote it on x (autograd records it, as in a plain forward pass) and its
+    tangent rule on ẋ under no_grad (`TANGENTS`; for the rest, the jet rule on [x; ẋ])."""
+
+    p: torch.Tensor
+    t: torch.Tensor
+
+    @staticmethod
+    def __new__(cls, p: torch.Tensor, t: torch.Tensor) -> Pair:
+        pair = torch.Tensor._make_wrapper_subclass(  # type: ignore[attr-defined]
+            cls, p.shape, strides=p.stride(), dtype=p.dtype, device=p.device
+        )
+        pair.p, pair.t = p, t
+        return pair
+
+    def __repr__(self) -> str:
+        return f"Pair(shape={tuple(self.shape)}, dtype={self.dtype})"
+
+    @classmethod
+    def __torch_function__(
+        cls, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        if not torch._C._is_fwd_grad_enabled():  # inside a custom autograd.Function's forward
+            raise NoJetRule(f"{getattr(func, '__name__', func)} inside an autograd.Function")
+        with torch._C.DisableTorchFunctionSubclass():
+            name = getattr(func, "__name__", "")
+            if name.endswith("_") and not name.endswith("__") or name in _IN_PLACE or "out" in kwargs:
+                return _pair_in_place(func, name, args, kwargs)
+            if name == "__get__" and func.__self__.__name__ in _PAIR_PROPERTIES:  # type: ignore[attr-defined]
+                return _PAIR_PROPERTIES[func.__self__.__name__](args[0])  # type: ignore[attr-defined]
+            if func in _PAIR_RULES:
+                return _PAIR_RULES[func](*args, **kwargs)
+            y = func(*_unwrap(args, "p"), **kwargs)
+            if func in _METADATA or func in _CONSTANTS or name == "__get__":
+                return y
+            with torch.no_grad():
+                rule = TANGENTS.get(func)
+                dy = NotImplemented if rule is None else rule(y, *args, **kwargs)
+                if dy is NotImplemented:  # the jet rule on [x; ẋ], its tangent half
+                    out = Jet.__torch_function__(func, (), _unwrap(args, "jet"), kwargs)
+                    dy = tree_map(lambda a: a.z[1] if _is(a) else None, out)
+            return _pairs(y, dy)
+
+    @classmethod
+    def __torch_dispatch__(cls, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        raise NoJetRule(f"{func} met a pair below the torch functions (a C++ path)")
+
+
+def fused(fn: Callable, primals: tuple, tangents: tuple) -> tuple[Any, Any]:
+    """(fn(*primals) with its autograd graph, its JVP along `tangents` without one), fn run once
+    on pairs: the primal is fn's own forward pass, the tangent costs about one more."""
+    out = fn(*(Pair(p, t.to(p.dtype)) for p, t in zip(primals, tangents)))
+    return tree_map(lambda a: a.p if isinstance(a, Pair) else a, out), tree_map(_pair_tangent, out)
+
+
+def _pair_tangent(a: Any) -> Any:
+    if isinstance(a, Pair):
+        return a.t
+    return torch.zeros_like(a) if isinstance(a, torch.Tensor) else a
+
+
+def _unwrap(args: tuple, part: str) -> tuple:
+    """args with pairs replaced by x ("p"), ẋ ("t") or the jet [x; ẋ] ("jet"), in lists too."""
+
+    def one(a: Any) -> Any:
+        if isinstance(a, Pair):
+            return a.p if part == "p" else a.t if part == "t" else Jet(torch.stack([a.p, a.t]))
+        if isinstance(a, (list, tuple)) and any(isinstance(b, Pair) for b in a):
+            return type(a)(one(b) for b in a)
+        return a
+
+    return tuple(one(a) for a in args)
+
+
+def _pairs(y: Any, dy: Any) -> Any:
+    """Outputs y with tangents dy (same structure; None or a non-tensor: no tangent)."""
+    if isinstance(y, torch.Tensor):
+        return Pair(y, dy) if isinstance(dy, torch.Tensor) and y.is_floating_point() else y
+    flat, spec = tree_flatten(y)
+    tangents, _ = tree_flatten(dy, is_leaf=lambda a: a is None)
+    if len(tangents) != len(flat):
+        raise NoJetRule("an operation's tangents do not match its outputs")
+    return tree_unflatten([_pairs(a, b) for a, b in zip(flat, tangents)], spec)
+
+
+def _t(a: Any) -> Any:
+    return a.t if isinstance(a, Pair) else None
+
+
+def _broadcast(dy: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """A tangent of the output's shape in memory of its own (a later in-place write must not
+    reach an input's tangent)."""
+    return dy.expand(y.shape).clone()
+
+
+TANGENTS: dict[Callable, Callable] = {}  # func: (y, *args, **kwargs) → ẏ, or NotImplemented
+
+
+def tangent_rule(*funcs: Callable) -> Callable[[Callable], Callable]:
+    def register(fn: Callable) -> Callable:
+        for func in funcs:
+            TANGENTS[func] = fn
+        return fn
+
+    return register
+
+
+def _same(func: Callable) -> Callable:
+    """ẏ = func(ẋ, …) for a func linear in its pairs with no constant term (views, sums, pooling)."""
+    return lambda y, *args, **kwargs: func(*_unwrap(args, "t"), **kwargs)
+
+
+_LINEAR = [
+    torch.Tensor.reshape, torch.reshape, torch.Tensor.expand, torch.Tensor.expand_as, torch.Tensor.flatten,
+    torch.flatten, torch.Tensor.unflatten, torch.unflatten, torch.Tensor.permute, torch.permute,
+    torch.Tensor.transpose, torch.transpose, torch.Tensor.swapaxes, torch.swapaxes, torch.Tensor.movedim,
+    torch.movedim, torch.Tensor.unsqueeze, torch.unsqueeze, torch.Tensor.squeeze, torch.squeeze,
+    torch.Tensor.unbind, torch.unbind, torch.Tensor.chunk, torch.chunk, torch.Tensor.split, torch.split,
+    torch.Tensor.contiguous, torch.Tensor.clone, torch.clone, torch.Tensor.to, torch.Tensor.type_as,
+    torch.Tensor.float, torch.Tensor.double, torch.Tensor.half, torch.Tensor.bfloat16, torch.sum,
+    torch.Tensor.sum, torch.mean, torch.Tensor.mean, torch.neg, torch.Tensor.neg, torch.Tensor.__neg__,
+    F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, torch._C._nn.avg_pool2d, F.interpolate,
+]  # fmt: skip
+TANGENTS.update({f: _same(f) for f in _LINEAR})
+_PAIR_PROPERTIES: dict[str, Callable] = {
+    "T": lambda a: Pair(a.p.T, a.t.T),
+    "mT": lambda a: Pair(a.p.mT, a.t.mT),
+    "data": lambda a: a.p.detach(),  # as detach: no graph, no tangent
+}
+
+
+@tangent_rule(torch.Tensor.view)
+def _view_t(y: torch.Tensor, a: Pair, *shape: Any, **kwargs: Any) -> Any:
+    if len(shape) == 1 and isinstance(shape[0], torch.dtype):
+        return NotImplemented  # a reinterpretation of the bits
+    return a.t.view(*shape, **kwargs)
+
+
+@tangent_rule(torch.Tensor.__getitem__)
+def _getitem_t(y: torch.Tensor, a: Pair, index: Any) -> Any:
+    if any(isinstance(i, Pair) for i in (index if isinstance(index, tuple) else (index,))):
+        return NotImplemented
+    return a.t[index]
+
+
+@tangent_rule(torch.cat, torch.concat, torch.concatenate, torch.stack)
+def _cat_t(y: torch.Tensor, tensors: Any, dim: int = 0, **kwargs: Any) -> torch.Tensor:
+    join = torch.stack if y.ndim > tensors[0].ndim else torch.cat
+    return join([a.t if isinstance(a, Pair) else torch.zeros_like(a) for a in tensors], dim)
+
+
+@tangent_rule(torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__)
+def _add_t(y: torch.Tensor, a: Any, b: Any, *, alpha: float = 1.0) -> torch.Tensor:
+    da, db = _t(a), _t(b)
+    if da is not None and db is not None:
+        return torch.add(da, db, alpha=alpha)
+    return _broadcast(da if da is not None else db * alpha, y)
+
+
+@tangent_rule(torch.sub, torch.Tensor.sub, torch.Tensor.__sub__)
+def _sub_t(y: torch.Tensor, a: Any, b: Any, *, alpha: float = 1.0) -> torch.Tensor:
+    return _add_t(y, a, b, alpha=-alpha)
+
+
+@tangent_rule(torch.Tensor.__rsub__, torch.rsub)
+def _rsub_t(y: torch.Tensor, a: Any, b: Any, *, alpha: float = 1.0) -> torch.Tensor:  # b − α·a
+    return _add_t(y, b, a, alpha=-alpha)
+
+
+@tangent_rule(torch.mul, torch.Tensor.mul, torch.Tensor.__mul__, torch.Tensor.__rmul__, torch.multiply)
+def _mul_t(y: torch.Tensor, a: Any, b: Any) -> torch.Tensor:
+    da, db = _t(a), _t(b)
+    if da is not None and db is not None:
+        return torch.addcmul(da * b.p, a.p, db)
+    return _broadcast(da * b, y) if da is not None else _broadcast(a * db, y)
+
+
+@tangent_rule(torch.div, torch.Tensor.div, torch.Tensor.__truediv__, torch.true_divide)
+def _div_t(y: torch.Tensor, a: Any, b: Any, *, rounding_mode: str | None = None) -> Any:
+    if rounding_mode is not None:
+        return NotImplemented
+    da, db = _t(a), _t(b)
+    if db is None:
+        return _broadcast(da / b, y)
+    minus = -y * db / b.p  # −(a/b)·ḃ/b
+    return minus if da is None else minus.add_(da / b.p)
+
+
+@tangent_rule(torch.Tensor.__rtruediv__)
+def _rdiv_t(y: torch.Tensor, b: Pair, a: Any) -> torch.Tensor:
+    return -y * b.t / b.p
+
+
+@tangent_rule(torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.Tensor.bmm)
+def _matmul_t(y: torch.Tensor, a: Any, b: Any) -> torch.Tensor:
+    da, db = _t(a), _t(b)
+    if da is not None and db is not None:
+        return torch.cat([da, a.p], -1) @ torch.cat([b.p, db], -2)
+    return da @ b if da is not None else a @ db
+
+
+@tangent_rule(torch.Tensor.__rmatmul__)
+def _rmatmul_t(y: torch.Tensor, b: Pair, a: Any) -> torch.Tensor:
+    return a @ b.t
+
+
+@tangent_rule(torch.lerp, torch.Tensor.lerp)
+def _lerp_t(y: torch.Tensor, a: Any, b: Any, weight: Any) -> Any:
+    if isinstance(a, Pair) and isinstance(b, Pair) and not isinstance(weight, torch.Tensor):
+        return torch.lerp(a.t, b.t, weight)
+    return NotImplemented
+
+
+@tangent_rule(F.linear, torch._C._nn.linear)
+def _linear_t(y: torch.Tensor, x: Any, weight: Any, bias: Any = None) -> Any:
+    if isinstance(weight, Pair) or isinstance(bias, Pair):
+        return NotImplemented
+    return F.linear(x.t, weight)
+
+
+def _conv_t(conv: Callable) -> Callable:
+    def apply(y: torch.Tensor, x: Any, weight: Any, bias: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(weight, Pair) or isinstance(bias, Pair):
+            return NotImplemented
+        return conv(x.t, weight, None, *args, **kwargs)
+
+    return apply
+
+
+for _f in (F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d):
+    TANGENTS[_f] = _conv_t(_f)
+
+
+@tangent_rule(F.pad, torch._C._nn.pad)
+def _pad_t(y: torch.Tensor, x: Pair, pad: Any, mode: str = "constant", value: float | None = None) -> Any:
+    return F.pad(x.t, pad, mode)  # a constant value pads the primal alone
+
+
+@tangent_rule(F.silu)
+def _silu_t(y: torch.Tensor, x: Pair, inplace: bool = False) -> torch.Tensor:
+    return _aten.silu_backward(x.t, x.p)
+
+
+@tangent_rule(F.gelu)
+def _gelu_t(y: torch.Tensor, x: Pair, approximate: str = "none") -> torch.Tensor:
+    return _aten.gelu_backward(x.t, x.p, approximate=approximate)
+
+
+@tangent_rule(F.relu, torch.relu, torch.Tensor.relu)
+def _relu_t(y: torch.Tensor, x: Pair, inplace: bool = False) -> torch.Tensor:
+    return _aten.threshold_backward(x.t, x.p, 0)
+
+
+for _funcs, _back in (
+    ((torch.sigmoid, torch.Tensor.sigmoid, F.sigmoid), lambda dp, p, y: _aten.sigmoid_backward(dp, y)),
+    ((torch.tanh, torch.Tensor.tanh, F.tanh), lambda dp, p, y: _aten.tanh_backward(dp, y)),
+    ((torch.exp, torch.Tensor.exp), lambda dp, p, y: dp * y),
+    ((torch.cos, torch.Tensor.cos), lambda dp, p, y: -dp * torch.sin(p)),
+    ((torch.sin, torch.Tensor.sin), lambda dp, p, y: dp * torch.cos(p)),
+    ((torch.sqrt, torch.Tensor.sqrt), lambda dp, p, y: dp / (2 * y)),
+    ((torch.rsqrt, torch.Tensor.rsqrt), lambda dp, p, y: -0.5 * dp * y / p),
+    ((torch.log, torch.Tensor.log), lambda dp, p, y: dp / p),
+):
+    for _f in _funcs:
+        TANGENTS[_f] = (lambda back: lambda y, x: back(x.t, x.p, y))(_back)
+
+
+@tangent_rule(torch.clamp, torch.Tensor.clamp, torch.clip, torch.Tensor.clip)
+def _clamp_t(y: torch.Tensor, x: Pair, min: Any = None, max: Any = None) -> Any:
+    if isinstance(min, torch.Tensor) or isinstance(max, torch.Tensor):
+        return NotImplemented
+    low, high = -math.inf if min is None else min, math.inf if max is None else max
+    return _aten.hardtanh_backward(x.t, x.p, low, high)
+
+
+@tangent_rule(torch.pow, torch.Tensor.pow, torch.Tensor.__pow__)
+def _pow_t(y: torch.Tensor, x: Any, exponent: Any) -> Any:
+    if not isinstance(x, Pair) or isinstance(exponent, torch.Tensor):
+        return NotImplemented
+    return x.t * (exponent * x.p.pow(exponent - 1))
+
+
+@tangent_rule(F.softmax, torch.softmax, torch.Tensor.softmax)
+def _softmax_t(y: torch.Tensor, x: Pair, dim: int, *args: Any, dtype: Any = None, **kwargs: Any) -> Any:
+    return _aten._softmax_backward_data(x.t.to(y.dtype), y, dim % y.ndim, y.dtype)
+
+
+@tangent_rule(F.group_norm)
+def _group_norm_t(
+    y: torch.Tensor, x: Pair, num_groups: int, weight: Any = None, bias: Any = None, eps: float = 1e-5
+) -> Any:
+    if isinstance(weight, Pair) or isinstance(bias, Pair):
+        return NotImplemented
+    p, dp = (a.to(y.dtype).contiguous() for a in (x.p, x.t))  # in y's dtype (autocast: float32)
+    n, c, hw = p.shape[0], p.shape[1], p[0, 0].numel()
+    _, mean, rstd = _aten.native_group_norm(p, None, None, n, c, hw, num_groups, eps)
+    dy = _aten.native_group_norm_backward(dp, p, mean, rstd, None, n, c, hw, num_groups, [True, False, False])[0]
+    return dy if weight is None else dy * weight.view(-1, *([1] * (p.ndim - 2)))
+
+
+@tangent_rule(F.layer_norm)
+def _layer_norm_t(
+    y: torch.Tensor, x: Pair, normalized_shape: Any, weight: Any = None, bias: Any = None, eps: float = 1e-5
+) -> Any:
+    if isinstance(weight, Pair) or isinstance(bias, Pair):
+        return NotImplemented
+    p, dp = (a.to(y.dtype).contiguous() for a in (x.p, x.t))
+    _, mean, rstd = _aten.native_layer_norm(p, normalized_shape, None, None, eps)
+    dy = _aten.native_layer_norm_backward(dp, p, normalized_shape, mean, rstd, None, None, [True, False, False])[0]
+    return dy if weight is None else dy * weight
+
+
+@tangent_rule(torch.linalg.vector_norm)
+def _vector_norm_t(
+    y: torch.Tensor, x: Pair, ord: float = 2, dim: Any = None, keepdim: bool = False, *, dtype: Any = None
+) -> Any:
+    if ord != 2:
+        return NotImplemented
+    p, dp = (a.to(y.dtype) for a in (x.p, x.t))
+    return (p * dp).sum(dim=dim, keepdim=keepdim) / y  # ⟨x, ẋ⟩/‖x‖
+
+
+@tangent_rule(attention.attention)
+def _attention_t(y: torch.Tensor, q: Any, k: Any, v: Any, scale: float | None = None) -> torch.Tensor:
+    return _attention_jet(*_pt(q), *_pt(k), *_pt(v), None, scale)[1]
+
+
+@tangent_rule(F.scaled_dot_product_attention, attention._sdpa)
+def _sdpa_t(
+    y: torch.Tensor, q: Any, k: Any, v: Any, attn_mask: Any = None, dropout_p: float = 0.0,
+    is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False,
+) -> Any:  # fmt: skip
+    if dropout_p or is_causal or enable_gqa or isinstance(attn_mask, Pair):
+        return NotImplemented
+    if attn_mask is not None and (y.device.type != "cpu" or _large(y, _pt(k)[0])):
+        return NotImplemented
+    return _attention_jet(*_pt(q), *_pt(k), *_pt(v), attn_mask, scale)[1]
+
+
+def _pt(a: Any) -> tuple[torch.Tensor, Any]:
+    return (a.p, a.t) if isinstance(a, Pair) else (a, None)
+
+
+def _dropout_pair(x: Pair, p: float = 0.5, training: bool = True, inplace: bool = False) -> Any:
+    if not training or p == 0:
+        return x
+    with torch.no_grad():
+        mask = F.dropout(torch.ones_like(x.p), p, training)  # the forward pass's draws, one mask
+    return Pair(x.p * mask, x.t * mask)
+
+
+_PAIR_RULES: dict[Callable, Callable] = {
+    F.dropout: _dropout_pair,
+    torch.Tensor.detach: lambda a: a.p.detach(),  # as for dual tensors: the tangent goes too
+}
+
+
+def _pair_in_place(func: Callable, name: str, args: tuple, kwargs: dict) -> Any:
+    """x.op_(…), x += …, x[i] = …: x in place (autograd records it), ẋ takes the out-of-place
+    tangent; a pair written into a constant is left to dual tensors."""
+    target = args[0] if args else None
+    if "out" in kwargs or not isinstance(target, Pair):
+        raise NoJetRule(f"{name} writes into a tensor that is not a pair")
+    if name == "__setitem__":
+        index, value = args[1], args[2]
+        if any(isinstance(i, Pair) for i in (index if isinstance(index, tuple) else (index,))):
+            raise NoJetRule(f"{name} with a pair as its index")
+        target.p[index] = value.p if isinstance(value, Pair) else value
+        with torch.no_grad():
+            target.t[index] = value.t if isinstance(value, Pair) else 0
+        return None
+    if name in ("zero_", "fill_", "copy_"):
+        func(target.p, *_unwrap(args[1:], "p"), **kwargs)
+        with torch.no_grad():
+            source = _t(args[1]) if name == "copy_" else None
+            target.t.zero_() if source is None else target.t.copy_(source)
+        return target
+    out_of_place = _IN_PLACE.get(name) or getattr(torch.Tensor, name[:-1], None)
+    if out_of_place is None:
+        raise NoJetRule(f"{name} has no out-of-place form")
+    with torch.no_grad():  # the tangent from x before the write (its value there is not kept)
+        result = Pair.__torch_function__(out_of_place, (), (Pair(target.p.detach(), target.t), *args[1:]), kwargs)
+    func(target.p, *_unwrap(args[1:], "p"), **kwargs)  # the write itself, recorded by autograd
+    with torch.no_grad():
+        target.t.zero_() if not isinstance(result, Pair) else target.t.copy_(result.t)
+    return target

@@ -152,6 +152,7 @@ def group_norm(
 
 
 jet.RULES[group_norm] = jet.RULES[F.group_norm]  # torch's group norm hands jets this one inside jvp_ready
+jet.TANGENTS[group_norm] = jet.TANGENTS[F.group_norm]
 
 
 def plain_group_norm(

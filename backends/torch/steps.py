@@ -129,9 +129,10 @@ def scm_loss(
     target are Algorithm 1's with every cos t, sin t taken at t − s (the network still sees t);
     it samples with DDIM over the boundaries (`multistep_times`).
 
-    The tangent pass (θ⁻, no graph) and the gradient pass (θ) see the same dropout masks; with
-    `config.passes == "fused"` they are one pass, F_θ⁻ being F_θ detached; with "compiled" the
-    tangent pass runs through torch.compile.
+    With `config.passes == "fused"` (the default) the tangent and F_θ come from one pass, F_θ⁻
+    being F_θ detached; with "separate" the tangent pass (θ⁻, no graph) and the gradient pass
+    (θ) are two, and see the same dropout masks; with "compiled" the tangent pass of "separate"
+    runs through torch.compile.
     """
     x0, labels = batch["x0"], batch.get("labels")
     z, t = _draw(x0, config)

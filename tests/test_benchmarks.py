@@ -130,6 +130,24 @@ def test_pretrained_tangent_benchmark_times_a_diffusers_unet(capsys: pytest.Capt
     assert pretrained.group_norm.__name__ == "group_norm"  # the fused one, back in place
 
 
+@pytest.mark.slow
+def test_the_tangent_ratio_benchmark_times_every_pass_of_each_network(capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("diffusers")
+    import tangent_ratios
+
+    with pytest.raises(SystemExit) as exit_info:
+        tangent_ratios.main(["--repeats", "0"])
+    assert exit_info.value.code == 2 and "--repeats must be at least 1, got 0" in capsys.readouterr().err
+    networks = ["mlp", "edm2", "ddpmpp", "view-digits"]
+    assert tangent_ratios.main(["--networks", *networks, "--repeats", "1", "--warmup", "0"]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert [row.split(" ")[0] for row in rows] == networks
+    passes = ["forward", "tangent pass, jets", "tangent pass, dual tensors", "forward, graph"]
+    passes += ["fused pass (pairs), graph"]
+    for row in rows:
+        assert [cell.rsplit(" ", 2)[0] for cell in row.split(": ", 1)[1].split("  ")] == passes
+
+
 def test_the_derivative_table_reads_each_runs_summary(tmp_path: Path) -> None:
     """benchmarks/derivatives.py's table from run folders laid out as it makes them: the teacher's
     best from the default run, each derivative's sCD and sCT figures from its own run, and a

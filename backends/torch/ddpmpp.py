@@ -25,7 +25,7 @@ import torch
 from torch.nn import functional as F
 
 from .attention import attention
-from .layers import LogvarHead, PositionalEmbedding, check_inputs, pixel_norm, resample, time_path
+from .layers import LogvarHead, PositionalEmbedding, check_inputs, group_norm, pixel_norm, resample, time_path
 
 
 def _conv(cin: int, cout: int, kernel: int, scale: float = 1.0) -> torch.nn.Conv2d:
@@ -44,16 +44,11 @@ def _linear(cin: int, cout: int) -> torch.nn.Linear:
 
 
 class GroupNorm(torch.nn.GroupNorm):
-    """GroupNorm written with elementary operations: PyTorch's fused kernel fails under forward
-    mode when the tangent is not contiguous, which happens inside these networks."""
+    """GroupNorm by `layers.group_norm`: torch's fused kernels, with a forward-mode rule that
+    takes the non-contiguous tangents met inside these networks (torch's own fails on them)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        groups = x.reshape(x.shape[0], self.num_groups, -1)
-        mean = groups.mean(dim=2, keepdim=True)
-        var = (groups - mean).square().mean(dim=2, keepdim=True)
-        x = ((groups - mean) * torch.rsqrt(var + self.eps)).reshape(x.shape)
-        shape = (1, -1) + (1,) * (x.ndim - 2)
-        return x * self.weight.reshape(shape) + self.bias.reshape(shape)
+        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
 
 def _group_norm(channels: int) -> GroupNorm:

@@ -451,7 +451,7 @@ def _linear(x: Any, weight: Any, bias: Any = None) -> Any:
         return _fallback(F.linear, (x, weight, bias), {})
     out = F.linear(x.z, weight)
     if bias is not None:
-        out[0] += bias
+        out[0].add_(bias)  # (not `out[0] += …`, which copies the half back onto itself)
     return Jet(out)
 
 
@@ -461,7 +461,7 @@ def _conv(conv: Callable) -> Callable:
             return _fallback(conv, (x, weight, bias, *args), kwargs)
         out = _batched(conv, x.z, weight, None, *args, **kwargs)
         if bias is not None:
-            out[0] += bias.view(-1, *([1] * (out.ndim - 3)))
+            out[0].add_(bias.view(-1, *([1] * (out.ndim - 3))))
         return Jet(out)
 
     return apply
@@ -595,21 +595,27 @@ def _softmax(x: Jet, dim: int, *args: Any, dtype: Any = None, **kwargs: Any) -> 
     return Jet(torch.stack([y, _aten._softmax_backward_data(dp, y, dim % p.ndim, p.dtype)]))
 
 
+def group_norm_tangent(
+    dp: torch.Tensor, p: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, num_groups: int, weight: Any
+) -> torch.Tensor:
+    """Group norm's tangent from its input p (contiguous) and group statistics: its Jacobian
+    before the affine map is symmetric, so its backward op applied to ẋ is the JVP."""
+    n, c, hw = p.shape[0], p.shape[1], p[0, 0].numel()
+    dy = _aten.native_group_norm_backward(
+        dp.contiguous(), p, mean, rstd, None, n, c, hw, num_groups, [True, False, False]
+    )[0]
+    return dy if weight is None else dy * weight.view(-1, *([1] * (p.ndim - 2)))
+
+
 @rule(F.group_norm)
 def _group_norm(x: Jet, num_groups: int, weight: Any = None, bias: Any = None, eps: float = 1e-5) -> Any:
     if _is(weight) or _is(bias):
         return _fallback(F.group_norm, (x, num_groups, weight, bias, eps), {})
-    p, dp = (a.contiguous() for a in x.z)  # torch's kernels take contiguous inputs
+    p, dp = x.z
+    p = p.contiguous()  # torch's kernels take contiguous inputs
     n, c = p.shape[:2]
-    hw = p[0, 0].numel()
-    y, mean, rstd = _aten.native_group_norm(p, weight, bias, n, c, hw, num_groups, eps)
-    # group norm's Jacobian (before its affine map) is symmetric: its backward op gives the JVP
-    dy = _aten.native_group_norm_backward(
-        dp, p, mean, rstd, None, n, c, hw, num_groups, [True, False, False]
-    )[0]
-    if weight is not None:
-        dy = dy * weight.view(-1, *([1] * (p.ndim - 2)))
-    return Jet(torch.stack([y, dy]))
+    y, mean, rstd = _aten.native_group_norm(p, weight, bias, n, c, p[0, 0].numel(), num_groups, eps)
+    return Jet(torch.stack([y, group_norm_tangent(dp, p, mean, rstd, num_groups, weight)]))
 
 
 @rule(F.layer_norm)
@@ -665,33 +671,61 @@ def _large(q: torch.Tensor, k: torch.Tensor) -> bool:
     return q.shape[-2] * k.shape[-2] > attention.BLOCKWISE_SCORES
 
 
+# scores per chunk of (batch, head) slices in the CPU's attention tangent: 256 KiB of float32,
+# which stay in a core's cache through the chunk's ten or so passes over them
+_CHUNK_SCORES = 1 << 16
+
+
 def _attention_jet(
     pq: torch.Tensor, dq: Any, pk: torch.Tensor, dk: Any, pv: torch.Tensor, dv: Any, mask: Any, scale: float | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """y = softmax(scale·q·kᵀ + mask)·v and ẏ = Ṗ·v + P·v̇, Ṗ = P ⊙ (Ṡ − rowsum(P ⊙ Ṡ)), Ṡ =
-    scale·(q̇·kᵀ + q·k̇ᵀ) (App. F), materialised for short sequences on the CPU; else SDPA and
-    `attention.attention_tangent` (App. F's blockwise recurrence, or the Triton kernel on CUDA,
-    without a mask). A tangent of None is zero."""
+    scale·(q̇·kᵀ + q·k̇ᵀ) (App. F): on the CPU materialised for short sequences, a chunk of
+    (batch, head) slices at a time; else SDPA and `attention.attention_tangent` (App. F's
+    blockwise recurrence, or the Triton kernel on CUDA), without a mask. A tangent of None is
+    zero."""
     scale = 1 / math.sqrt(pq.shape[-1]) if scale is None else scale
     if pq.device.type != "cpu" or _large(pq, pk):
         y = attention._sdpa(pq, pk, pv, scale=scale)
         zero = lambda p, d: torch.zeros_like(p) if d is None else d  # noqa: E731
         return y, attention.attention_tangent(pq, pk, pv, zero(pq, dq), zero(pk, dk), zero(pv, dv), scale)
-    pq = pq * scale
-    logits = pq @ pk.transpose(-2, -1)
+    (lq, lk), lead = (pq.shape[-2], pk.shape[-2]), torch.broadcast_shapes(pq.shape[:-2], pk.shape[:-2], pv.shape[:-2])
+    q, dq, k, dk, v, dv = (
+        None if a is None else a.expand(*lead, *a.shape[-2:]).reshape(-1, *a.shape[-2:])
+        for a in (pq, dq, pk, dk, pv, dv)
+    )  # fmt: skip
+    if mask is not None:
+        mask = mask.expand(*lead, lq, lk).reshape(-1, lq, lk)
+    step = max(1, _CHUNK_SCORES // (lq * lk))
+    ys, dys = [], []
+    for c in (slice(s, s + step) for s in range(0, q.shape[0], step)):
+        part = (lambda a: None if a is None else a[c])  # noqa: E731
+        y, dy = _attention_rows(q[c], part(dq), k[c], part(dk), v[c], part(dv), part(mask), scale)
+        ys.append(y)
+        dys.append(dy)
+    join = lambda a: (a[0] if len(a) == 1 else torch.cat(a)).unflatten(0, lead)  # noqa: E731
+    return join(ys), join(dys)
+
+
+def _attention_rows(
+    q: torch.Tensor, dq: Any, k: torch.Tensor, dk: Any, v: torch.Tensor, dv: Any, mask: Any, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_attention_jet`'s materialised formulas on (slices, length, channels) tensors."""
+    q = q * scale
+    logits = torch.bmm(q, k.transpose(1, 2))
     if mask is not None:
         logits = logits.masked_fill(~mask, -math.inf) if mask.dtype == torch.bool else logits + mask
     probs = torch.softmax(logits, -1)
-    y = probs @ pv
+    y = torch.bmm(probs, v)
     if dq is None and dk is None:
-        return y, probs @ dv
+        return y, torch.bmm(probs, dv)
     if dq is not None and dk is not None:  # q̇·kᵀ + q·k̇ᵀ as one product
-        dlogits = torch.cat([dq * scale, pq], -1) @ torch.cat([pk, dk], -1).transpose(-2, -1)
+        dlogits = torch.bmm(torch.cat([dq * scale, q], -1), torch.cat([k, dk], -1).transpose(1, 2))
     else:
-        dlogits = (dq * scale) @ pk.transpose(-2, -1) if dq is not None else pq @ dk.transpose(-2, -1)
-    dprobs = _aten._softmax_backward_data(dlogits, probs, probs.ndim - 1, probs.dtype)
-    dy = dprobs @ pv if dv is None else torch.cat([dprobs, probs], -1) @ torch.cat([pv, dv], -2)
-    return y, dy
+        dlogits = torch.bmm(dq * scale, k.transpose(1, 2)) if dq is not None else torch.bmm(q, dk.transpose(1, 2))
+    dprobs = _aten._softmax_backward_data(dlogits, probs, 2, probs.dtype)
+    dy = torch.bmm(dprobs, v)
+    return y, dy if dv is None else torch.baddbmm(dy, probs, dv)
 
 
 # ---------------------------------------------------------------- in place
@@ -796,8 +830,9 @@ class Pair(torch.Tensor):
                 return _pair_in_place(func, name, args, kwargs)
             if name == "__get__" and func.__self__.__name__ in _PAIR_PROPERTIES:  # type: ignore[attr-defined]
                 return _PAIR_PROPERTIES[func.__self__.__name__](args[0])  # type: ignore[attr-defined]
-            if func in _PAIR_RULES:
-                return _PAIR_RULES[func](*args, **kwargs)
+            out = PAIR_RULES[func](*args, **kwargs) if func in PAIR_RULES else NotImplemented
+            if out is not NotImplemented:
+                return out
             y = func(*_unwrap(args, "p"), **kwargs)
             if func in _METADATA or func in _CONSTANTS or name == "__get__":
                 return y
@@ -855,10 +890,10 @@ def _t(a: Any) -> Any:
     return a.t if isinstance(a, Pair) else None
 
 
-def _broadcast(dy: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _broadcast(dy: torch.Tensor, y: torch.Tensor, fresh: bool = True) -> torch.Tensor:
     """A tangent of the output's shape in memory of its own (a later in-place write must not
-    reach an input's tangent)."""
-    return dy.expand(y.shape).clone()
+    reach an input's tangent): dy itself when `fresh` (just computed) and of that shape."""
+    return dy if fresh and dy.shape == y.shape else dy.expand(y.shape).clone()
 
 
 TANGENTS: dict[Callable, Callable] = {}  # func: (y, *args, **kwargs) → ẏ, or NotImplemented
@@ -922,7 +957,9 @@ def _add_t(y: torch.Tensor, a: Any, b: Any, *, alpha: float = 1.0) -> torch.Tens
     da, db = _t(a), _t(b)
     if da is not None and db is not None:
         return torch.add(da, db, alpha=alpha)
-    return _broadcast(da if da is not None else db * alpha, y)
+    if da is None and alpha != 1:
+        return _broadcast(db * alpha, y)
+    return _broadcast(da if da is not None else db, y, fresh=False)
 
 
 @tangent_rule(torch.sub, torch.Tensor.sub, torch.Tensor.__sub__)
@@ -1059,11 +1096,9 @@ def _group_norm_t(
 ) -> Any:
     if isinstance(weight, Pair) or isinstance(bias, Pair):
         return NotImplemented
-    p, dp = (a.to(y.dtype).contiguous() for a in (x.p, x.t))  # in y's dtype (autocast: float32)
-    n, c, hw = p.shape[0], p.shape[1], p[0, 0].numel()
-    _, mean, rstd = _aten.native_group_norm(p, None, None, n, c, hw, num_groups, eps)
-    dy = _aten.native_group_norm_backward(dp, p, mean, rstd, None, n, c, hw, num_groups, [True, False, False])[0]
-    return dy if weight is None else dy * weight.view(-1, *([1] * (p.ndim - 2)))
+    p = x.p.to(y.dtype).contiguous()  # in y's dtype (autocast: float32)
+    _, mean, rstd = _aten.native_group_norm(p, None, None, p.shape[0], p.shape[1], p[0, 0].numel(), num_groups, eps)
+    return group_norm_tangent(x.t.to(y.dtype), p, mean, rstd, num_groups, weight)
 
 
 @tangent_rule(F.layer_norm)
@@ -1117,7 +1152,9 @@ def _dropout_pair(x: Pair, p: float = 0.5, training: bool = True, inplace: bool 
     return Pair(x.p * mask, x.t * mask)
 
 
-_PAIR_RULES: dict[Callable, Callable] = {
+# func: (*args, **kwargs) → a pair (its primal computed otherwise than by func itself), or
+# NotImplemented for the primal by func and the tangent by TANGENTS
+PAIR_RULES: dict[Callable, Callable] = {
     F.dropout: _dropout_pair,
     torch.Tensor.detach: lambda a: a.p.detach(),  # as for dual tensors: the tangent goes too
 }

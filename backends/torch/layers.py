@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from typing import Any
 
 import torch
 from torch.nn import functional as F
@@ -17,10 +18,130 @@ from torch.nn import functional as F
 from trigcore import embedding
 
 from ..configs import check_network_inputs
+from . import jet
+
+
+class _GroupNorm(torch.autograd.Function):
+    """Group norm y = x̂·w + b, x̂ = (x − μ)·r with each group's mean μ and r = 1/√(var + ε), by
+    torch's fused kernels forward and backward, and with the tangent written out:
+    ẋ̂ = r·(ẋ − mean(ẋ) − x̂·mean(x̂·ẋ)) over each group, ẏ = ẋ̂·w + x̂·ẇ + ḃ."""
+
+    @staticmethod
+    def forward(x, num_groups, weight, bias, eps):
+        batch, channels = x.shape[:2]
+        y, mean, rstd = torch.native_group_norm(
+            x.contiguous(), weight, bias, batch, channels, math.prod(x.shape[2:]), num_groups, eps
+        )
+        return y, mean, rstd
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, ctx.num_groups, weight, _, _ = inputs
+        _, mean, rstd = output
+        ctx.mark_non_differentiable(mean, rstd)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.save_for_forward(x, weight, mean, rstd)
+
+    @staticmethod
+    def backward(ctx, dy, _dmean, _drstd):
+        x, weight, mean, rstd = ctx.saved_tensors
+        batch, channels = x.shape[:2]
+        needs = ctx.needs_input_grad
+        mask = [needs[0], weight is not None and needs[2], needs[3]]
+        dx, dw, db = torch.ops.aten.native_group_norm_backward(
+            dy.contiguous(), x.contiguous(), mean, rstd, weight, batch, channels, math.prod(x.shape[2:]),
+            ctx.num_groups, mask,
+        )  # fmt: skip
+        return dx, None, dw, db, None
+
+    @staticmethod
+    def jvp(ctx, dx, _groups, dweight, dbias, _eps):
+        x, weight, mean, rstd = ctx.saved_tensors
+        groups = (x.shape[0], ctx.num_groups, -1)
+        x_hat = (x.reshape(groups) - mean[..., None]) * rstd[..., None]
+        shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+        terms = []
+        if dx is not None:
+            dx = dx.reshape(groups)
+            dx = dx - dx.mean(-1, keepdim=True) - x_hat * (x_hat * dx).mean(-1, keepdim=True)
+            dx_hat = (rstd[..., None] * dx).reshape(x.shape)
+            terms.append(dx_hat if weight is None else dx_hat * weight.reshape(shape))
+        if dweight is not None:
+            terms.append(x_hat.reshape(x.shape) * dweight.reshape(shape))
+        if dbias is not None:
+            terms.append(dbias.reshape(shape))
+        dy = sum(terms[1:], terms[0]) if terms else torch.zeros_like(x)
+        return dy.expand(x.shape).contiguous(), None, None
+
+
+def group_norm(
+    input: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """`F.group_norm` with a forward-mode rule that takes any layout: torch's fused kernels for
+    the value and gradient, the tangent written out (`_GroupNorm`); under autocast in float32, as
+    CUDA's autocast runs group norm. Under torch.compile, which fuses operations itself and
+    cannot trace the fused kernel under `torch.func.jvp`: `plain_group_norm`."""
+    if torch.overrides.has_torch_function((input,)):  # jets: `jet.RULES`, as for torch's own
+        return torch.overrides.handle_torch_function(
+            group_norm, (input,), input, num_groups, weight, bias, eps
+        )
+    if torch.compiler.is_compiling():
+        return plain_group_norm(input, num_groups, weight, bias, eps)
+    if torch.is_autocast_enabled(input.device.type):
+        with torch.autocast(input.device.type, enabled=False):
+            x, w, b = (None if a is None else a.float() for a in (input, weight, bias))
+            return group_norm(x, num_groups, w, b, eps)
+    return _GroupNorm.apply(input, num_groups, weight, bias, eps)[0]
+
+
+def _group_norm_pair(
+    x: jet.Pair, num_groups: int, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+) -> jet.Pair | Any:  # fmt: skip
+    """The fused pass: y and its graph by `_GroupNorm`, as `group_norm` makes them, and ẏ from
+    the group statistics that come with them (no second pass over x to find them)."""
+    if torch.is_autocast_enabled(x.device.type) or any(isinstance(a, jet.Pair) for a in (weight, bias)):
+        return NotImplemented  # the primal by group_norm itself, the tangent by jet.TANGENTS
+    y, mean, rstd = _GroupNorm.apply(x.p, num_groups, weight, bias, eps)
+    with torch.no_grad():
+        p = x.p.contiguous()
+        return jet.Pair(y, jet.group_norm_tangent(x.t, p, mean, rstd, num_groups, weight))
+
+
+# jets and pairs: torch's group norm's rules, and the one above
+jet.RULES[group_norm], jet.TANGENTS[group_norm] = jet.RULES[F.group_norm], jet.TANGENTS[F.group_norm]
+jet.PAIR_RULES[group_norm] = _group_norm_pair
+
+
+def plain_group_norm(
+    input: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """`F.group_norm` from plain operations, whose forward-mode rules take any layout."""
+    batch, channels = input.shape[:2]
+    x = input.reshape(batch, num_groups, -1)
+    mean = x.mean(dim=-1, keepdim=True)
+    var = (x - mean).square().mean(dim=-1, keepdim=True)
+    x = ((x - mean) * torch.rsqrt(var + eps)).reshape(input.shape)
+    shape = (1, channels) + (1,) * (input.ndim - 2)
+    if weight is not None:
+        x = x * weight.reshape(shape)
+    if bias is not None:
+        x = x + bias.reshape(shape)
+    return x
 
 
 def normalize(x: torch.Tensor, dim: int | tuple[int, ...] | None = None, eps: float = 1e-4) -> torch.Tensor:
     """x scaled to unit root-mean-square over `dim` (all but the first axis by default)."""
+    if torch.overrides.has_torch_function((x,)):  # jets and pairs: the rules below
+        return torch.overrides.handle_torch_function(normalize, (x,), x, dim, eps)
     if dim is None:
         dim = tuple(range(1, x.ndim))
     # accumulate in at least float32 (fp16/bf16 activations), float64 stays float64
@@ -29,6 +150,35 @@ def normalize(x: torch.Tensor, dim: int | tuple[int, ...] | None = None, eps: fl
     )
     norm = eps + norm * math.sqrt(norm.numel() / x.numel())
     return x / norm.to(x.dtype)
+
+
+def _normalize_tangent(
+    p: torch.Tensor, dp: torch.Tensor, dim: int | tuple[int, ...] | None, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """n = ε + α‖x‖ (α² = numel(n)/numel(x)), by which `normalize` divides x, and ṅ/n, ṅ =
+    α⟨x, ẋ⟩/‖x‖: y = x/n has the tangent ẏ = ẋ/n − y·ṅ/n."""
+    dim = tuple(range(1, p.ndim)) if dim is None else dim
+    wide = torch.promote_types(p.dtype, torch.float32)
+    norm = torch.linalg.vector_norm(p, dim=dim, keepdim=True, dtype=wide)
+    alpha = math.sqrt(norm.numel() / p.numel())
+    n = eps + norm * alpha
+    rate = (p * dp).sum(dim, keepdim=True, dtype=wide).div_(norm * n).mul_(alpha)
+    return n.to(p.dtype), rate.to(p.dtype)
+
+
+def _normalize_jet(x: jet.Jet, dim: int | tuple[int, ...] | None = None, eps: float = 1e-4) -> jet.Jet:
+    n, rate = _normalize_tangent(*x.z, dim, eps)
+    out = x.z / n  # [y; ẋ/n]
+    out[1].addcmul_(out[0], rate, value=-1)
+    return jet.Jet(out)
+
+
+def _normalize_pair(y: torch.Tensor, x: jet.Pair, dim: int | tuple[int, ...] | None = None, eps: float = 1e-4) -> torch.Tensor:
+    n, rate = _normalize_tangent(x.p, x.t, dim, eps)
+    return (x.t / n).addcmul_(y, rate, value=-1)
+
+
+jet.RULES[normalize], jet.TANGENTS[normalize] = _normalize_jet, _normalize_pair
 
 
 def pixel_norm(x: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:

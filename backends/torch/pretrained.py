@@ -35,9 +35,8 @@ from backends.configs import (
 )
 from trigcore import convert, native
 
-from . import jet
 from .attention import attention
-from .layers import LogvarHead, PositionalEmbedding
+from .layers import LogvarHead, PositionalEmbedding, group_norm, plain_group_norm
 
 
 def scaled_dot_product_attention(
@@ -72,108 +71,6 @@ def scaled_dot_product_attention(
     if dropout_p > 0:
         weights = F.dropout(weights, dropout_p)
     return weights @ value
-
-
-class _GroupNorm(torch.autograd.Function):
-    """Group norm y = x̂·w + b, x̂ = (x − μ)·r with each group's mean μ and r = 1/√(var + ε), by
-    torch's fused kernels forward and backward, and with the tangent written out:
-    ẋ̂ = r·(ẋ − mean(ẋ) − x̂·mean(x̂·ẋ)) over each group, ẏ = ẋ̂·w + x̂·ẇ + ḃ."""
-
-    @staticmethod
-    def forward(x, num_groups, weight, bias, eps):
-        batch, channels = x.shape[:2]
-        y, mean, rstd = torch.native_group_norm(
-            x.contiguous(), weight, bias, batch, channels, math.prod(x.shape[2:]), num_groups, eps
-        )
-        return y, mean, rstd
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, ctx.num_groups, weight, _, _ = inputs
-        _, mean, rstd = output
-        ctx.mark_non_differentiable(mean, rstd)
-        ctx.save_for_backward(x, weight, mean, rstd)
-        ctx.save_for_forward(x, weight, mean, rstd)
-
-    @staticmethod
-    def backward(ctx, dy, _dmean, _drstd):
-        x, weight, mean, rstd = ctx.saved_tensors
-        batch, channels = x.shape[:2]
-        needs = ctx.needs_input_grad
-        mask = [needs[0], weight is not None and needs[2], needs[3]]
-        dx, dw, db = torch.ops.aten.native_group_norm_backward(
-            dy.contiguous(), x.contiguous(), mean, rstd, weight, batch, channels, math.prod(x.shape[2:]),
-            ctx.num_groups, mask,
-        )  # fmt: skip
-        return dx, None, dw, db, None
-
-    @staticmethod
-    def jvp(ctx, dx, _groups, dweight, dbias, _eps):
-        x, weight, mean, rstd = ctx.saved_tensors
-        groups = (x.shape[0], ctx.num_groups, -1)
-        x_hat = (x.reshape(groups) - mean[..., None]) * rstd[..., None]
-        shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
-        terms = []
-        if dx is not None:
-            dx = dx.reshape(groups)
-            dx = dx - dx.mean(-1, keepdim=True) - x_hat * (x_hat * dx).mean(-1, keepdim=True)
-            dx_hat = (rstd[..., None] * dx).reshape(x.shape)
-            terms.append(dx_hat if weight is None else dx_hat * weight.reshape(shape))
-        if dweight is not None:
-            terms.append(x_hat.reshape(x.shape) * dweight.reshape(shape))
-        if dbias is not None:
-            terms.append(dbias.reshape(shape))
-        dy = sum(terms[1:], terms[0]) if terms else torch.zeros_like(x)
-        return dy.expand(x.shape).contiguous(), None, None
-
-
-def group_norm(
-    input: torch.Tensor,
-    num_groups: int,
-    weight: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None,
-    eps: float = 1e-5,
-) -> torch.Tensor:
-    """`F.group_norm` with a forward-mode rule that takes any layout: torch's fused kernels for
-    the value and gradient, the tangent written out (`_GroupNorm`); under autocast in float32, as
-    CUDA's autocast runs group norm. Under torch.compile, which fuses operations itself and
-    cannot trace the fused kernel under `torch.func.jvp`: `plain_group_norm`."""
-    if torch.overrides.has_torch_function((input,)):  # jets: `jet.RULES`, as for torch's own
-        return torch.overrides.handle_torch_function(
-            group_norm, (input,), input, num_groups, weight, bias, eps
-        )
-    if torch.compiler.is_compiling():
-        return plain_group_norm(input, num_groups, weight, bias, eps)
-    if torch.is_autocast_enabled(input.device.type):
-        with torch.autocast(input.device.type, enabled=False):
-            x, w, b = (None if a is None else a.float() for a in (input, weight, bias))
-            return group_norm(x, num_groups, w, b, eps)
-    return _GroupNorm.apply(input, num_groups, weight, bias, eps)[0]
-
-
-jet.RULES[group_norm] = jet.RULES[F.group_norm]  # torch's group norm hands jets this one inside jvp_ready
-jet.TANGENTS[group_norm] = jet.TANGENTS[F.group_norm]
-
-
-def plain_group_norm(
-    input: torch.Tensor,
-    num_groups: int,
-    weight: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None,
-    eps: float = 1e-5,
-) -> torch.Tensor:
-    """`F.group_norm` from plain operations, whose forward-mode rules take any layout."""
-    batch, channels = input.shape[:2]
-    x = input.reshape(batch, num_groups, -1)
-    mean = x.mean(dim=-1, keepdim=True)
-    var = (x - mean).square().mean(dim=-1, keepdim=True)
-    x = ((x - mean) * torch.rsqrt(var + eps)).reshape(input.shape)
-    shape = (1, channels) + (1,) * (input.ndim - 2)
-    if weight is not None:
-        x = x * weight.reshape(shape)
-    if bias is not None:
-        x = x + bias.reshape(shape)
-    return x
 
 
 @contextlib.contextmanager

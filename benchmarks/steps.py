@@ -1,12 +1,13 @@
 """The cost of one sCD and one sCT training step relative to one teacher diffusion step, on the
 same network and batch (the paper reports about 2× for sCD; goals: sCD ≤ 1.8×, sCT ≤ 1.6×), each
-with each of the backend's ways of making the passes (`SCMConfig.passes`): "separate" (the
-tangent pass on jets without a graph, then F_θ with one), "fused" (one dual-tensor pass with
-autograd on, F_θ its primal) and "compiled" (separate, the tangent pass through torch.compile,
-whose compile time is left out of the timing: the warmup steps absorb it); the separate passes
-with the other derivatives (`SCMConfig.derivative`): "semi" (forward mode in x, a central
-difference in t) and "fd" (central differences only); and the separate tangent pass on jets
-against the same pass on dual tensors and by torch.func.jvp.
+with each of the backend's ways of making the passes (`SCMConfig.passes`): "fused" (the
+default: one pass on pairs, F_θ with its graph and the tangent without one), "separate" (the
+tangent pass on jets without a graph, then F_θ with one) and "compiled" (separate, the tangent
+pass through torch.compile, whose compile time is left out of the timing: the warmup steps
+absorb it); the fused passes with the other derivatives (`SCMConfig.derivative`): "semi"
+(forward mode in x, a central difference in t) and "fd" (central differences only); and the
+tangent and gradient passes of a step on pairs, on jets (separate) and, separate, on dual
+tensors and by torch.func.jvp.
 
 Each measurement runs in a fresh process, so the peak memory of one kind of step is not hidden
 by another's; with --rounds N every kind is measured N times, the kinds taking turns, and the
@@ -35,8 +36,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = (
-    "teacher", "sct", "scd", "sct-fused", "scd-fused", "sct-compiled", "scd-compiled", "sct-semi", "scd-semi",
-    "sct-fd", "scd-fd",
+    "teacher", "sct", "scd", "sct-separate", "scd-separate", "sct-compiled", "scd-compiled", "sct-semi",
+    "scd-semi", "sct-fd", "scd-fd",
 )  # fmt: skip
 
 
@@ -118,7 +119,7 @@ def measure_step(args: argparse.Namespace) -> dict:
         def loss_fn(step: int):
             return steps.diffusion_loss(net, batch, config)[0]
     else:
-        passes = way if way in ("fused", "compiled") else "separate"
+        passes = way if way in ("separate", "compiled") else steps.SCMConfig.passes  # the default
         derivative = way if way in ("semi", "fd") else "jvp"
         config = steps.SCMConfig(precision=args.precision, passes=passes, derivative=derivative)
 
@@ -144,8 +145,9 @@ def measure_step(args: argparse.Namespace) -> dict:
 
 
 def measure_tangent(args: argparse.Namespace) -> dict:
-    """Median seconds of the separate tangent pass plus the gradient pass: on jets (what the
-    separate passes run), on dual tensors and by torch.func.jvp."""
+    """Median seconds of a step's tangent and gradient passes: one pass on pairs (what the fused
+    passes run), and the separate tangent pass on jets (what the separate passes run), on dual
+    tensors and by torch.func.jvp, each followed by the gradient pass."""
     torch, device, net, batch = _setup(args)
     import torch.autograd.forward_ad as fwAD
 
@@ -163,6 +165,10 @@ def measure_tangent(args: argparse.Namespace) -> dict:
     def loss(F_theta, F_minus, jvp):  # a loss of the sCM form
         return ((F_theta - F_minus - jvp) ** 2).mean()
 
+    def fused_pairs():
+        F_theta, jvp = tangent_pass(F, x, t, v, 0.5, graph=True)
+        loss(F_theta, F_theta.detach(), jvp).backward()
+
     def separate_jets():
         F_minus, jvp = tangent_pass(F, x, t, v, 0.5)
         loss(F(x / 0.5, t), F_minus, jvp).backward()
@@ -177,7 +183,8 @@ def measure_tangent(args: argparse.Namespace) -> dict:
             F_minus, jvp = torch.func.jvp(F, (x / 0.5, t), (tx, tt))
         loss(F(x / 0.5, t), F_minus, jvp).backward()
 
-    ways = {"jets, then F_θ": separate_jets, "dual tensors, then F_θ": separate_dual}
+    ways = {"pairs, F_θ with its graph": fused_pairs, "jets, then F_θ": separate_jets}
+    ways["dual tensors, then F_θ"] = separate_dual
     ways["func.jvp, then F_θ"] = separate_func
     return {
         name: median_seconds(lambda _, fn=fn: fn(), device, args.repeats, args.warmup)
@@ -266,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     print("tangent pass + gradient pass (backward of an sCM-form loss):")
     first = next(iter(tangent_times.values()))
     for name, value in tangent_times.items():
-        print(value if name == "error" else f"  {name:<22} {1e3 * value:9.1f} ms  ({value / first:.2f}×)")
+        print(value if name == "error" else f"  {name:<26} {1e3 * value:9.1f} ms  ({value / first:.2f}×)")
     if args.out:
         args.out.write_text(json.dumps({"config": vars(args) | {"out": str(args.out)}, "steps": rows,
                                         "tangent": tangent_times}, indent=2))  # fmt: skip

@@ -64,7 +64,8 @@ def test_step_benchmark_runs_every_eager_kind_end_to_end(tmp_path: Path) -> None
     result = json.loads(out.read_text())
     assert list(result["steps"]) == kinds
     assert all(row["seconds"] > 0 and len(row["rounds"]) == 2 for row in result["steps"].values())
-    assert list(result["tangent"]) == ["jets, then F_θ", "dual tensors, then F_θ", "func.jvp, then F_θ"]
+    ways = ["pairs, F_θ with its graph", "jets, then F_θ", "dual tensors, then F_θ", "func.jvp, then F_θ"]
+    assert list(result["tangent"]) == ways
 
 
 @pytest.mark.slow
@@ -146,6 +147,13 @@ def test_the_tangent_ratio_benchmark_times_every_pass_of_each_network(capsys: py
     passes += ["fused pass (pairs), graph"]
     for row in rows:
         assert [cell.rsplit(" ", 2)[0] for cell in row.split(": ", 1)[1].split("  ")] == passes
+    pytest.importorskip("jax")
+    assert tangent_ratios.main(["--backend", "jax", "--networks", "mlp", "--repeats", "1", "--warmup", "1"]) == 0
+    (row,) = capsys.readouterr().out.splitlines()[1:]
+    programs = ["forward", "tangent pass, jax.jvp", "forward and gradient", "tangent, forward and gradient"]
+    assert [cell.rsplit(" ", 2)[0] for cell in row.split(": ", 1)[1].split("  ")] == programs
+    with pytest.raises(SystemExit):
+        tangent_ratios.main(["--backend", "jax", "--networks", "view-digits"])
 
 
 def test_the_derivative_table_reads_each_runs_summary(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """Run under `torchrun --nproc-per-node 2` (gloo): one sCT step of a small EDM2 U-Net sharded
 with FSDP2 (`fully_shard` per block and at the root), against the same step unsharded, for each
 way of making the passes, and one sCD step with the "fd" derivative (a teacher, unsharded).
-Prints one JSON line per way on rank 0 (tests/test_distributed.py)."""
+Prints one JSON line per way on rank 0, with the routes its tangent passes took (jets, pairs or
+dual tensors; tests/test_distributed.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,21 @@ def main() -> None:
     from backends.torch import steps
     from backends.torch.edm2 import Block, EDM2UNet
 
+    from backends.torch import jet
+
+    routes: list[str] = []  # which route each tangent pass of the sharded step took
+    for name in ("tangent", "fused"):
+
+        def recorded(*args, run=getattr(jet, name), name=name):
+            try:
+                out = run(*args)
+            except jet.NoJetRule:
+                routes.append("dual tensors")
+                raise
+            routes.append({"tangent": "jets", "fused": "pairs"}[name])
+            return out
+
+        setattr(jet, name, recorded)
     dist.init_process_group("gloo")
     for way, passes, derivative in (("separate", "separate", "jvp"), ("fused", "fused", "jvp"),
                                     ("scd fd", "separate", "fd")):  # fmt: skip
@@ -48,17 +64,19 @@ def main() -> None:
         for module in [*(m for m in model.modules() if isinstance(m, Block)), model]:
             fully_shard(module, ignored_params=scalars)
         torch.manual_seed(1)
+        routes.clear()
         try:
             loss, _ = steps.scm_loss(model, {"x0": x0}, config, 10, teacher)
             loss.backward()
         except (RuntimeError, ValueError) as error:  # ValueError: forward mode refused, naming "fd"
-            result = {"way": way, "error": str(error).splitlines()[0]}
+            result = {"way": way, "error": str(error).splitlines()[0], "routes": routes}
         else:
             worst = 0.0
             for p, q in zip(model.parameters(), reference.parameters()):
                 grad = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
                 worst = max(worst, float((grad - q.grad).abs().max() / q.grad.abs().max().clamp(min=1e-30)))
             result = {"way": way, "loss": loss.item(), "expected": expected.item(), "grad_error": worst}
+            result["routes"] = routes
         if dist.get_rank() == 0:
             print(json.dumps(result), flush=True)
     # no orderly teardown: the fused forward pass failed part-way, and the collectives it left

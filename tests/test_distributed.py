@@ -206,6 +206,9 @@ def test_fsdp2_shards_the_separate_passes_but_not_the_fused_ones(tmp_path: Path)
     for result in (separate, fd):  # the "fd" derivative's sCD step too: no forward mode at all
         assert result["loss"] == pytest.approx(result["expected"], rel=1e-6) and result["grad_error"] < 1e-5
     assert fd["loss"] != separate["loss"]
+    # the separate tangent pass runs on jets under FSDP2; FSDP2's hooks stop the fused one's
+    # pairs (an autograd.Function on each block's inputs), and its dual tensors then fail
+    assert separate["routes"] == ["jets"] and fused["routes"] == ["dual tensors"]
     assert (
         "custom Function's forward is returning a view" in fused["error"]
         and "--derivative fd" in fused["error"]

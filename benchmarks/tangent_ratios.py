@@ -137,8 +137,8 @@ def jax_passes(name: str) -> tuple[dict[str, Callable[[int], object]], tuple]:
     elif name == "edm2":
         net, shape = EDM2UNet(16, 3, 10, **PRESETS["tiny"], rngs=rngs), (16, 3, 16, 16)
     else:
-        net = DDPMpp(16, 3, 10, model_channels=32, channel_mult=(1, 2, 2), num_blocks=1, attn_resolutions=(8,),
-                     rngs=rngs)  # fmt: skip
+        options = dict(model_channels=32, channel_mult=(1, 2, 2), num_blocks=1, attn_resolutions=(8,))
+        net = DDPMpp(16, 3, 10, **options, rngs=rngs)
         shape = (16, 3, 16, 16)
     graphdef, state = nnx.split(net)
     labels = jax.nn.one_hot(jax.numpy.arange(shape[0]) % 10, 10)

@@ -18,24 +18,24 @@ def main() -> None:
     from torch.distributed.fsdp import fully_shard
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from backends.torch import steps
+    from backends.torch import jet, steps
     from backends.torch.edm2 import Block, EDM2UNet
 
-    from backends.torch import jet
-
     routes: list[str] = []  # which route each tangent pass of the sharded step took
-    for name in ("tangent", "fused"):
 
-        def recorded(*args, run=getattr(jet, name), name=name):
+    def recorded(run, route):
+        def call(*args):
             try:
                 out = run(*args)
             except jet.NoJetRule:
                 routes.append("dual tensors")
                 raise
-            routes.append({"tangent": "jets", "fused": "pairs"}[name])
+            routes.append(route)
             return out
 
-        setattr(jet, name, recorded)
+        return call
+
+    jet.tangent, jet.fused = recorded(jet.tangent, "jets"), recorded(jet.fused, "pairs")
     dist.init_process_group("gloo")
     for way, passes, derivative in (("separate", "separate", "jvp"), ("fused", "fused", "jvp"),
                                     ("scd fd", "separate", "fd")):  # fmt: skip

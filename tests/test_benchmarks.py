@@ -148,7 +148,9 @@ def test_the_tangent_ratio_benchmark_times_every_pass_of_each_network(capsys: py
     for row in rows:
         assert [cell.rsplit(" ", 2)[0] for cell in row.split(": ", 1)[1].split("  ")] == passes
     pytest.importorskip("jax")
-    assert tangent_ratios.main(["--backend", "jax", "--networks", "mlp", "--repeats", "1", "--warmup", "1"]) == 0
+    assert (
+        tangent_ratios.main(["--backend", "jax", "--networks", "mlp", "--repeats", "1", "--warmup", "1"]) == 0
+    )
     (row,) = capsys.readouterr().out.splitlines()[1:]
     programs = ["forward", "tangent pass, jax.jvp", "forward and gradient", "tangent, forward and gradient"]
     assert [cell.rsplit(" ", 2)[0] for cell in row.split(": ", 1)[1].split("  ")] == programs

@@ -141,6 +141,7 @@ FUNCTIONS = {
         [(2, 2, 5, 4)] * 3,
     ),
     "an operation without a rule (the fallback)": (lambda a: torch.atan2(a, a.square() + 1), [(2, 3)]),
+    "a jet as a keyword argument": (lambda a, b: torch.atan2(a, other=b.square() + 1), [(2, 3), (2, 3)]),
     "in place": (lambda a: in_place(a), [(3, 4)]),
     "in place on a sum with a constant": (lambda a: (a + 1.0).mul_(2) + a, [(3, 4)]),
 }
@@ -313,7 +314,13 @@ def test_the_tangent_pass_dispatches_few_operations_more_than_the_forward_pass()
         with torch.set_grad_enabled(graph), Dispatches() as mode:
             run()
         counts[name] = sum(mode.count.values())
-    expected = {"forward": 599, "dual tensors": 2358, "jets": 852, "forward, graph": 599, "pairs, graph": 1055}
+    expected = {
+        "forward": 599,
+        "dual tensors": 2358,
+        "jets": 852,
+        "forward, graph": 599,
+        "pairs, graph": 1055,
+    }
     assert counts == expected, counts
     assert counts["jets"] <= 1.5 * counts["forward"]
     # the fused pass's tangent: fewer operations than a forward pass more (jets and F_θ: 1,451)

@@ -24,6 +24,7 @@ Variants, chosen by the training steps with `SCMConfig.passes` (costs in BENCHMA
   inductor's vectorised CPU code for the bf16 tangent of the EDM2 U-Net returned NaNs in
   torch 2.13 (float32 was exact).
 """
+
 from __future__ import annotations
 
 import functools

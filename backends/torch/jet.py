@@ -677,7 +677,14 @@ _CHUNK_SCORES = 1 << 16
 
 
 def _attention_jet(
-    pq: torch.Tensor, dq: Any, pk: torch.Tensor, dk: Any, pv: torch.Tensor, dv: Any, mask: Any, scale: float | None
+    pq: torch.Tensor,
+    dq: Any,
+    pk: torch.Tensor,
+    dk: Any,
+    pv: torch.Tensor,
+    dv: Any,
+    mask: Any,
+    scale: float | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """y = softmax(scale·q·kᵀ + mask)·v and ẏ = Ṗ·v + P·v̇, Ṗ = P ⊙ (Ṡ − rowsum(P ⊙ Ṡ)), Ṡ =
     scale·(q̇·kᵀ + q·k̇ᵀ) (App. F): on the CPU materialised for short sequences, a chunk of
@@ -689,7 +696,10 @@ def _attention_jet(
         y = attention._sdpa(pq, pk, pv, scale=scale)
         zero = lambda p, d: torch.zeros_like(p) if d is None else d  # noqa: E731
         return y, attention.attention_tangent(pq, pk, pv, zero(pq, dq), zero(pk, dk), zero(pv, dv), scale)
-    (lq, lk), lead = (pq.shape[-2], pk.shape[-2]), torch.broadcast_shapes(pq.shape[:-2], pk.shape[:-2], pv.shape[:-2])
+    (lq, lk), lead = (
+        (pq.shape[-2], pk.shape[-2]),
+        torch.broadcast_shapes(pq.shape[:-2], pk.shape[:-2], pv.shape[:-2]),
+    )
     q, dq, k, dk, v, dv = (
         None if a is None else a.expand(*lead, *a.shape[-2:]).reshape(-1, *a.shape[-2:])
         for a in (pq, dq, pk, dk, pv, dv)
@@ -698,9 +708,10 @@ def _attention_jet(
         mask = mask.expand(*lead, lq, lk).reshape(-1, lq, lk)
     step = max(1, _CHUNK_SCORES // (lq * lk))
     ys, dys = [], []
-    for c in (slice(s, s + step) for s in range(0, q.shape[0], step)):
-        part = (lambda a: None if a is None else a[c])  # noqa: E731
-        y, dy = _attention_rows(q[c], part(dq), k[c], part(dk), v[c], part(dv), part(mask), scale)
+    for s in range(0, q.shape[0], step):
+        y, dy = _attention_rows(
+            *(None if a is None else a[s : s + step] for a in (q, dq, k, dk, v, dv, mask)), scale
+        )
         ys.append(y)
         dys.append(dy)
     join = lambda a: (a[0] if len(a) == 1 else torch.cat(a)).unflatten(0, lead)  # noqa: E731
@@ -722,7 +733,9 @@ def _attention_rows(
     if dq is not None and dk is not None:  # q̇·kᵀ + q·k̇ᵀ as one product
         dlogits = torch.bmm(torch.cat([dq * scale, q], -1), torch.cat([k, dk], -1).transpose(1, 2))
     else:
-        dlogits = torch.bmm(dq * scale, k.transpose(1, 2)) if dq is not None else torch.bmm(q, dk.transpose(1, 2))
+        dlogits = (
+            torch.bmm(dq * scale, k.transpose(1, 2)) if dq is not None else torch.bmm(q, dk.transpose(1, 2))
+        )
     dprobs = _aten._softmax_backward_data(dlogits, probs, 2, probs.dtype)
     dy = torch.bmm(dprobs, v)
     return y, dy if dv is None else torch.baddbmm(dy, probs, dv)
@@ -833,15 +846,17 @@ class Pair(torch.Tensor):
             out = PAIR_RULES[func](*args, **kwargs) if func in PAIR_RULES else NotImplemented
             if out is not NotImplemented:
                 return out
-            y = func(*_unwrap(args, "p"), **kwargs)
+            y = func(*_unwrap(args, "p"), **_unwrap_kwargs(kwargs, "p"))
             if func in _METADATA or func in _CONSTANTS or name == "__get__":
                 return y
             with torch.no_grad():
                 rule = TANGENTS.get(func)
                 dy = NotImplemented if rule is None else rule(y, *args, **kwargs)
                 if dy is NotImplemented:  # the jet rule on [x; ẋ], its tangent half
-                    out = Jet.__torch_function__(func, (), _unwrap(args, "jet"), kwargs)
-                    dy = tree_map(lambda a: a.z[1] if _is(a) else None, out)
+                    jets = _unwrap(args, "jet"), _unwrap_kwargs(kwargs, "jet")
+                    dy = tree_map(
+                        lambda a: a.z[1] if _is(a) else None, Jet.__torch_function__(func, (), *jets)
+                    )
             return _pairs(y, dy)
 
     @classmethod
@@ -873,6 +888,10 @@ def _unwrap(args: tuple, part: str) -> tuple:
         return a
 
     return tuple(one(a) for a in args)
+
+
+def _unwrap_kwargs(kwargs: dict, part: str) -> dict:
+    return dict(zip(kwargs, _unwrap(tuple(kwargs.values()), part))) if kwargs else kwargs
 
 
 def _pairs(y: Any, dy: Any) -> Any:
@@ -1097,7 +1116,9 @@ def _group_norm_t(
     if isinstance(weight, Pair) or isinstance(bias, Pair):
         return NotImplemented
     p = x.p.to(y.dtype).contiguous()  # in y's dtype (autocast: float32)
-    _, mean, rstd = _aten.native_group_norm(p, None, None, p.shape[0], p.shape[1], p[0, 0].numel(), num_groups, eps)
+    _, mean, rstd = _aten.native_group_norm(
+        p, None, None, p.shape[0], p.shape[1], p[0, 0].numel(), num_groups, eps
+    )
     return group_norm_tangent(x.t.to(y.dtype), p, mean, rstd, num_groups, weight)
 
 
@@ -1109,7 +1130,9 @@ def _layer_norm_t(
         return NotImplemented
     p, dp = (a.to(y.dtype).contiguous() for a in (x.p, x.t))
     _, mean, rstd = _aten.native_layer_norm(p, normalized_shape, None, None, eps)
-    dy = _aten.native_layer_norm_backward(dp, p, normalized_shape, mean, rstd, None, None, [True, False, False])[0]
+    dy = _aten.native_layer_norm_backward(
+        dp, p, normalized_shape, mean, rstd, None, None, [True, False, False]
+    )[0]
     return dy if weight is None else dy * weight
 
 
@@ -1184,7 +1207,9 @@ def _pair_in_place(func: Callable, name: str, args: tuple, kwargs: dict) -> Any:
     if out_of_place is None:
         raise NoJetRule(f"{name} has no out-of-place form")
     with torch.no_grad():  # the tangent from x before the write (its value there is not kept)
-        result = Pair.__torch_function__(out_of_place, (), (Pair(target.p.detach(), target.t), *args[1:]), kwargs)
+        result = Pair.__torch_function__(
+            out_of_place, (), (Pair(target.p.detach(), target.t), *args[1:]), kwargs
+        )
     func(target.p, *_unwrap(args[1:], "p"), **kwargs)  # the write itself, recorded by autograd
     with torch.no_grad():
         target.t.zero_() if not isinstance(result, Pair) else target.t.copy_(result.t)

@@ -173,7 +173,9 @@ def _normalize_jet(x: jet.Jet, dim: int | tuple[int, ...] | None = None, eps: fl
     return jet.Jet(out)
 
 
-def _normalize_pair(y: torch.Tensor, x: jet.Pair, dim: int | tuple[int, ...] | None = None, eps: float = 1e-4) -> torch.Tensor:
+def _normalize_pair(
+    y: torch.Tensor, x: jet.Pair, dim: int | tuple[int, ...] | None = None, eps: float = 1e-4
+) -> torch.Tensor:
     n, rate = _normalize_tangent(x.p, x.t, dim, eps)
     return (x.t / n).addcmul_(y, rate, value=-1)
 

@@ -36,7 +36,7 @@ from backends.configs import (
 from trigcore import convert, native
 
 from .attention import attention
-from .layers import LogvarHead, PositionalEmbedding, group_norm, plain_group_norm
+from .layers import LogvarHead, PositionalEmbedding, group_norm
 
 
 def scaled_dot_product_attention(

@@ -1,8 +1,9 @@
 """Where the time of the tangent pass goes on a GPU: an EDM2 U-Net's forward pass, its forward and
-backward pass (the teacher step's network work), the eager forward-mode tangent pass (dual tensors,
-what `SCMConfig(passes="separate")` runs), the GPU time of its kernels (torch.profiler), and the
-same pass through `torch.compile` (`passes="compiled"`) with its compile time and its largest
-difference from the eager pass.
+backward pass (the teacher step's network work), the eager tangent pass (jets, what
+`SCMConfig(passes="separate")` runs), the fused pass and its backward (pairs, what the default
+`passes="fused"` runs), the GPU time of their kernels (torch.profiler), and the tangent pass
+through `torch.compile` (`passes="compiled"`) with its compile time and its largest difference
+from the eager pass.
 
     python benchmarks/tangent_pass.py --batch 32     # EDM2-S, ImageNet-512 latents, bf16, CUDA
     python benchmarks/tangent_pass.py --device cpu --preset tiny --resolution 16 --channels 3 \
@@ -77,12 +78,17 @@ def main(argv: list[str] | None = None) -> int:
     def eager() -> tuple[torch.Tensor, torch.Tensor]:
         return tangent_pass(F, x, t, v, 0.5)
 
+    def fused_backward() -> None:  # F_θ with its graph and the tangent, then F_θ's backward
+        F_theta, _ = tangent_pass(F, x, t, v, 0.5, graph=True)
+        F_theta.float().square().mean().backward()
+
     def compiled() -> tuple[torch.Tensor, torch.Tensor]:
         return tangent_pass(F, x, t, v, 0.5, compiled=True, low_precision=True)
 
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"EDM2 U-Net '{args.preset}', batch {shape}, bf16, {where}")
-    for name, fn in (("forward", forward), ("forward + backward", forward_backward), ("tangent pass", eager)):
+    passes = [("forward", forward), ("forward + backward", forward_backward), ("tangent pass", eager)]
+    for name, fn in (*passes, ("fused pass + backward", fused_backward)):
         wall, kernels = milliseconds(fn, device), kernel_milliseconds(fn, device)
         print(f"{name:<28} {wall:8.1f} ms wall, {kernels:8.1f} ms kernels", flush=True)
     start = time.perf_counter()

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from steps import median_seconds  # noqa: E402  (benchmarks/steps.py, beside this script)
 
-from backends.torch import pretrained  # noqa: E402
+from backends.torch import layers, pretrained  # noqa: E402
 from backends.torch.autodiff import tangent_pass  # noqa: E402
 from trigcore import native, tangent  # noqa: E402
 
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, fn in (*passes, ("view tangent pass, dual tensors", view_tangent_dual)):
         rows[name] = median_seconds(fn, device, args.repeats, args.warmup)
     fused = pretrained.group_norm
-    for norm, label in ((fused, ""), (pretrained.plain_group_norm, ", plain group norm")):
+    for norm, label in ((fused, ""), (layers.plain_group_norm, ", plain group norm")):
         pretrained.group_norm = norm
         try:
             for name, fn in (("view tangent pass", view_tangent), ("view gradient pass", view_gradient)):

@@ -128,10 +128,12 @@ def _tangent(a: Any) -> Any:
     return torch.zeros_like(a) if isinstance(a, torch.Tensor) else a
 
 
-def rule(*funcs: Callable) -> Callable[[Callable], Callable]:
+def rule(*funcs: Callable, table: dict | None = None) -> Callable[[Callable], Callable]:
+    """Registers a rule for `funcs` in `table` (RULES, the jets', by default; TANGENTS)."""
+
     def register(fn: Callable) -> Callable:
         for func in funcs:
-            RULES[func] = fn
+            (RULES if table is None else table)[func] = fn
         return fn
 
     return register
@@ -550,22 +552,23 @@ def _relu(x: Jet, inplace: bool = False) -> Jet:
 
 
 RULES.update({F.silu: _silu, F.gelu: _gelu, F.relu: _relu, torch.relu: _relu, torch.Tensor.relu: _relu})
-for _f in (torch.sigmoid, torch.Tensor.sigmoid, F.sigmoid):
-    RULES[_f] = _pointwise(torch.sigmoid, lambda dp, p, y: _aten.sigmoid_backward(dp, y))
-for _f in (torch.tanh, torch.Tensor.tanh, F.tanh):
-    RULES[_f] = _pointwise(torch.tanh, lambda dp, p, y: _aten.tanh_backward(dp, y))
-for _f in (torch.exp, torch.Tensor.exp):
-    RULES[_f] = _pointwise(torch.exp, lambda dp, p, y: dp * y)
-for _f in (torch.cos, torch.Tensor.cos):
-    RULES[_f] = _pointwise(torch.cos, lambda dp, p, y: -dp * torch.sin(p))
-for _f in (torch.sin, torch.Tensor.sin):
-    RULES[_f] = _pointwise(torch.sin, lambda dp, p, y: dp * torch.cos(p))
-for _f in (torch.sqrt, torch.Tensor.sqrt):
-    RULES[_f] = _pointwise(torch.sqrt, lambda dp, p, y: dp / (2 * y))
-for _f in (torch.rsqrt, torch.Tensor.rsqrt):
-    RULES[_f] = _pointwise(torch.rsqrt, lambda dp, p, y: -0.5 * dp * y / p)
-for _f in (torch.log, torch.Tensor.log):
-    RULES[_f] = _pointwise(torch.log, lambda dp, p, y: dp / p)
+# y = f(x) with ẏ = backward(ẋ, x, y): both the jets' rules and the pairs' tangent rules
+_POINTWISE = (
+    (
+        (torch.sigmoid, torch.Tensor.sigmoid, F.sigmoid),
+        torch.sigmoid,
+        lambda dp, p, y: _aten.sigmoid_backward(dp, y),
+    ),
+    ((torch.tanh, torch.Tensor.tanh, F.tanh), torch.tanh, lambda dp, p, y: _aten.tanh_backward(dp, y)),
+    ((torch.exp, torch.Tensor.exp), torch.exp, lambda dp, p, y: dp * y),
+    ((torch.cos, torch.Tensor.cos), torch.cos, lambda dp, p, y: -dp * torch.sin(p)),
+    ((torch.sin, torch.Tensor.sin), torch.sin, lambda dp, p, y: dp * torch.cos(p)),
+    ((torch.sqrt, torch.Tensor.sqrt), torch.sqrt, lambda dp, p, y: dp / (2 * y)),
+    ((torch.rsqrt, torch.Tensor.rsqrt), torch.rsqrt, lambda dp, p, y: -0.5 * dp * y / p),
+    ((torch.log, torch.Tensor.log), torch.log, lambda dp, p, y: dp / p),
+)
+for _funcs, _forward, _back in _POINTWISE:
+    rule(*_funcs)(_pointwise(_forward, _back))
 
 
 @rule(torch.clamp, torch.Tensor.clamp, torch.clip, torch.Tensor.clip)
@@ -624,12 +627,25 @@ def _layer_norm(
 ) -> Any:
     if _is(weight) or _is(bias):
         return _fallback(F.layer_norm, (x, normalized_shape, weight, bias, eps), {})
-    p, dp = (a.contiguous() for a in x.z)
+    p, dp = x.z
+    p = p.contiguous()
     y, mean, rstd = _aten.native_layer_norm(p, normalized_shape, weight, bias, eps)
+    return Jet(torch.stack([y, layer_norm_tangent(dp, p, normalized_shape, mean, rstd, weight)]))
+
+
+def layer_norm_tangent(
+    dp: torch.Tensor,
+    p: torch.Tensor,
+    normalized_shape: Any,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    weight: Any,
+) -> torch.Tensor:
+    """Layer norm's tangent from its input p (contiguous) and statistics, as group norm's."""
     dy = _aten.native_layer_norm_backward(
-        dp, p, normalized_shape, mean, rstd, None, None, [True, False, False]
+        dp.contiguous(), p, normalized_shape, mean, rstd, None, None, [True, False, False]
     )[0]
-    return Jet(torch.stack([y, dy if weight is None else dy * weight]))
+    return dy if weight is None else dy * weight
 
 
 @rule(torch.linalg.vector_norm)
@@ -919,12 +935,7 @@ TANGENTS: dict[Callable, Callable] = {}  # func: (y, *args, **kwargs) → ẏ, o
 
 
 def tangent_rule(*funcs: Callable) -> Callable[[Callable], Callable]:
-    def register(fn: Callable) -> Callable:
-        for func in funcs:
-            TANGENTS[func] = fn
-        return fn
-
-    return register
+    return rule(*funcs, table=TANGENTS)
 
 
 def _same(func: Callable) -> Callable:
@@ -1075,18 +1086,8 @@ def _relu_t(y: torch.Tensor, x: Pair, inplace: bool = False) -> torch.Tensor:
     return _aten.threshold_backward(x.t, x.p, 0)
 
 
-for _funcs, _back in (
-    ((torch.sigmoid, torch.Tensor.sigmoid, F.sigmoid), lambda dp, p, y: _aten.sigmoid_backward(dp, y)),
-    ((torch.tanh, torch.Tensor.tanh, F.tanh), lambda dp, p, y: _aten.tanh_backward(dp, y)),
-    ((torch.exp, torch.Tensor.exp), lambda dp, p, y: dp * y),
-    ((torch.cos, torch.Tensor.cos), lambda dp, p, y: -dp * torch.sin(p)),
-    ((torch.sin, torch.Tensor.sin), lambda dp, p, y: dp * torch.cos(p)),
-    ((torch.sqrt, torch.Tensor.sqrt), lambda dp, p, y: dp / (2 * y)),
-    ((torch.rsqrt, torch.Tensor.rsqrt), lambda dp, p, y: -0.5 * dp * y / p),
-    ((torch.log, torch.Tensor.log), lambda dp, p, y: dp / p),
-):
-    for _f in _funcs:
-        TANGENTS[_f] = (lambda back: lambda y, x: back(x.t, x.p, y))(_back)
+for _funcs, _, _back in _POINTWISE:
+    tangent_rule(*_funcs)((lambda back: lambda y, x: back(x.t, x.p, y))(_back))
 
 
 @tangent_rule(torch.clamp, torch.Tensor.clamp, torch.clip, torch.Tensor.clip)
@@ -1128,12 +1129,9 @@ def _layer_norm_t(
 ) -> Any:
     if isinstance(weight, Pair) or isinstance(bias, Pair):
         return NotImplemented
-    p, dp = (a.to(y.dtype).contiguous() for a in (x.p, x.t))
+    p = x.p.to(y.dtype).contiguous()
     _, mean, rstd = _aten.native_layer_norm(p, normalized_shape, None, None, eps)
-    dy = _aten.native_layer_norm_backward(
-        dp, p, normalized_shape, mean, rstd, None, None, [True, False, False]
-    )[0]
-    return dy if weight is None else dy * weight
+    return layer_norm_tangent(x.t.to(y.dtype), p, normalized_shape, mean, rstd, weight)
 
 
 @tangent_rule(torch.linalg.vector_norm)

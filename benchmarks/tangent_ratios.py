@@ -15,11 +15,13 @@ sizes, jitted (`jax_passes`).
 from __future__ import annotations
 
 import argparse
+import importlib
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -31,31 +33,39 @@ from backends.torch import jet  # noqa: E402
 SIGMA_D = 0.5
 
 
-def mlp() -> tuple[Callable, tuple]:
-    from backends.torch.mlp import MLP
-
-    net = MLP(dim=64, hidden=512, depth=4, label_dim=10, guidance=True)
-    labels, scale = torch.nn.functional.one_hot(torch.arange(128) % 10, 10).float(), torch.ones(128)
-    return lambda u, t: net(u, t, labels, scale), (128, 1, 8, 8)
-
-
-def edm2() -> tuple[Callable, tuple]:
-    from backends.torch.edm2 import PRESETS, EDM2UNet
-
-    net = EDM2UNet(16, 3, 10, **PRESETS["tiny"])
-    with torch.no_grad():
-        for p in net.parameters():  # nonzero gains: every branch reaches F
-            p.fill_(0.4) if p.ndim == 0 else None
-    labels = torch.nn.functional.one_hot(torch.arange(16) % 10, 10).float()
-    return lambda u, t: net(u, t, labels), (16, 3, 16, 16)
+_IMAGES = (16, 3, 16, 16)  # batch 16 of 3×16² (`steps.py`'s)
+_DDPMPP = dict(model_channels=32, channel_mult=(1, 2, 2), num_blocks=1, attn_resolutions=(8,))
+# the project's networks, built alike by both backends (backends/<backend>/<module>.py): module,
+# class, options, batch shape
+OWN = {
+    "mlp": ("mlp", "MLP", dict(dim=64, hidden=512, depth=4, label_dim=10, guidance=True), (128, 1, 8, 8)),
+    "edm2": ("edm2", "EDM2UNet", dict(img_resolution=16, img_channels=3, label_dim=10), _IMAGES),
+    "ddpmpp": ("ddpmpp", "DDPMpp", dict(img_resolution=16, img_channels=3, label_dim=10, **_DDPMPP), _IMAGES),
+}  # fmt: skip
 
 
-def ddpmpp() -> tuple[Callable, tuple]:
-    from backends.torch.ddpmpp import DDPMpp
+def own(backend: str, name: str, **extra: Any) -> tuple[Any, tuple, dict]:
+    """The network `name` of `backend` (EDM2: the tiny preset), its batch shape, and the
+    conditioning its call takes (labels; a guidance scale of 1 where it has that input)."""
+    module_name, cls, options, shape = OWN[name]
+    module = importlib.import_module(f"backends.{backend}.{module_name}")
+    if name == "edm2":
+        options = {**module.PRESETS["tiny"], **options}
+    xp = torch if backend == "torch" else importlib.import_module("jax.numpy")
+    labels = xp.eye(10)[xp.arange(shape[0]) % 10]
+    condition = {"class_labels": labels, "guidance": xp.ones(shape[0]) if options.get("guidance") else None}
+    return getattr(module, cls)(**options, **extra), shape, condition
 
-    net = DDPMpp(16, 3, 10, model_channels=32, channel_mult=(1, 2, 2), num_blocks=1, attn_resolutions=(8,))
-    labels = torch.nn.functional.one_hot(torch.arange(16) % 10, 10).float()
-    return lambda u, t: net(u, t, labels), (16, 3, 16, 16)
+
+def torch_network(name: str) -> Callable[[], tuple[Callable, tuple]]:
+    def build() -> tuple[Callable, tuple]:
+        net, shape, condition = own("torch", name)
+        with torch.no_grad():
+            for p in net.parameters():  # nonzero gains (EDM2): every branch reaches F
+                p.fill_(0.4) if p.ndim == 0 else None
+        return lambda u, t: net(u, t, **condition), shape
+
+    return build
 
 
 def view(width: int, resolution: int, batch: int) -> Callable[[], tuple[Callable, tuple]]:
@@ -75,9 +85,7 @@ def view(width: int, resolution: int, batch: int) -> Callable[[], tuple[Callable
 
 
 NETWORKS = {
-    "mlp": mlp,
-    "edm2": edm2,
-    "ddpmpp": ddpmpp,
+    **{name: torch_network(name) for name in OWN},
     "view-digits": view(32, 8, 128),
     "view-cifar": view(128, 32, 8),
 }
@@ -127,27 +135,14 @@ def jax_passes(name: str) -> tuple[dict[str, Callable[[int], object]], tuple]:
     import jax
     from flax import nnx
 
-    from backends.jax.ddpmpp import DDPMpp
-    from backends.jax.edm2 import PRESETS, EDM2UNet
-    from backends.jax.mlp import MLP
-
-    rngs = nnx.Rngs(0)
-    if name == "mlp":
-        net, shape = MLP(dim=64, hidden=512, depth=4, label_dim=10, rngs=rngs), (128, 1, 8, 8)
-    elif name == "edm2":
-        net, shape = EDM2UNet(16, 3, 10, **PRESETS["tiny"], rngs=rngs), (16, 3, 16, 16)
-    else:
-        options = dict(model_channels=32, channel_mult=(1, 2, 2), num_blocks=1, attn_resolutions=(8,))
-        net = DDPMpp(16, 3, 10, **options, rngs=rngs)
-        shape = (16, 3, 16, 16)
+    net, shape, condition = own("jax", name, rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(net)
-    labels = jax.nn.one_hot(jax.numpy.arange(shape[0]) % 10, 10)
     keys = jax.random.split(jax.random.key(0), 4)
     u, tu = (jax.random.normal(k, shape) for k in keys[:2])
     t, tt = jax.random.uniform(keys[2], shape[:1]) + 0.1, jax.random.normal(keys[3], shape[:1])
 
     def F(params, a, b):
-        return nnx.merge(graphdef, params)(a, b, labels)
+        return nnx.merge(graphdef, params)(a, b, **condition)
 
     def tangent(params):
         return jax.jvp(lambda a, b: F(params, a, b), (u, t), (tu, tt))
@@ -180,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     where = f"{args.backend}, float32, cpu, {torch.get_num_threads()} torch threads"
     print(f"{where}; ms (median of {args.repeats}), × the forward pass")
-    if args.backend == "jax" and not set(args.networks) <= {"mlp", "edm2", "ddpmpp"}:
+    if args.backend == "jax" and not set(args.networks) <= set(OWN):
         parser.error("--backend jax times mlp, edm2 and ddpmpp (the views are diffusers', in torch)")
     for name in args.networks:
         torch.manual_seed(0)
